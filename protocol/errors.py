@@ -1,0 +1,37 @@
+"""The one exception hierarchy of `protocol/`.
+
+Two concrete kinds, as in h11: `LocalProtocolError` is our caller's mistake (a bad parameter,
+an illegal call), `RemoteProtocolError` is a peer's (bad bytes, a bad signature, a lying
+coordinator). Normal outcomes such as "too few survivors" are *events* (`RoundAborted`),
+never exceptions.
+"""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """Root of every error `protocol/` raises on purpose."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own caller asked for something illegal: fix the calling code or configuration."""
+
+
+class ParameterError(LocalProtocolError):
+    """A round or quantization configuration is unsafe or impossible; the message names the field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class RemoteProtocolError(ProtocolError):
+    """A peer sent something invalid. `peer` is its member id when known, `phase` where it happened."""
+
+    def __init__(self, peer: bytes | None, phase: str, reason: str) -> None:
+        who = peer.hex()[:16] if peer else "unknown peer"
+        super().__init__(f"{who} in {phase}: {reason}")
+        self.peer = peer
+        self.phase = phase
+        self.reason = reason
