@@ -1,0 +1,339 @@
+"""Village membership: an admin key signs expiring certificates; peers without one are ignored.
+
+Without membership anyone could join rounds under many fake identities (a Sybil attack), so a
+village has one admin Ed25519 key pair. The admin signs a `MembershipCertificate` for each member
+id (the member's raw 32-byte Ed25519 public key, the same key libp2p uses for its peer id). Every
+daemon loads the admin public key, learns the certificates of the peers it talks to, and drops
+every message from a peer whose certificate is missing, expired, for another village or forged.
+
+Rules:
+
+1. Pure: no I/O, no clock. Every function that judges validity takes ``now`` (Unix seconds) as an
+   argument, and key generation takes its 32-byte seed as an argument.
+2. A certificate on the wire is the msgpack array
+   ``[version, village_id, member_id, issued_at, expires_at, admin_public_key, signature]``.
+   The signature covers ``SIGNING_CONTEXT`` followed by the msgpack encoding of the first six
+   fields, so a signature made for another purpose with the same key never verifies here.
+3. Decoding is strict: exact field count and types, no trailing bytes, bounded size. Any bad
+   input raises `RemoteProtocolError(peer=None, phase="membership", reason=...)` and nothing else.
+4. A certificate is valid at ``now`` when ``issued_at - MAX_CLOCK_SKEW_SECONDS <= now < expires_at``.
+
+Next: `villaged/` loads the certificates from disk and the network and feeds them to
+`MemberRegistry`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgpack
+import nacl.exceptions
+import nacl.signing
+
+from protocol.errors import ParameterError, RemoteProtocolError
+
+__all__ = [
+    "CERTIFICATE_VERSION",
+    "MAX_CERTIFICATE_BYTES",
+    "MAX_CLOCK_SKEW_SECONDS",
+    "AdminKeyPair",
+    "MemberRegistry",
+    "MembershipCertificate",
+    "decode_certificate",
+    "issue_certificate",
+    "verify_certificate",
+    "village_id_for",
+]
+
+CERTIFICATE_VERSION: Final = 1
+KEY_SIZE: Final = 32  # Ed25519 public keys and seeds
+SIGNATURE_SIZE: Final = 64  # Ed25519 signatures
+VILLAGE_ID_SIZE: Final = 16  # 128 bits: collision-free for any realistic number of villages
+# 7 fields: 1 + 17 + 34 + 9 + 9 + 34 + 66 = 170 bytes at most for version 1; 512 leaves room for
+# a later version while bounding the work an attacker can make us do per certificate.
+MAX_CERTIFICATE_BYTES: Final = 512
+# Members' clocks disagree a little; a certificate issued "in the future" by up to five minutes
+# is accepted so that a freshly admitted member is not rejected by a peer whose clock is behind.
+MAX_CLOCK_SKEW_SECONDS: Final = 300
+SIGNING_CONTEXT: Final = b"village membership certificate v1\x00"
+_PHASE: Final = "membership"
+# Timestamps are Unix seconds; 2**40 s is ~35,000 years, and bounding them keeps msgpack ints small.
+_MAX_TIMESTAMP: Final = 2**40
+
+
+def _reject(reason: str) -> RemoteProtocolError:
+    return RemoteProtocolError(peer=None, phase=_PHASE, reason=reason)
+
+
+def village_id_for(admin_public_key: bytes) -> bytes:
+    """The village id derived from the admin public key, so a village needs no separate name."""
+    if len(admin_public_key) != KEY_SIZE:
+        raise ParameterError("admin_public_key", f"must be {KEY_SIZE} bytes, got {len(admin_public_key)}")
+    return hashlib.blake2b(admin_public_key, digest_size=VILLAGE_ID_SIZE, person=b"village-id").digest()
+
+
+@dataclass(frozen=True, slots=True)
+class AdminKeyPair:
+    """The village admin's Ed25519 key pair. Built from a 32-byte seed the caller generated."""
+
+    seed: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, bytes) or len(self.seed) != KEY_SIZE:
+            raise ParameterError("seed", f"must be {KEY_SIZE} bytes")
+
+    @property
+    def signing_key(self) -> nacl.signing.SigningKey:
+        return nacl.signing.SigningKey(self.seed)
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    @property
+    def village_id(self) -> bytes:
+        return village_id_for(self.public_key)
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipCertificate:
+    """A signed statement "member_id belongs to village_id from issued_at until expires_at".
+
+    Building one checks field sizes and ordering (not the signature: see `verify_certificate`).
+    """
+
+    village_id: bytes
+    member_id: bytes
+    issued_at: int
+    expires_at: int
+    admin_public_key: bytes
+    signature: bytes
+    version: int = CERTIFICATE_VERSION
+
+    def __post_init__(self) -> None:
+        problem = _field_problem(self)
+        if problem is not None:
+            raise ParameterError(*problem)
+
+    def signed_bytes(self) -> bytes:
+        """The exact bytes the admin signs."""
+        return SIGNING_CONTEXT + _pack(
+            [self.version, self.village_id, self.member_id, self.issued_at, self.expires_at, self.admin_public_key]
+        )
+
+    def encode(self) -> bytes:
+        return _pack(
+            [
+                self.version,
+                self.village_id,
+                self.member_id,
+                self.issued_at,
+                self.expires_at,
+                self.admin_public_key,
+                self.signature,
+            ]
+        )
+
+    def is_valid_at(self, now: float) -> bool:
+        return self.issued_at - MAX_CLOCK_SKEW_SECONDS <= now < self.expires_at
+
+
+def _pack(fields: list[object]) -> bytes:
+    packed = msgpack.packb(fields, use_bin_type=True)
+    assert isinstance(packed, bytes)
+    return packed
+
+
+def _field_problem(cert: MembershipCertificate) -> tuple[str, str] | None:
+    """(field, reason) for the first bad field, or None. Shared by the constructor and the decoder."""
+    # bool is an int subclass; a msgpack `true` must not pass as version 1 or a timestamp.
+    def is_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not is_int(cert.version) or cert.version != CERTIFICATE_VERSION:
+        return "version", f"unsupported certificate version {cert.version!r}, expected {CERTIFICATE_VERSION}"
+    sizes = (
+        ("village_id", cert.village_id, VILLAGE_ID_SIZE),
+        ("member_id", cert.member_id, KEY_SIZE),
+        ("admin_public_key", cert.admin_public_key, KEY_SIZE),
+        ("signature", cert.signature, SIGNATURE_SIZE),
+    )
+    for name, value, size in sizes:
+        if not isinstance(value, bytes) or len(value) != size:
+            got = f"{len(value)} bytes" if isinstance(value, bytes) else type(value).__name__
+            return name, f"must be {size} bytes, got {got}"
+    for name, stamp in (("issued_at", cert.issued_at), ("expires_at", cert.expires_at)):
+        if not is_int(stamp) or not 0 <= stamp < _MAX_TIMESTAMP:
+            return name, f"must be an integer Unix time in [0, 2**40), got {stamp!r}"
+    if cert.expires_at <= cert.issued_at:
+        return "expires_at", f"{cert.expires_at} is not after issued_at {cert.issued_at}"
+    return None
+
+
+def issue_certificate(
+    admin_signing_key: nacl.signing.SigningKey,
+    village_id: bytes,
+    member_id: bytes,
+    issued_at: int,
+    expires_at: int,
+) -> MembershipCertificate:
+    """Sign a certificate admitting ``member_id`` to ``village_id`` for ``[issued_at, expires_at)``.
+
+    Raises:
+        ParameterError: a field has the wrong size or the validity period is empty.
+    """
+    unsigned = MembershipCertificate(
+        village_id=village_id,
+        member_id=member_id,
+        issued_at=issued_at,
+        expires_at=expires_at,
+        admin_public_key=bytes(admin_signing_key.verify_key),
+        signature=bytes(SIGNATURE_SIZE),
+    )
+    signature = admin_signing_key.sign(unsigned.signed_bytes()).signature
+    return MembershipCertificate(
+        village_id=village_id,
+        member_id=member_id,
+        issued_at=issued_at,
+        expires_at=expires_at,
+        admin_public_key=unsigned.admin_public_key,
+        signature=bytes(signature),
+    )
+
+
+def decode_certificate(cert_bytes: bytes) -> MembershipCertificate:
+    """Parse a certificate without judging it (no signature, village or time check).
+
+    Raises:
+        RemoteProtocolError: the bytes are not a well-formed version-1 certificate.
+    """
+    if not isinstance(cert_bytes, (bytes, bytearray, memoryview)):
+        raise _reject(f"certificate must be bytes, got {type(cert_bytes).__name__}")
+    if len(cert_bytes) > MAX_CERTIFICATE_BYTES:
+        raise _reject(f"certificate is {len(cert_bytes)} bytes, limit {MAX_CERTIFICATE_BYTES}")
+    try:
+        fields = msgpack.unpackb(
+            bytes(cert_bytes),
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=MAX_CERTIFICATE_BYTES,
+            max_str_len=MAX_CERTIFICATE_BYTES,
+            max_array_len=16,
+            max_map_len=16,
+            max_ext_len=MAX_CERTIFICATE_BYTES,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        # ExtraData and FormatError derive from ValueError; StackError from UnpackException.
+        raise _reject(f"certificate is not valid msgpack: {type(exc).__name__}") from None
+    if not isinstance(fields, list):
+        raise _reject(f"certificate must be a msgpack array, got {type(fields).__name__}")
+    if len(fields) != 7:
+        raise _reject(f"certificate must have 7 fields, got {len(fields)}")
+    version, village_id, member_id, issued_at, expires_at, admin_public_key, signature = fields
+    try:
+        return MembershipCertificate(
+            version=version,
+            village_id=village_id,
+            member_id=member_id,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            admin_public_key=admin_public_key,
+            signature=signature,
+        )
+    except ParameterError as exc:
+        raise _reject(f"certificate field {exc.field}: {exc.reason}") from None
+
+
+def verify_certificate(
+    cert_bytes: bytes,
+    admin_public_key: bytes,
+    village_id: bytes,
+    now: float,
+    member_id: bytes | None = None,
+) -> MembershipCertificate:
+    """Decode a certificate and check it is valid for this village at ``now``.
+
+    Args:
+        member_id: when given, the certificate must be for this member (the peer presenting it),
+            so a member cannot lend its certificate to another identity.
+
+    Raises:
+        RemoteProtocolError: malformed, signed by another admin, for another village or member,
+            bad signature, not yet valid, or expired. ``reason`` says which.
+    """
+    cert = decode_certificate(cert_bytes)
+    if cert.admin_public_key != admin_public_key:
+        raise _reject(f"certificate signed by admin {cert.admin_public_key.hex()[:16]}, not this village's admin")
+    if cert.village_id != village_id:
+        raise _reject(f"certificate is for village {cert.village_id.hex()}, not {village_id.hex()}")
+    if member_id is not None and cert.member_id != member_id:
+        raise _reject(f"certificate is for member {cert.member_id.hex()[:16]}, presented by {member_id.hex()[:16]}")
+    try:
+        nacl.signing.VerifyKey(admin_public_key).verify(cert.signed_bytes(), cert.signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
+        raise _reject("bad certificate signature") from None
+    if now < cert.issued_at - MAX_CLOCK_SKEW_SECONDS:
+        raise _reject(f"certificate not valid until {cert.issued_at} (now {now:.0f}); check the clocks")
+    if now >= cert.expires_at:
+        raise _reject(f"certificate expired at {cert.expires_at} (now {now:.0f}); ask the admin to re-admit")
+    return cert
+
+
+class MemberRegistry:
+    """The members a daemon currently knows: member id -> its newest valid certificate.
+
+    Expiry is judged at every query with the caller's ``now``, so nothing has to fire when a
+    certificate runs out; `prune` only frees the memory.
+    """
+
+    def __init__(self, admin_public_key: bytes, village_id: bytes) -> None:
+        if len(admin_public_key) != KEY_SIZE:
+            raise ParameterError("admin_public_key", f"must be {KEY_SIZE} bytes, got {len(admin_public_key)}")
+        if len(village_id) != VILLAGE_ID_SIZE:
+            raise ParameterError("village_id", f"must be {VILLAGE_ID_SIZE} bytes, got {len(village_id)}")
+        self.admin_public_key = admin_public_key
+        self.village_id = village_id
+        self._certificates: dict[bytes, MembershipCertificate] = {}
+
+    def admit(self, cert_bytes: bytes, now: float, member_id: bytes | None = None) -> MembershipCertificate:
+        """Verify a certificate and remember it if it is newer than the one we hold.
+
+        A newer certificate is one issued later (or, issued at the same time, expiring later), so
+        replaying an old certificate never shortens or replaces a re-admission.
+
+        Returns the certificate now held for that member.
+
+        Raises:
+            RemoteProtocolError: the certificate is not valid (see `verify_certificate`).
+        """
+        cert = verify_certificate(cert_bytes, self.admin_public_key, self.village_id, now, member_id)
+        held = self._certificates.get(cert.member_id)
+        if held is None or (cert.issued_at, cert.expires_at) > (held.issued_at, held.expires_at):
+            self._certificates[cert.member_id] = cert
+            return cert
+        return held
+
+    def is_member(self, member_id: bytes, now: float) -> bool:
+        cert = self._certificates.get(member_id)
+        return cert is not None and cert.is_valid_at(now)
+
+    def certificate(self, member_id: bytes, now: float) -> MembershipCertificate | None:
+        """The valid certificate for ``member_id`` at ``now``, or None."""
+        cert = self._certificates.get(member_id)
+        return cert if cert is not None and cert.is_valid_at(now) else None
+
+    def members(self, now: float) -> list[MembershipCertificate]:
+        """Every certificate valid at ``now``, ordered by member id."""
+        return sorted(
+            (c for c in self._certificates.values() if c.is_valid_at(now)), key=lambda c: c.member_id
+        )
+
+    def prune(self, now: float) -> list[bytes]:
+        """Forget expired certificates; returns the member ids removed."""
+        expired = [m for m, c in self._certificates.items() if now >= c.expires_at]
+        for member in expired:
+            del self._certificates[member]
+        return sorted(expired)
