@@ -1,0 +1,175 @@
+"""Tests for villaged/store.py on a real SQLite file, including a real SIGKILL of a writer."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from villaged.store import (
+    DB_FILENAME,
+    SCHEMA_VERSION,
+    JobRecord,
+    ResultRecord,
+    RoundRecord,
+    Store,
+    StoreError,
+)
+
+ALICE = b"\xa1" * 32
+BOB = b"\xb0" * 32
+COORD = b"\xc0" * 32
+
+
+def job(job_id: str = "job-1", state: str = "pending") -> JobRecord:
+    return JobRecord(job_id, {"kind": "latency", "rounds": 3}, ALICE, state, 100.0, 100.0)  # type: ignore[arg-type]
+
+
+def result(round_: int = 0, aggregate: bytes = b"\x01\x02", job_id: str = "job-1") -> ResultRecord:
+    return ResultRecord(job_id, round_, 1, COORD, aggregate, (ALICE, BOB), (), b"s" * 64, 200.0)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / DB_FILENAME
+
+
+def test_reopen_keeps_everything(db_path: Path) -> None:
+    rnd = RoundRecord(
+        "job-1", 0, 1, COORD, "aborted", 150.0, (ALICE, BOB), (BOB,), {"share_keys": 0.5}, 160.0, "2 < threshold 3"
+    )
+    with Store.open(db_path) as store:
+        store.set_meta("member_id", ALICE.hex())
+        store.put_member(ALICE, b"cert-a", 10_000)
+        assert store.put_job(job())
+        store.record_round(rnd)
+        assert store.put_result(result()) == "stored"
+        store.put_local_input("latency", {"gpt": [1.5, 2.0]}, 50.0)
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+    with Store.open(db_path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.get_meta("member_id") == ALICE.hex()
+        assert store.get_meta("missing") is None
+        assert [(m.member_id, m.certificate, m.expires_at) for m in store.members()] == [(ALICE, b"cert-a", 10_000)]
+        assert store.get_job("job-1") == job()
+        assert store.list_jobs() == [job()]
+        assert store.rounds("job-1") == [rnd]
+        assert store.get_results("job-1") == [result()]
+        local = store.get_local_input("latency")
+        assert local is not None and local.payload == {"gpt": [1.5, 2.0]} and local.updated_at == 50.0
+        assert store.integrity_check() == "ok"
+
+
+def test_job_state_and_listing(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        assert store.put_job(job("a"))
+        assert not store.put_job(job("a", state="running")), "second insert of the same id is a no-op"
+        store.put_job(job("b"))
+        store.set_job_state("b", "running", 101.0)
+        assert [j.id for j in store.list_jobs(state="running")] == ["b"]
+        assert store.get_job("a").state == "pending"  # type: ignore[union-attr]
+        with pytest.raises(StoreError, match="no job 'zzz'"):
+            store.set_job_state("zzz", "running", 1.0)
+        with pytest.raises(StoreError, match="job state 'bogus'"):
+            store.set_job_state("a", "bogus", 1.0)  # type: ignore[arg-type]
+        assert store.get_job("nope") is None
+
+
+def test_round_is_updated_in_place(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.put_job(job())
+        store.record_round(RoundRecord("job-1", 0, 0, COORD, "running", 1.0, (ALICE,)))
+        done = RoundRecord("job-1", 0, 0, COORD, "completed", 1.0, (ALICE,), (), {"unmask": 0.25}, 3.0)
+        store.record_round(done)
+        assert store.rounds("job-1") == [done]
+        with pytest.raises(StoreError, match="unknown job"):
+            store.record_round(RoundRecord("ghost", 0, 0, COORD, "running", 1.0))
+
+
+def test_put_result_is_idempotent_and_detects_conflicts(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.put_job(job())
+        assert store.put_result(result()) == "stored"
+        assert store.put_result(result()) == "duplicate"
+        with pytest.raises(StoreError, match="different result for round 0"):
+            store.put_result(result(aggregate=b"\xff"))
+        with pytest.raises(StoreError, match="unknown job"):
+            store.put_result(result(job_id="ghost"))
+        assert store.get_results("job-1") == [result()]
+
+
+def test_local_input_replace_and_reject(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.put_local_input("x", [1], 1.0)
+        store.put_local_input("x", {"y": 2}, 2.0)
+        assert [(i.name, i.payload) for i in store.list_local_inputs()] == [("x", {"y": 2})]
+        with pytest.raises(StoreError, match="not JSON-serializable"):
+            store.put_local_input("bad", float("nan"), 3.0)
+
+
+def test_newer_schema_and_garbage_file_are_refused(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.db"
+    Store.open(newer).close()
+    with sqlite3.connect(newer) as raw:
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StoreError, match="newer than this villaged"):
+        Store.open(newer)
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="garbage.db"):
+        Store.open(garbage)
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from villaged.store import JobRecord, ResultRecord, Store
+    store = Store.open(sys.argv[1])
+    store.put_job(JobRecord("job", {}, b"a" * 32, "running", 0.0, 0.0))
+    print("ready", flush=True)
+    r = 0
+    while True:
+        store.put_result(ResultRecord("job", r, 0, b"c" * 32, bytes(4096), (b"a" * 32,), (), b"s" * 64, float(r)))
+        print(r, flush=True)
+        r += 1
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_loses_no_committed_result(tmp_path: Path, seed: int) -> None:
+    db_path = tmp_path / DB_FILENAME
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(db_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(random.Random(seed).uniform(0.05, 0.4))
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    committed = [int(line) for line in child.stdout.read().splitlines()]
+    child.stdout.close()
+    assert committed, "the child committed nothing before the kill; the test proves nothing"
+    with Store.open(db_path) as store:
+        assert store.integrity_check() == "ok"
+        stored = {r.round for r in store.get_results("job")}
+    # Every reported round is there; at most the one in flight beyond it.
+    assert set(committed) <= stored
+    assert stored <= set(range(max(committed) + 2))

@@ -1,0 +1,522 @@
+"""villaged's durable state: one SQLite file, ``data_dir/village.db``.
+
+What lives here: identity metadata (``meta``), membership certificates, jobs, rounds with their
+phase timings, results, and the local inputs a node contributes. The round driver follows the
+"save state, then send" rule (notes/style.md §2): it commits here before any message that
+depends on the commit leaves the node.
+
+Durability choices:
+
+* ``journal_mode=WAL``: readers (the control API) never block the writer (the round driver),
+  and a crash at any instant leaves either the old or the new state, never a mix.
+* ``synchronous=FULL``: every commit is fsynced before `commit` returns. In WAL mode NORMAL
+  already survives a process crash (SIGKILL) because the WAL pages reached the OS, but it can
+  lose the last commits on power loss or a kernel crash. A node writes a handful of rows per
+  round (seconds to minutes apart), so an fsync per commit costs nothing measurable and buys
+  "a result the API reported is on disk" under every failure, not just process death.
+* ``foreign_keys=ON``: rounds and results must belong to a known job.
+
+Schema changes are an ordered list of migrations; ``PRAGMA user_version`` records how many have
+been applied. Each migration runs in one transaction together with its version bump, so a crash
+in the middle of an upgrade leaves the previous version intact. Never edit a released migration:
+append a new one.
+
+Not thread-safe: use one `Store` from one thread at a time (e.g. behind a
+``trio.CapacityLimiter(1)`` when calling it through ``trio.to_thread.run_sync``).
+
+Next: `villaged/api.py` shows this state to villagectl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from villaged.errors import VillagedError
+
+__all__ = [
+    "DB_FILENAME",
+    "SCHEMA_VERSION",
+    "JobRecord",
+    "LocalInput",
+    "MemberRecord",
+    "ResultRecord",
+    "RoundRecord",
+    "Store",
+    "StoreError",
+]
+
+DB_FILENAME: Final = "village.db"
+JobState = Literal["pending", "running", "completed", "cancelled", "failed"]
+JOB_STATES: Final[frozenset[str]] = frozenset({"pending", "running", "completed", "cancelled", "failed"})
+RoundState = Literal["running", "completed", "aborted"]
+ROUND_STATES: Final[frozenset[str]] = frozenset({"running", "completed", "aborted"})
+# How long a connection waits for another connection's write lock before giving up (ms).
+# Writes are a few rows, so anything beyond a few seconds means something is stuck.
+BUSY_TIMEOUT_MS: Final = 5_000
+
+
+class StoreError(VillagedError):
+    """The database refused an operation: unknown job, conflicting result, or an unusable file.
+
+    The message names the database file or the record; a schema newer than this villaged means
+    the data dir was used by a newer version: upgrade villaged rather than deleting the file.
+    """
+
+
+# Ordered; index i holds the statements that take the schema from version i to i + 1.
+MIGRATIONS: Final[Sequence[Sequence[str]]] = (
+    (
+        """CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) STRICT""",
+        """CREATE TABLE members (
+            member_id BLOB PRIMARY KEY CHECK (length(member_id) = 32),
+            certificate BLOB NOT NULL,
+            expires_at INTEGER NOT NULL
+        ) STRICT""",
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            spec TEXT NOT NULL,
+            creator BLOB NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending','running','completed','cancelled','failed')),
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        ) STRICT""",
+        """CREATE TABLE rounds (
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            round INTEGER NOT NULL CHECK (round >= 0),
+            attempt INTEGER NOT NULL CHECK (attempt >= 0),
+            coordinator BLOB NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('running','completed','aborted')),
+            participants TEXT NOT NULL,
+            dropped TEXT NOT NULL,
+            phase_timings TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            abort_reason TEXT,
+            PRIMARY KEY (job_id, round, attempt)
+        ) STRICT""",
+        """CREATE TABLE results (
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            round INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            coordinator BLOB NOT NULL,
+            aggregate BLOB NOT NULL,
+            participants TEXT NOT NULL,
+            dropped TEXT NOT NULL,
+            signature BLOB NOT NULL,
+            received_at REAL NOT NULL,
+            PRIMARY KEY (job_id, round)
+        ) STRICT""",
+        """CREATE TABLE local_inputs (
+            name TEXT PRIMARY KEY,
+            payload TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        ) STRICT""",
+        "CREATE INDEX jobs_by_created ON jobs (created_at, id)",
+    ),
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    member_id: bytes
+    certificate: bytes
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    spec: dict[str, Any]
+    creator: bytes
+    state: JobState
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """One attempt at one round. ``phase_timings`` maps phase name -> seconds spent in it."""
+
+    job_id: str
+    round: int
+    attempt: int
+    coordinator: bytes
+    state: RoundState
+    started_at: float
+    participants: tuple[bytes, ...] = ()
+    dropped: tuple[bytes, ...] = ()
+    phase_timings: dict[str, float] = field(default_factory=dict)
+    ended_at: float | None = None
+    abort_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """The signed outcome of a round; at most one per (job, round)."""
+
+    job_id: str
+    round: int
+    attempt: int
+    coordinator: bytes
+    aggregate: bytes
+    participants: tuple[bytes, ...]
+    dropped: tuple[bytes, ...]
+    signature: bytes
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LocalInput:
+    name: str
+    payload: Any
+    updated_at: float
+
+
+def _ids_to_json(ids: Sequence[bytes]) -> str:
+    return json.dumps([i.hex() for i in ids])
+
+
+def _ids_from_json(text: str) -> tuple[bytes, ...]:
+    return tuple(bytes.fromhex(i) for i in json.loads(text))
+
+
+class Store:
+    """Typed access to ``village.db``. Open with `Store.open`, close with `close` (or ``with``)."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path | str) -> Store:
+        """Open (creating if needed) the database at ``path`` and migrate it to `SCHEMA_VERSION`.
+
+        ``path`` is the database file itself; callers pass ``data_dir / DB_FILENAME``.
+
+        Raises:
+            StoreError: the file is not a SQLite database, or its schema is newer than ours.
+        """
+        path = Path(path)
+        try:
+            # Local inputs are private: create the file owner-only. SQLite gives the -wal and -shm
+            # files the same permissions as the database file.
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
+            # the block inside `_transaction` (the sqlite3 module's implicit BEGINs are off).
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{path}: cannot open database: {exc}") from exc
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{path}: could not switch the database to WAL mode (got {mode!r})")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            store = cls(db, path)
+            store._migrate()
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise StoreError(f"{path}: not a usable village database: {exc}") from exc
+        except BaseException:
+            db.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def integrity_check(self) -> str:
+        """SQLite's own consistency check; ``"ok"`` when the file is sound."""
+        return "; ".join(str(row[0]) for row in self._db.execute("PRAGMA integrity_check"))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so two writers fail fast (busy_timeout)
+        # instead of deadlocking when both try to upgrade a read lock.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {current} is newer than this villaged understands "
+                f"({SCHEMA_VERSION}); upgrade villaged"
+            )
+        for version in range(current, SCHEMA_VERSION):
+            with self._transaction() as db:
+                for statement in MIGRATIONS[version]:
+                    db.execute(statement)
+                # user_version is part of the database header, so it commits atomically with the DDL.
+                db.execute(f"PRAGMA user_version = {version + 1}")
+
+    # -- meta --------------------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    # -- members -----------------------------------------------------------------------------
+
+    def put_member(self, member_id: bytes, certificate: bytes, expires_at: int) -> None:
+        """Store (or replace) the certificate held for a member. Verify it before calling."""
+        if len(member_id) != 32:
+            raise StoreError(f"member_id must be 32 bytes, got {len(member_id)}")
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO members (member_id, certificate, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(member_id) DO UPDATE SET certificate = excluded.certificate, "
+                "expires_at = excluded.expires_at",
+                (member_id, certificate, expires_at),
+            )
+
+    def members(self) -> list[MemberRecord]:
+        """Every stored certificate, expired ones included (the caller judges validity)."""
+        rows = self._db.execute("SELECT member_id, certificate, expires_at FROM members ORDER BY member_id")
+        return [MemberRecord(bytes(m), bytes(c), int(e)) for m, c, e in rows]
+
+    def delete_expired_members(self, now: float) -> int:
+        with self._transaction() as db:
+            return db.execute("DELETE FROM members WHERE expires_at <= ?", (now,)).rowcount
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def put_job(self, job: JobRecord) -> bool:
+        """Store a new job; returns False (and changes nothing) if that id is already stored."""
+        _check_state("job", job.state, JOB_STATES)
+        spec = json.dumps(job.spec, sort_keys=True, allow_nan=False)
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO jobs (id, spec, creator, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO NOTHING",
+                (job.id, spec, job.creator, job.state, job.created_at, job.updated_at),
+            )
+            return cursor.rowcount == 1
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute(
+            "SELECT id, spec, creator, state, created_at, updated_at FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return None if row is None else _job_from_row(row)
+
+    def list_jobs(self, state: JobState | None = None) -> list[JobRecord]:
+        """Jobs oldest first, optionally only those in ``state``."""
+        query = "SELECT id, spec, creator, state, created_at, updated_at FROM jobs"
+        params: tuple[str, ...] = ()
+        if state is not None:
+            query += " WHERE state = ?"
+            params = (state,)
+        return [_job_from_row(row) for row in self._db.execute(query + " ORDER BY created_at, id", params)]
+
+    def set_job_state(self, job_id: str, state: JobState, updated_at: float) -> None:
+        """Raises StoreError if the job is unknown."""
+        _check_state("job", state, JOB_STATES)
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (state, updated_at, job_id)
+            )
+            if cursor.rowcount == 0:
+                raise StoreError(f"no job {job_id!r} in {self.path}")
+
+    # -- rounds ------------------------------------------------------------------------------
+
+    def record_round(self, record: RoundRecord) -> None:
+        """Insert or update one (job, round, attempt): call at start and again when it ends."""
+        _check_state("round", record.state, ROUND_STATES)
+        values = (
+            record.job_id,
+            record.round,
+            record.attempt,
+            record.coordinator,
+            record.state,
+            _ids_to_json(record.participants),
+            _ids_to_json(record.dropped),
+            json.dumps(record.phase_timings, sort_keys=True, allow_nan=False),
+            record.started_at,
+            record.ended_at,
+            record.abort_reason,
+        )
+        with self._transaction() as db:
+            try:
+                db.execute(
+                    "INSERT INTO rounds (job_id, round, attempt, coordinator, state, participants, dropped, "
+                    "phase_timings, started_at, ended_at, abort_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(job_id, round, attempt) DO UPDATE SET coordinator = excluded.coordinator, "
+                    "state = excluded.state, participants = excluded.participants, dropped = excluded.dropped, "
+                    "phase_timings = excluded.phase_timings, started_at = excluded.started_at, "
+                    "ended_at = excluded.ended_at, abort_reason = excluded.abort_reason",
+                    values,
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"round {record.round} of job {record.job_id!r}: {_integrity_reason(exc)}") from exc
+
+    def rounds(self, job_id: str) -> list[RoundRecord]:
+        rows = self._db.execute(
+            "SELECT job_id, round, attempt, coordinator, state, participants, dropped, phase_timings, "
+            "started_at, ended_at, abort_reason FROM rounds WHERE job_id = ? ORDER BY round, attempt",
+            (job_id,),
+        )
+        return [
+            RoundRecord(
+                job_id=j,
+                round=r,
+                attempt=a,
+                coordinator=bytes(c),
+                state=s,
+                participants=_ids_from_json(p),
+                dropped=_ids_from_json(d),
+                phase_timings=json.loads(t),
+                started_at=st,
+                ended_at=en,
+                abort_reason=why,
+            )
+            for j, r, a, c, s, p, d, t, st, en, why in rows
+        ]
+
+    # -- results -----------------------------------------------------------------------------
+
+    def put_result(self, result: ResultRecord) -> Literal["stored", "duplicate"]:
+        """Commit a round result; durable (fsynced) when this returns.
+
+        Idempotent: storing the same result again returns ``"duplicate"``.
+
+        Raises:
+            StoreError: the job is unknown, or a *different* result is already stored for that
+                (job, round) -- two conflicting signed results mean a coordinator equivocated.
+        """
+        values = (
+            result.job_id,
+            result.round,
+            result.attempt,
+            result.coordinator,
+            result.aggregate,
+            _ids_to_json(result.participants),
+            _ids_to_json(result.dropped),
+            result.signature,
+            result.received_at,
+        )
+        with self._transaction() as db:
+            try:
+                cursor = db.execute(
+                    "INSERT INTO results (job_id, round, attempt, coordinator, aggregate, participants, dropped, "
+                    "signature, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id, round) DO NOTHING",
+                    values,
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"result for round {result.round} of job {result.job_id!r}: {_integrity_reason(exc)}") from exc
+            if cursor.rowcount == 1:
+                return "stored"
+            existing = self._get_result(result.job_id, result.round)
+            assert existing is not None
+            if _same_result(existing, result):
+                return "duplicate"
+            raise StoreError(
+                f"a different result for round {result.round} of job {result.job_id!r} is already stored "
+                f"(attempt {existing.attempt}, coordinator {existing.coordinator.hex()[:16]})"
+            )
+
+    def get_results(self, job_id: str) -> list[ResultRecord]:
+        rows = self._db.execute(_RESULT_SELECT + " WHERE job_id = ? ORDER BY round", (job_id,))
+        return [_result_from_row(row) for row in rows]
+
+    def _get_result(self, job_id: str, round_: int) -> ResultRecord | None:
+        row = self._db.execute(_RESULT_SELECT + " WHERE job_id = ? AND round = ?", (job_id, round_)).fetchone()
+        return None if row is None else _result_from_row(row)
+
+    # -- local inputs ------------------------------------------------------------------------
+
+    def put_local_input(self, name: str, payload: Any, updated_at: float) -> None:
+        """Store (or replace) the JSON-serializable input this node contributes under ``name``."""
+        try:
+            text = json.dumps(payload, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"local input {name!r} is not JSON-serializable: {exc}") from exc
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO local_inputs (name, payload, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) "
+                "DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at",
+                (name, text, updated_at),
+            )
+
+    def get_local_input(self, name: str) -> LocalInput | None:
+        row = self._db.execute("SELECT name, payload, updated_at FROM local_inputs WHERE name = ?", (name,)).fetchone()
+        return None if row is None else LocalInput(row[0], json.loads(row[1]), row[2])
+
+    def list_local_inputs(self) -> list[LocalInput]:
+        rows = self._db.execute("SELECT name, payload, updated_at FROM local_inputs ORDER BY name")
+        return [LocalInput(n, json.loads(p), u) for n, p, u in rows]
+
+
+_RESULT_SELECT: Final = (
+    "SELECT job_id, round, attempt, coordinator, aggregate, participants, dropped, signature, received_at FROM results"
+)
+
+
+def _result_from_row(row: tuple[Any, ...]) -> ResultRecord:
+    j, r, a, c, agg, p, d, sig, at = row
+    return ResultRecord(j, r, a, bytes(c), bytes(agg), _ids_from_json(p), _ids_from_json(d), bytes(sig), at)
+
+
+def _same_result(a: ResultRecord, b: ResultRecord) -> bool:
+    # received_at is when *we* got it, not part of the result.
+    return (a.attempt, a.coordinator, a.aggregate, a.participants, a.dropped, a.signature) == (
+        b.attempt,
+        b.coordinator,
+        b.aggregate,
+        tuple(b.participants),
+        tuple(b.dropped),
+        b.signature,
+    )
+
+
+def _job_from_row(row: tuple[Any, ...]) -> JobRecord:
+    i, spec, creator, state, created, updated = row
+    return JobRecord(i, json.loads(spec), bytes(creator), state, created, updated)
+
+
+def _check_state(kind: str, state: str, allowed: frozenset[str]) -> None:
+    if state not in allowed:
+        raise StoreError(f"{kind} state {state!r} is not one of {sorted(allowed)}")
+
+
+def _integrity_reason(exc: sqlite3.IntegrityError) -> str:
+    if "FOREIGN KEY" in str(exc):
+        return "unknown job (store the job first)"
+    return str(exc)
