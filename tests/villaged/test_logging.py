@@ -1,0 +1,83 @@
+"""Tests for villaged/logging.py: JSON lines off a TTY, console otherwise, stdlib routed through."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from villaged.logging import configure_logging, log_round
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("libp2p").setLevel(logging.NOTSET)
+    structlog.reset_defaults()
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_when_not_a_tty_and_stdlib_is_routed() -> None:
+    out = io.StringIO()
+    configure_logging("info", stream=out)
+    structlog.get_logger("villaged.test").info("job_created", job="j1")
+    logging.getLogger("libp2p.pubsub").warning("peer %s misbehaved", "QmX")
+    logging.getLogger("libp2p.pubsub").info("too chatty to show")
+    structlog.get_logger("villaged.test").debug("below level")
+    records = lines(out)
+    assert [r["event"] for r in records] == ["job_created", "peer QmX misbehaved"]
+    assert records[0]["job"] == "j1" and records[0]["level"] == "info" and "timestamp" in records[0]
+    assert records[1]["logger"] == "libp2p.pubsub" and records[1]["level"] == "warning"
+
+
+def test_console_on_a_tty() -> None:
+    out = FakeTTY()
+    configure_logging("debug", stream=out)
+    structlog.get_logger().debug("hello", peer="abc")
+    text = out.getvalue()
+    assert "hello" in text and "peer=abc" in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text.splitlines()[0])
+
+
+def test_round_log_has_the_standard_keys() -> None:
+    out = io.StringIO()
+    configure_logging("info", stream=out)
+    log_round(
+        structlog.get_logger(),
+        "round_completed",
+        job="j1",
+        round=3,
+        attempt=1,
+        coordinator=b"\xc0" * 32,
+        participants=[b"\xa1" * 32, b"\xb0" * 32],
+        phase_timings={"advertise_keys": 0.123456, "unmask": 1.0},
+        dropped=0,
+    )
+    (record,) = lines(out)
+    assert record["job"] == "j1" and record["round"] == 3 and record["attempt"] == 1
+    assert record["coordinator"] == "c0" * 8
+    assert record["participants"] == ["a1" * 8, "b0" * 8] and record["n_participants"] == 2
+    assert record["phase_timings"] == {"advertise_keys": 0.1235, "unmask": 1.0}
+    assert record["dropped"] == 0
+
+
+def test_bad_level_is_named() -> None:
+    with pytest.raises(ValueError, match="'loud' is not one of debug, info, warning, error"):
+        configure_logging("loud")
