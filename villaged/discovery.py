@@ -1,0 +1,119 @@
+"""Finding peers: join through bootstrap nodes, then let Kademlia lookups build the mesh.
+
+py-libp2p 0.8.1's KadDHT does not bootstrap itself (notes/py-libp2p.md §5): connecting to a
+peer does not put it in the routing table, and the table refreshes once at start and then
+every 600 s. Nodes that joined early would stay connected to the bootstrap node only (a star).
+So this loop seeds the table with every connected peer, refreshes it, and looks up a random
+id, quickly at first and then every `discovery_interval` while the table is small. Lookups
+dial the peers they query, which is what spreads connections across the network.
+
+A node that lost every connection re-dials its bootstrap list with exponential backoff. The
+swarm refuses to dial a peer for 60 s after a failed dial (its negative cache), so each retry
+first lifts that block for the bootstrap peers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+from libp2p.abc import IHost
+from libp2p.kad_dht.kad_dht import KadDHT
+from libp2p.network.swarm import Swarm
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+
+from villaged.identity import peer_id_from_member_id
+
+log = logging.getLogger(__name__)
+
+EmitFn = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    first_interval: float  # first refresh after joining; doubles up to `interval`
+    interval: float  # refresh period while the routing table is small
+    small_table: int  # "small": below this many routing-table entries
+    backoff_max: float  # cap on the bootstrap retry backoff when isolated
+    dial_timeout: float  # per bootstrap dial, and per DHT lookup
+
+
+def parse_bootstrap(addrs: Sequence[str]) -> list[PeerInfo]:
+    """Parse `/ip4/.../tcp/.../p2p/<id>` strings; ValueError names the bad entry."""
+    infos = []
+    for i, text in enumerate(addrs):
+        try:
+            infos.append(info_from_p2p_addr(multiaddr.Multiaddr(text)))
+        except Exception as exc:  # multiaddr and libp2p raise assorted types here
+            raise ValueError(f"bootstrap[{i}]: {text!r} is not a /p2p/ multiaddr ({exc})") from exc
+    return infos
+
+
+async def maintain_peers(
+    host: IHost, dht: KadDHT, bootstrap: Sequence[PeerInfo], settings: DiscoverySettings, emit: EmitFn
+) -> None:
+    """Run forever: join, keep the routing table filled, rejoin when isolated."""
+    bootstrap = [info for info in bootstrap if info.peer_id != host.get_id()]
+    await _join(host, dht, bootstrap, settings, emit)
+    interval = settings.first_interval
+    backoff = settings.first_interval
+    while True:
+        await trio.sleep(interval)
+        if bootstrap and not host.get_connected_peers():
+            emit("bootstrap_retry", None, backoff=backoff)
+            if await _join(host, dht, bootstrap, settings, emit):
+                backoff = interval = settings.first_interval
+            else:
+                backoff = interval = min(backoff * 2, settings.backoff_max)
+            continue
+        if dht.get_routing_table_size() < settings.small_table:
+            await _refresh(host, dht, settings)
+            interval = min(interval * 2, settings.interval)
+        else:
+            interval = settings.interval
+
+
+async def _join(
+    host: IHost, dht: KadDHT, bootstrap: Sequence[PeerInfo], settings: DiscoverySettings, emit: EmitFn
+) -> bool:
+    """Dial every bootstrap peer at once; refresh the DHT through those that answered."""
+    connected: list[PeerInfo] = []
+
+    async def dial(info: PeerInfo) -> None:
+        network = host.get_network()
+        if isinstance(network, Swarm):
+            network.unblock_peer(info.peer_id)
+        try:
+            with trio.fail_after(settings.dial_timeout):
+                await host.connect(info)
+        except Exception as exc:  # TooSlowError or any of libp2p's dial errors
+            emit("bootstrap_dial_failed", None, addr=str(info.addrs[0]) if info.addrs else "", error=repr(exc))
+            return
+        connected.append(info)
+
+    async with trio.open_nursery() as nursery:
+        for info in bootstrap:
+            nursery.start_soon(dial, info)
+    if connected:
+        await _refresh(host, dht, settings)
+    return bool(connected)
+
+
+async def _refresh(host: IHost, dht: KadDHT, settings: DiscoverySettings) -> None:
+    """Seed the routing table with connected peers, refresh it, and look up a random id."""
+    for peer in host.get_connected_peers():
+        try:
+            await dht.add_peer(peer)
+        except Exception:
+            log.debug("add_peer(%s) failed", peer, exc_info=True)
+    random_target = peer_id_from_member_id(os.urandom(32))
+    with trio.move_on_after(settings.dial_timeout):
+        try:
+            await dht.refresh_routing_table()
+            await dht.find_peer(random_target)
+        except Exception:
+            log.debug("DHT refresh failed", exc_info=True)

@@ -1,0 +1,595 @@
+"""The network layer of villaged: the only code that talks to py-libp2p.
+
+A round needs two things from the network: reliable request/response exchanges of opaque
+frames with named members (`Node.serve`, `Node.request`), and small best-effort
+announcements to everyone (`Node.subscribe`, `Node.publish`). Members are named by their
+32-byte Ed25519 public key (see identity.py); libp2p peer ids never leave this layer.
+
+`open_node` builds the host the way notes/py-libp2p.md says it must be built: Noise and yamux
+only, connection caps raised (the swarm never frees inbound slots), a self-seeding Kademlia
+DHT (discovery.py), gossipsub with a fixed 1 s heartbeat (gossip.py), every stream handler
+wrapped so no exception escapes into libp2p (one would end the whole trio run), and
+`host.close()` on the way out (leaving `host.run()` alone closes nothing).
+
+Reading order: framing.py (wire format), peer_limits.py, gossip.py, discovery.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto import x25519
+from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.swarm import Swarm
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.rcmgr import new_resource_manager
+from libp2p.rcmgr.connection_limits import ConnectionLimits
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from villaged.discovery import DiscoverySettings, maintain_peers, parse_bootstrap
+from villaged.errors import TransportError
+from villaged.framing import (
+    HARD_MAX_FRAME,
+    HEADER,
+    FrameTooLarge,
+    error_reply,
+    ok_reply,
+    open_reply,
+    read_exact,
+    read_frame,
+    read_length,
+    write_frame,
+)
+from villaged.gossip import Gossip, GossipValidator
+from villaged.identity import member_id_from_peer_id, peer_id_from_member_id
+from villaged.peer_limits import PeerLimits
+
+log = logging.getLogger(__name__)
+
+GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.2.0"), TProtocol("/meshsub/1.1.0")]
+# The swarm admits inbound connections up to max_connections - min_connections over the
+# whole process lifetime (slots are never freed, notes §4), so "huge" means lifetime total.
+HUGE_CONNECTION_CAP = 1_000_000
+# Addresses learned from a DHT lookup stay usable this long (libp2p's connect() uses 120 s).
+LOOKUP_ADDR_TTL = 600
+
+RequestHandler = Callable[[bytes, bytes], Awaitable[bytes]]
+"""(peer member id, request) -> reply. Raise to send the peer an error reply."""
+
+PeerConnectedHook = Callable[[bytes], Awaitable[None]]
+"""Called with a member id when the first connection to that peer opens."""
+
+
+class EventHook(Protocol):
+    """Receives every counted event (drops, failures, connects) for metrics and logs."""
+
+    def __call__(self, name: str, peer: bytes | None, **fields: object) -> None: ...
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Limits and timings of one node. Defaults suit a daemon; tests shorten the timings."""
+
+    max_frame: int = HARD_MAX_FRAME  # default request limit of a served protocol
+    read_timeout: float = 30.0  # inbound: receive the whole request; also the reply write
+    handler_timeout: float = 60.0  # inbound: the handler's time to produce a reply
+    max_inbound_streams_per_peer: int = 16
+    inbound_rate_per_peer: float = 50.0  # streams per second, refilled continuously
+    inbound_burst_per_peer: float = 100.0
+    max_gossip_size: int = 64 * 1024  # announcements only; gossipsub drops ≥1 MiB silently
+    gossip_publish_spacing: float = 0.010  # back-to-back publishes overflow peer queues (§6)
+    gossip_queue_size: int = 256
+    gossip_max_rate_per_peer: float = 50.0  # libp2p's default 10/s drops bursts (§6)
+    discovery_first_interval: float = 1.0
+    discovery_interval: float = 15.0
+    small_routing_table: int = 20  # Kademlia's k: below this, keep looking for peers
+    bootstrap_backoff_max: float = 60.0
+    dial_timeout: float = 10.0
+    close_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class TransportStats:
+    """A snapshot of the node's counters (see `Node.statistics`)."""
+
+    events: Mapping[str, int]
+    bytes_sent: Mapping[str, int]  # per protocol id, frame headers included
+    bytes_received: Mapping[str, int]
+    connected_peers: int
+    routing_table_size: int
+
+
+@dataclass(frozen=True)
+class _Route:
+    protocol_id: str
+    handler: RequestHandler
+    max_request: int
+    read_timeout: float
+    handler_timeout: float
+
+
+class Node:
+    """A running village node: request/response, gossip, and peer status.
+
+    Get one from `open_node`; it is valid until that context exits.
+    """
+
+    def __init__(
+        self,
+        host: IHost,
+        dht: KadDHT,
+        pubsub: Pubsub,
+        nursery: trio.Nursery,
+        config: TransportConfig,
+        on_event: EventHook | None,
+        on_peer_connected: PeerConnectedHook | None,
+    ) -> None:
+        self._host = host
+        self._dht = dht
+        self._nursery = nursery
+        self._config = config
+        self._on_event = on_event
+        self._on_peer_connected = on_peer_connected
+        self._routes: dict[str, _Route] = {}
+        self._limits = PeerLimits(
+            max_active=config.max_inbound_streams_per_peer,
+            rate=config.inbound_rate_per_peer,
+            burst=config.inbound_burst_per_peer,
+        )
+        self._events: Counter[str] = Counter()
+        self._sent: Counter[str] = Counter()
+        self._received: Counter[str] = Counter()
+        self._connected: set[ID] = set()
+        self._gossip = Gossip(
+            pubsub,
+            nursery,
+            self._emit,
+            max_size=config.max_gossip_size,
+            publish_spacing=config.gossip_publish_spacing,
+            queue_size=config.gossip_queue_size,
+        )
+        self.peer_id: ID = host.get_id()
+        self.member_id: bytes = member_id_from_peer_id(self.peer_id)
+
+    # ---- status ------------------------------------------------------------------------
+
+    @property
+    def listen_addrs(self) -> list[str]:
+        """Full addresses others can dial, `/ip4/.../tcp/.../p2p/<id>`."""
+        return [str(addr) for addr in self._host.get_addrs()]
+
+    def connected_peers(self) -> list[bytes]:
+        """Member ids of the peers with an open connection (non-Ed25519 peers left out)."""
+        members = []
+        for peer in self._host.get_connected_peers():
+            try:
+                members.append(member_id_from_peer_id(peer))
+            except ValueError:
+                continue
+        return members
+
+    def routing_table_size(self) -> int:
+        return self._dht.get_routing_table_size()
+
+    def statistics(self) -> TransportStats:
+        return TransportStats(
+            events=dict(self._events),
+            bytes_sent=dict(self._sent),
+            bytes_received=dict(self._received),
+            connected_peers=len(self._host.get_connected_peers()),
+            routing_table_size=self.routing_table_size(),
+        )
+
+    # ---- gossip ------------------------------------------------------------------------
+
+    async def subscribe(
+        self, topic: str, validator: GossipValidator
+    ) -> trio.MemoryReceiveChannel[tuple[bytes, bytes]]:
+        """Receive (sender member id, data) for `topic`; see `Gossip.subscribe`."""
+        return await self._gossip.subscribe(topic, validator)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Best-effort small announcement; see `Gossip.publish`."""
+        await self._gossip.publish(topic, data)
+
+    # ---- request/response: serving --------------------------------------------------------
+
+    def serve(
+        self,
+        protocol_id: str,
+        handler: RequestHandler,
+        *,
+        max_request: int | None = None,
+        read_timeout: float | None = None,
+        handler_timeout: float | None = None,
+    ) -> None:
+        """Answer each inbound stream on `protocol_id` with one reply frame, then close it.
+
+        A handler exception becomes an error reply carrying `str(exc)` (the caller raises
+        TransportError with it); it never reaches libp2p.
+        """
+        limit = self._config.max_frame if max_request is None else max_request
+        if not 0 <= limit <= HARD_MAX_FRAME:
+            raise ValueError(f"max_request must be within 0..{HARD_MAX_FRAME}, got {limit}")
+        route = _Route(
+            protocol_id=protocol_id,
+            handler=handler,
+            max_request=limit,
+            read_timeout=read_timeout or self._config.read_timeout,
+            handler_timeout=handler_timeout or self._config.handler_timeout,
+        )
+        self._routes[protocol_id] = route
+
+        async def on_stream(stream: INetStream) -> None:
+            await self._handle_stream(route, stream)
+
+        self._host.set_stream_handler(TProtocol(protocol_id), on_stream)
+
+    async def _handle_stream(self, route: _Route, stream: INetStream) -> None:
+        peer: bytes | None = None
+        replied = False
+        try:
+            peer = member_id_from_peer_id(stream.muxed_conn.peer_id)
+            replied = await self._admit_and_serve(route, stream, peer)
+        except Exception as exc:  # an exception escaping here would end the whole trio run
+            self._emit("inbound_failed", peer, protocol=route.protocol_id, error=repr(exc))
+        finally:
+            await _finish(stream, graceful=replied)
+
+    async def _admit_and_serve(self, route: _Route, stream: INetStream, peer: bytes) -> bool:
+        """Serve one stream within the peer's limits; True if a reply frame was sent."""
+        refusal = self._limits.admit(peer, trio.current_time())
+        if refusal is not None:
+            self._emit("inbound_refused", peer, protocol=route.protocol_id, reason=refusal)
+            await self._send_reply(route, stream, error_reply(refusal))
+            return True
+        try:
+            return await self._serve_one(route, stream, peer)
+        finally:
+            self._limits.release(peer)
+
+    async def _serve_one(self, route: _Route, stream: INetStream, peer: bytes) -> bool:
+        try:
+            with trio.fail_after(route.read_timeout):
+                length = await read_length(stream, route.max_request, peer)
+                request = await read_exact(stream, length, peer)
+        except FrameTooLarge as exc:
+            self._emit("inbound_oversize", peer, protocol=route.protocol_id, size=exc.length)
+            await self._send_reply(route, stream, error_reply(exc.reason))
+            return True
+        except trio.TooSlowError:
+            self._emit("inbound_timeout", peer, protocol=route.protocol_id)
+            return False
+        except TransportError as exc:
+            self._emit("inbound_broken", peer, protocol=route.protocol_id, reason=exc.reason)
+            return False
+        self._received[route.protocol_id] += HEADER.size + length
+        reply = await self._call_handler(route, peer, request)
+        await self._send_reply(route, stream, reply)
+        return True
+
+    async def _call_handler(self, route: _Route, peer: bytes, request: bytes) -> bytes:
+        try:
+            with trio.fail_after(route.handler_timeout):
+                return ok_reply(await route.handler(peer, request))
+        except trio.TooSlowError:
+            self._emit("handler_timeout", peer, protocol=route.protocol_id)
+            return error_reply(f"handler gave no reply within {route.handler_timeout:g} s")
+        except Exception as exc:
+            log.warning("handler for %s raised", route.protocol_id, exc_info=True)
+            self._emit("handler_error", peer, protocol=route.protocol_id, error=repr(exc))
+            return error_reply(str(exc) or type(exc).__name__)
+
+    async def _send_reply(self, route: _Route, stream: INetStream, reply: bytes) -> None:
+        with trio.fail_after(route.read_timeout):
+            await write_frame(stream, reply)
+        self._sent[route.protocol_id] += HEADER.size + len(reply)
+
+    # ---- request/response: asking ---------------------------------------------------------
+
+    async def request(
+        self,
+        peer: bytes,
+        protocol_id: str,
+        request: bytes,
+        *,
+        timeout: float,
+        max_reply: int = HARD_MAX_FRAME - 1,
+    ) -> bytes:
+        """Send one request frame to `peer` and return its reply.
+
+        Dials first if needed, using known addresses or a DHT lookup. Every failure (no
+        address, dial, timeout, reset, truncated or oversize reply, error reply) raises
+        TransportError; nothing else is raised except cancellation.
+        """
+        if peer == self.member_id:
+            return await self._request_self(protocol_id, request)
+        try:
+            return await self._request_remote(peer, protocol_id, request, timeout, max_reply)
+        except TransportError as exc:
+            self._emit("request_failed", peer, protocol=protocol_id, reason=exc.reason)
+            raise
+
+    async def _request_remote(
+        self, peer: bytes, protocol_id: str, request: bytes, timeout: float, max_reply: int
+    ) -> bytes:
+        if len(request) > HARD_MAX_FRAME:
+            raise TransportError(peer, f"request of {len(request)} bytes exceeds {HARD_MAX_FRAME}")
+        stream: INetStream | None = None
+        done = False
+        try:
+            with trio.fail_after(timeout):
+                stream = await self._open_stream(peer, protocol_id)
+                reply = await self._exchange(stream, peer, protocol_id, request, max_reply)
+                done = True
+        except trio.TooSlowError:
+            raise TransportError(peer, f"no reply within {timeout:g} s") from None
+        except TransportError:
+            raise
+        except Exception as exc:  # libp2p's dial and stream errors have no common base
+            raise TransportError(peer, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if stream is not None:
+                await _finish(stream, graceful=done)
+        return open_reply(reply, peer)
+
+    async def _exchange(
+        self, stream: INetStream, peer: bytes, protocol_id: str, request: bytes, max_reply: int
+    ) -> bytes:
+        """Write the request while already reading the reply.
+
+        A server refuses an oversize or rate-limited request before reading it and replies
+        with the reason at once. Reading concurrently gets that reason to the caller instead
+        of a write stalled on a full yamux window (4 MiB) until yamux gives up after 5 s.
+        """
+        failure: TransportError | None = None
+
+        async def send() -> None:
+            try:
+                await write_frame(stream, request)
+            except Exception:  # StreamReset and friends: the reply, or its absence, says why
+                log.debug("request write to %s failed", peer.hex()[:16], exc_info=True)
+                return
+            self._sent[protocol_id] += HEADER.size + len(request)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            try:
+                reply = await read_frame(stream, max_reply + 1, peer)  # +1: status byte
+            except TransportError as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        self._received[protocol_id] += HEADER.size + len(reply)
+        return reply
+
+    async def _open_stream(self, peer: bytes, protocol_id: str) -> INetStream:
+        try:
+            peer_id = peer_id_from_member_id(peer)
+        except ValueError as exc:
+            raise TransportError(peer, str(exc)) from exc
+        if not self._host.get_network().get_connections(peer_id) and not self._known_addrs(peer_id):
+            info = await self._dht.find_peer(peer_id)
+            if info is None or not info.addrs:
+                raise TransportError(peer, "no known address, and the DHT lookup found none")
+            self._host.get_peerstore().add_addrs(peer_id, info.addrs, LOOKUP_ADDR_TTL)
+        return await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
+
+    def _known_addrs(self, peer_id: ID) -> bool:
+        try:
+            return bool(self._host.get_peerstore().addrs(peer_id))
+        except Exception:  # PeerStoreError: unknown or expired
+            return False
+
+    async def _request_self(self, protocol_id: str, request: bytes) -> bytes:
+        """A member may address itself (a coordinator is also a client); skip the network."""
+        route = self._routes.get(protocol_id)
+        if route is None:
+            raise TransportError(self.member_id, f"protocol {protocol_id} is not served here")
+        return open_reply(await self._call_handler(route, self.member_id, request), self.member_id)
+
+    # ---- events --------------------------------------------------------------------------
+
+    def _emit(self, name: str, peer: bytes | None, **fields: object) -> None:
+        self._events[name] += 1
+        log.debug("%s peer=%s %s", name, peer.hex()[:16] if peer else None, fields)
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(name, peer, **fields)
+        except Exception:
+            log.exception("on_event hook raised for %s", name)
+
+    def _peer_connected(self, peer_id: ID) -> None:
+        if peer_id in self._connected:
+            return
+        self._connected.add(peer_id)
+        try:
+            member = member_id_from_peer_id(peer_id)
+        except ValueError:
+            return
+        self._emit("peer_connected", member)
+        if self._on_peer_connected is not None:
+            self._nursery.start_soon(self._run_connected_hook, self._on_peer_connected, member)
+
+    def _peer_disconnected(self, peer_id: ID) -> None:
+        if self._host.get_network().get_connections(peer_id) or peer_id not in self._connected:
+            return
+        self._connected.discard(peer_id)
+        try:
+            self._emit("peer_disconnected", member_id_from_peer_id(peer_id))
+        except ValueError:
+            return
+
+    async def _run_connected_hook(self, hook: PeerConnectedHook, member: bytes) -> None:
+        try:
+            await hook(member)
+        except Exception:
+            log.exception("on_peer_connected hook raised")
+            self._emit("peer_connected_hook_error", member)
+
+
+class _ConnectionEvents(INotifee):
+    """Forwards swarm connect/disconnect to the node. Must not block: the swarm awaits it."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._node._peer_connected(conn.muxed_conn.peer_id)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._node._peer_disconnected(conn.muxed_conn.peer_id)
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+
+async def _finish(stream: INetStream, *, graceful: bool) -> None:
+    """Close a stream that carried a reply, reset any other; never raise or block for long.
+
+    A refused request is closed, not reset, although its body was not read: a reset makes
+    the caller's stream unreadable before the reason arrives. The caller resets its side as
+    soon as it has the reply, which discards what yamux buffered here.
+    """
+    with trio.move_on_after(1.0) as scope:
+        scope.shield = True  # also runs while the caller is being cancelled
+        try:
+            await (stream.close() if graceful else stream.reset())
+        except Exception:
+            log.debug("closing stream failed", exc_info=True)
+
+
+def _build_host(keypair: KeyPair, config: TransportConfig) -> IHost:
+    return new_host(
+        key_pair=keypair,
+        # Noise only: the default host also accepts /plaintext/2.0.0 (notes §1).
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(keypair, noise_privkey=x25519.create_new_key_pair().private_key)},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        # min_connections=0 and low_watermark=0 also turn off the auto-connector (notes §4).
+        connection_config=ConnectionConfig(
+            max_connections=HUGE_CONNECTION_CAP,
+            min_connections=0,
+            low_watermark=0,
+            high_watermark=HUGE_CONNECTION_CAP,
+            dial_timeout=config.dial_timeout,
+        ),
+        resource_manager=new_resource_manager(
+            connection_limits=ConnectionLimits(
+                max_pending_inbound=4096,
+                max_pending_outbound=4096,
+                max_established_inbound=HUGE_CONNECTION_CAP,
+                max_established_outbound=HUGE_CONNECTION_CAP,
+                max_established_per_peer=8,
+                max_established_total=HUGE_CONNECTION_CAP,
+            )
+        ),
+    )
+
+
+def _build_gossipsub(config: TransportConfig) -> GossipSub:
+    return GossipSub(
+        protocols=GOSSIPSUB_PROTOCOLS,
+        degree=6,
+        degree_low=4,
+        degree_high=12,
+        heartbeat_interval=1,
+        # Adaptive gossip raises the heartbeat to 30-60 s on small networks (notes §6).
+        adaptive_gossip_enabled=False,
+        max_messages_per_topic_per_second=config.gossip_max_rate_per_peer,
+    )
+
+
+async def _stop_auto_connector(host: IHost) -> None:
+    """Stop the swarm's auto-connector: discovery.py decides whom to dial.
+
+    With high_watermark raised (it must be: the pruner closes connections above it) the
+    auto-connector aims at (low + high) / 2 connections and dials every peer in the
+    peerstore with a public address every 10 s, logging at INFO each time. Swarm.run starts
+    it with no checkpoint after the listen event, so it is running once host.run() is entered.
+    """
+    network = host.get_network()
+    if isinstance(network, Swarm):
+        await network.auto_connector.stop()
+async def _close_host(host: IHost, timeout: float) -> None:
+    """host.close() closes connections and listeners; leaving host.run() does not (notes §7)."""
+    with trio.move_on_after(timeout) as scope:
+        scope.shield = True
+        await host.close()
+    if scope.cancelled_caught:
+        log.warning("host.close() took longer than %.1f s; abandoned", timeout)
+
+
+@asynccontextmanager
+async def open_node(
+    keypair: KeyPair,
+    listen: Sequence[str],
+    bootstrap: Sequence[str],
+    config: TransportConfig = TransportConfig(),
+    *,
+    on_event: EventHook | None = None,
+    on_peer_connected: PeerConnectedHook | None = None,
+) -> AsyncIterator[Node]:
+    """Run a node listening on `listen`, joined through `bootstrap`, until the block exits.
+
+    `bootstrap` entries are full `/ip4/.../tcp/.../p2p/<id>` addresses (ValueError if not);
+    joining continues in the background, so the node is usable at once. On exit the host is
+    closed within `config.close_timeout`.
+    """
+    logging.getLogger("libp2p").propagate = True  # libp2p detaches its logger at import (§8)
+    bootstrap_peers = parse_bootstrap(bootstrap)
+    host = _build_host(keypair, config)
+    dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
+    gossipsub = _build_gossipsub(config)
+    pubsub = Pubsub(host, gossipsub, strict_signing=True)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]))
+        await stack.enter_async_context(background_trio_service(pubsub))
+        await stack.enter_async_context(background_trio_service(gossipsub))
+        await pubsub.wait_until_ready()
+        await stack.enter_async_context(background_trio_service(dht))
+        await _stop_auto_connector(host)
+        stack.push_async_callback(_close_host, host, config.close_timeout)
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        node = Node(host, dht, pubsub, nursery, config, on_event, on_peer_connected)
+        host.get_network().register_notifee(_ConnectionEvents(node))
+        settings = DiscoverySettings(
+            first_interval=config.discovery_first_interval,
+            interval=config.discovery_interval,
+            small_table=config.small_routing_table,
+            backoff_max=config.bootstrap_backoff_max,
+            dial_timeout=config.dial_timeout,
+        )
+        nursery.start_soon(maintain_peers, host, dht, bootstrap_peers, settings, node._emit)
+        try:
+            yield node
+        finally:
+            nursery.cancel_scope.cancel()
