@@ -1,0 +1,31 @@
+"""Coordinator election by rendezvous hashing: no messages, every node gets the same answer.
+
+Each eligible member gets the score H(job ‖ round ‖ member); the ranking is by score and the
+coordinator of attempt a is ranking[a mod n]. A member's score does not depend on who else is
+eligible, so the relative order of two members never changes when others join or leave, and the
+coordinator of attempt 0 changes only if the newcomer outranks it. Scores are uniform, so over
+many rounds every member coordinates about equally often.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from protocol.crypto import sha256
+from protocol.errors import LocalProtocolError
+
+
+def ranking(job_id: str, round_number: int, members: Iterable[bytes]) -> list[bytes]:
+    """Eligible members, best first, for one round of one job."""
+    prefix = (b"village/election/v1", job_id.encode(), round_number.to_bytes(8, "big"))
+    return sorted(set(members), key=lambda m: (sha256(*prefix, m), m))
+
+
+def coordinator_for(job_id: str, round_number: int, attempt: int, members: Iterable[bytes]) -> bytes:
+    """The member that coordinates this attempt; attempt + 1 names the next one in the ranking."""
+    ranked = ranking(job_id, round_number, members)
+    if not ranked:
+        raise LocalProtocolError("no eligible members to elect a coordinator from")
+    if attempt < 0:
+        raise LocalProtocolError(f"attempt must be >= 0, got {attempt}")
+    return ranked[attempt % len(ranked)]

@@ -1,0 +1,87 @@
+"""Round parameters and the rules that make a round safe, checked before any key is made.
+
+Threshold rule: a secret of client w has k+1 holders (w and its k neighbours). The consistency
+check lets a holder reveal a share of w only after t holders of w signed the same survivor set,
+so two conflicting survivor sets can both reach quorum only if 2t - (k+1) holders signed both;
+an honest holder signs one. Hence t > (k+1)/2 (a strict majority of the holders), and t <= k+1
+so that the secret is recoverable at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.errors import ParameterError
+
+#: 16 Mi coordinates = a 64 MiB masked vector, the largest frame the wire accepts.
+MAX_DIMENSION = 1 << 24
+#: A round larger than this does not fit the survivor list in one frame (32 B per member).
+MAX_PARTICIPANTS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class RoundParams:
+    """What every participant of one attempt agrees on, carried in the signed invitation."""
+
+    dimension: int  # d: coordinates per vector
+    bits: int  # m: arithmetic is in Z_(2^m), 1 <= m <= 32
+    neighbours: int  # k: SecAgg+ graph degree (even); >= n-1 means the complete graph
+    threshold: int  # t: shares needed to rebuild a secret
+    min_survivors: int  # fewer inputs than this and the sum is not released
+    phase_timeout: float  # seconds a machine waits in one phase
+
+    def __post_init__(self) -> None:
+        _int_in("dimension", self.dimension, 1, MAX_DIMENSION)
+        _int_in("bits", self.bits, 1, 32)
+        _int_in("neighbours", self.neighbours, 2, MAX_PARTICIPANTS)
+        if self.neighbours % 2:
+            raise ParameterError("neighbours", f"must be even (k/2 on each side of the ring), got {self.neighbours}")
+        _int_in("threshold", self.threshold, 2, self.neighbours + 1)
+        _int_in("min_survivors", self.min_survivors, 2, MAX_PARTICIPANTS)
+        if not (isinstance(self.phase_timeout, (int, float)) and 0 < self.phase_timeout <= 3600):
+            raise ParameterError("phase_timeout", f"must be in (0, 3600] seconds, got {self.phase_timeout!r}")
+
+    @property
+    def modulus_mask(self) -> int:
+        return (1 << self.bits) - 1
+
+    def effective_neighbours(self, participants: int) -> int:
+        """k for a round of n participants: the complete graph when k >= n - 1."""
+        return min(self.neighbours, participants - 1)
+
+    def check_for(self, participants: int) -> None:
+        """Reject a participant count the thresholds cannot serve safely."""
+        _int_in("participants", participants, 2, MAX_PARTICIPANTS)
+        holders = self.effective_neighbours(participants) + 1
+        if 2 * self.threshold <= holders:
+            raise ParameterError(
+                "threshold",
+                f"t={self.threshold} must be a strict majority of the {holders} holders of each secret "
+                f"(t > {holders / 2:g}) so that a lying coordinator cannot collect both shares of a client",
+            )
+        if self.threshold > holders:
+            raise ParameterError(
+                "threshold", f"t={self.threshold} exceeds the {holders} holders of each secret with {participants} participants"
+            )
+        if self.min_survivors > participants:
+            raise ParameterError(
+                "min_survivors", f"{self.min_survivors} exceeds the {participants} participants invited"
+            )
+
+    def to_wire(self) -> list[Any]:
+        return [self.dimension, self.bits, self.neighbours, self.threshold, self.min_survivors, float(self.phase_timeout)]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> RoundParams:
+        if not (isinstance(value, list) and len(value) == 6):
+            raise ParameterError("params", "expected a list of 6 values")
+        d, bits, k, t, min_survivors, timeout = value
+        if not all(type(v) is int for v in (d, bits, k, t, min_survivors)) or type(timeout) is not float:
+            raise ParameterError("params", "wrong value types")
+        return cls(d, bits, k, t, min_survivors, timeout)
+
+
+def _int_in(field: str, value: object, low: int, high: int) -> None:
+    if type(value) is not int or not low <= value <= high:
+        raise ParameterError(field, f"must be an integer in [{low}, {high}], got {value!r}")

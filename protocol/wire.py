@@ -1,0 +1,121 @@
+"""The signed envelope every protocol message travels in, and its strict decoder.
+
+    frame  = msgpack [signed: bin, signature: bin(64)]
+    signed = msgpack [version, kind, job_id, round, attempt, sender, body]
+
+`sender` is the sender's Ed25519 member id and `signature` covers `signed`, so every message is
+bound to its sender and to (job, round, attempt): a frame replayed into another round or attempt
+fails the context check of the machine that receives it. Relayed messages (AdvertiseKeys,
+ConsistencySignature) travel as the exact original frame, so the final receiver checks the
+original sender's signature, not the coordinator's word.
+
+Rule for `decode`: it returns an `Envelope` or raises `RemoteProtocolError`; nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import nacl.signing
+
+from protocol.crypto import SIGNATURE_BYTES, sign, verify
+from protocol.errors import ParameterError, RemoteProtocolError
+from protocol.messages import ID_BYTES, MESSAGE_TYPES, Message
+from protocol.params import MAX_DIMENSION, MAX_PARTICIPANTS
+
+VERSION = 1
+#: A masked vector of MAX_DIMENSION uint32 words plus envelope overhead.
+MAX_FRAME_BYTES = 4 * MAX_DIMENSION + 64 * 1024
+MAX_JOB_ID = 128
+_MAX_ROUND = 2**53
+
+
+@dataclass(frozen=True, slots=True)
+class RoundContext:
+    """Which attempt a message belongs to. Everything signed or derived is bound to it."""
+
+    job_id: str
+    round: int
+    attempt: int
+
+    def __post_init__(self) -> None:
+        if type(self.job_id) is not str or not 0 < len(self.job_id) <= MAX_JOB_ID:
+            raise ParameterError("job_id", f"must be a non-empty string of at most {MAX_JOB_ID} characters")
+        for name in ("round", "attempt"):
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value < _MAX_ROUND:
+                raise ParameterError(name, f"must be an integer in [0, 2^53), got {value!r}")
+
+    def encode(self) -> bytes:
+        return msgpack.packb(["village/ctx/v1", self.job_id, self.round, self.attempt])
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    context: RoundContext
+    sender: bytes
+    message: Message
+    frame: bytes  # the exact bytes received, for verbatim relay
+
+
+def encode(context: RoundContext, message: Message, signing_key: nacl.signing.SigningKey) -> bytes:
+    sender = bytes(signing_key.verify_key)
+    signed = msgpack.packb(
+        [VERSION, message.KIND, context.job_id, context.round, context.attempt, sender, message.to_wire()],
+        use_bin_type=True,
+    )
+    return msgpack.packb([signed, sign(signing_key, signed)], use_bin_type=True)
+
+
+def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Envelope:
+    """Parse, validate and authenticate one frame."""
+    if type(frame) is not bytes:
+        raise RemoteProtocolError(None, "decode", f"frame must be bytes, got {type(frame).__name__}")
+    if len(frame) > max_bytes:
+        raise RemoteProtocolError(None, "decode", f"frame of {len(frame)} bytes exceeds the limit of {max_bytes}")
+    outer = _unpack(frame, "frame")
+    if type(outer) is not list or len(outer) != 2 or type(outer[0]) is not bytes or type(outer[1]) is not bytes:
+        raise RemoteProtocolError(None, "decode", "frame is not [signed bytes, signature]")
+    signed, signature = outer
+    fields = _unpack(signed, "signed part")
+    if type(fields) is not list or len(fields) != 7:
+        raise RemoteProtocolError(None, "decode", "signed part is not a list of 7 fields")
+    version, kind, job_id, round_number, attempt, sender, body = fields
+    if type(sender) is not bytes or len(sender) != ID_BYTES:
+        raise RemoteProtocolError(None, "decode", "sender is not a 32-byte member id")
+    if version != VERSION or type(version) is not int:
+        raise RemoteProtocolError(sender, "decode", f"unsupported protocol version {version!r} (this node speaks {VERSION})")
+    message_type = MESSAGE_TYPES.get(kind) if type(kind) is str else None
+    if message_type is None:
+        raise RemoteProtocolError(sender, "decode", f"unknown message kind {kind!r}")
+    try:
+        context = RoundContext(job_id, round_number, attempt)
+    except ParameterError as exc:
+        raise RemoteProtocolError(sender, kind, f"bad round context: {exc}") from None
+    if len(signature) != SIGNATURE_BYTES:
+        raise RemoteProtocolError(sender, kind, "signature is not 64 bytes")
+    verify(sender, signed, signature, kind)
+    try:
+        message = message_type.from_wire(body)
+    except (ValueError, TypeError) as exc:
+        raise RemoteProtocolError(sender, kind, f"malformed body: {exc}") from None
+    return Envelope(context, sender, message, frame)
+
+
+def _unpack(data: bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=MAX_FRAME_BYTES,
+            max_str_len=64 * 1024,
+            max_array_len=MAX_PARTICIPANTS + 8,
+            max_map_len=0,  # no message uses maps
+            max_ext_len=0,  # nor extension types
+        )
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
+        raise RemoteProtocolError(None, "decode", f"{what} is not valid msgpack ({type(exc).__name__}: {exc})") from None
