@@ -14,7 +14,6 @@ evaluates w's sharing polynomial at x = i + 1.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 
 from protocol.crypto import keystream, sha256
 
@@ -28,16 +27,33 @@ class NeighbourGraph:
         self.k = min(neighbours, len(ordered) - 1)
         self._ring = _shuffle(ordered, sha256(b"village/graph/v1", context, *ordered))
         self._position = {member: i for i, member in enumerate(self._ring)}
+        # Built on demand: a client needs only its own two-hop neighbourhood, not all n nodes.
+        self._neighbours: dict[bytes, frozenset[bytes]] = {}
+        self._holders: dict[bytes, tuple[bytes, ...]] = {}
+        self._holder_index: dict[bytes, dict[bytes, int]] = {}
 
     def neighbours(self, member: bytes) -> frozenset[bytes]:
-        return self._neighbour_sets[member]
+        found = self._neighbours.get(member)
+        if found is None:
+            n, half, i = len(self._ring), self.k // 2, self._position[member]
+            if self.k >= n - 1:
+                found = frozenset(self._ring[:i] + self._ring[i + 1 :])
+            else:
+                found = frozenset(self._ring[(i + off) % n] for off in range(-half, half + 1) if off)
+            self._neighbours[member] = found
+        return found
 
     def holders(self, owner: bytes) -> tuple[bytes, ...]:
         """Sorted holders of `owner`'s shares (owner included)."""
-        return self._holder_lists[owner]
+        found = self._holders.get(owner)
+        if found is None:
+            found = self._holders[owner] = tuple(sorted(self.neighbours(owner) | {owner}))
+            self._holder_index[owner] = {h: i for i, h in enumerate(found)}
+        return found
 
     def x_of(self, owner: bytes, holder: bytes) -> int:
         """The x-coordinate at which `holder` holds `owner`'s shares."""
+        self.holders(owner)
         return self._holder_index[owner][holder] + 1
 
     def two_hop(self, member: bytes) -> frozenset[bytes]:
@@ -46,25 +62,6 @@ class NeighbourGraph:
         for owner in self.holders(member):
             out.update(self.holders(owner))
         return frozenset(out)
-
-    @cached_property
-    def _neighbour_sets(self) -> dict[bytes, frozenset[bytes]]:
-        n, half = len(self._ring), self.k // 2
-        sets = {}
-        for member, i in self._position.items():
-            if self.k >= n - 1:
-                sets[member] = frozenset(m for m in self._ring if m != member)
-            else:
-                sets[member] = frozenset(self._ring[(i + off) % n] for off in range(-half, half + 1) if off)
-        return sets
-
-    @cached_property
-    def _holder_lists(self) -> dict[bytes, tuple[bytes, ...]]:
-        return {m: tuple(sorted(self._neighbour_sets[m] | {m})) for m in self._ring}
-
-    @cached_property
-    def _holder_index(self) -> dict[bytes, dict[bytes, int]]:
-        return {m: {h: i for i, h in enumerate(hs)} for m, hs in self._holder_lists.items()}
 
 
 def _shuffle(items: list[bytes], seed: bytes) -> list[bytes]:

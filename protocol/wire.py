@@ -1,10 +1,13 @@
 """The signed envelope every protocol message travels in, and its strict decoder.
 
-    frame  = msgpack [signed: bin, signature: bin(64)]
-    signed = msgpack [version, kind, job_id, round, attempt, sender, body]
+    frame  = msgpack [header: bin, body: bin, signature: bin(64)]
+    header = msgpack [version, kind, job_id, round, attempt, sender, sha256(body)]
+    body   = msgpack of the message's fields
 
-`sender` is the sender's Ed25519 member id and `signature` covers `signed`, so every message is
-bound to its sender and to (job, round, attempt): a frame replayed into another round or attempt
+`sender` is the sender's Ed25519 member id and `signature` covers the header, which binds the
+body by its hash (hash-then-sign: one SHA-256 pass over a 400 KB masked vector costs 0.26 ms
+here, Ed25519 over the whole body twice that plus a copy). So every message is bound to its
+sender and to (job, round, attempt): a frame replayed into another round or attempt
 fails the context check of the machine that receives it. Relayed messages (AdvertiseKeys,
 ConsistencySignature) travel as the exact original frame, so the final receiver checks the
 original sender's signature, not the coordinator's word.
@@ -14,6 +17,7 @@ Rule for `decode`: it returns an `Envelope` or raises `RemoteProtocolError`; not
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,11 +66,12 @@ class Envelope:
 
 def encode(context: RoundContext, message: Message, signing_key: nacl.signing.SigningKey) -> bytes:
     sender = bytes(signing_key.verify_key)
-    signed = msgpack.packb(
-        [VERSION, message.KIND, context.job_id, context.round, context.attempt, sender, message.to_wire()],
+    body = msgpack.packb(message.to_wire(), use_bin_type=True)
+    header = msgpack.packb(
+        [VERSION, message.KIND, context.job_id, context.round, context.attempt, sender, hashlib.sha256(body).digest()],
         use_bin_type=True,
     )
-    return msgpack.packb([signed, sign(signing_key, signed)], use_bin_type=True)
+    return msgpack.packb([header, body, sign(signing_key, header)], use_bin_type=True)
 
 
 def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Envelope:
@@ -76,13 +81,13 @@ def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Envelope:
     if len(frame) > max_bytes:
         raise RemoteProtocolError(None, "decode", f"frame of {len(frame)} bytes exceeds the limit of {max_bytes}")
     outer = _unpack(frame, "frame")
-    if type(outer) is not list or len(outer) != 2 or type(outer[0]) is not bytes or type(outer[1]) is not bytes:
-        raise RemoteProtocolError(None, "decode", "frame is not [signed bytes, signature]")
-    signed, signature = outer
-    fields = _unpack(signed, "signed part")
+    if type(outer) is not list or len(outer) != 3 or not all(type(part) is bytes for part in outer):
+        raise RemoteProtocolError(None, "decode", "frame is not [header, body, signature] bytes")
+    header, body, signature = outer
+    fields = _unpack(header, "header")
     if type(fields) is not list or len(fields) != 7:
-        raise RemoteProtocolError(None, "decode", "signed part is not a list of 7 fields")
-    version, kind, job_id, round_number, attempt, sender, body = fields
+        raise RemoteProtocolError(None, "decode", "header is not a list of 7 fields")
+    version, kind, job_id, round_number, attempt, sender, body_digest = fields
     if type(sender) is not bytes or len(sender) != ID_BYTES:
         raise RemoteProtocolError(None, "decode", "sender is not a 32-byte member id")
     if version != VERSION or type(version) is not int:
@@ -96,9 +101,11 @@ def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Envelope:
         raise RemoteProtocolError(sender, kind, f"bad round context: {exc}") from None
     if len(signature) != SIGNATURE_BYTES:
         raise RemoteProtocolError(sender, kind, "signature is not 64 bytes")
-    verify(sender, signed, signature, kind)
+    verify(sender, header, signature, kind)
+    if body_digest != hashlib.sha256(body).digest():
+        raise RemoteProtocolError(sender, kind, "body does not match the signed digest")
     try:
-        message = message_type.from_wire(body)
+        message = message_type.from_wire(_unpack(body, "body"))
     except (ValueError, TypeError) as exc:
         raise RemoteProtocolError(sender, kind, f"malformed body: {exc}") from None
     return Envelope(context, sender, message, frame)
