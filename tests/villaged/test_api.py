@@ -1,0 +1,281 @@
+"""Tests for villaged/api.py + http_server.py: a real server on loopback, real HTTP requests."""
+
+from __future__ import annotations
+
+import json
+import stat
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import h11
+import pytest
+import trio
+
+from tests.villaged.fake_control import FakeControl, http, receive_reply
+from villaged.api import API_FILENAME, ROUTES, TOKEN_FILENAME, ApiEndpoint, ensure_token, serve_api
+from villaged.errors import ConfigError
+from villaged.http_server import MAX_BODY_BYTES
+from villaged.metrics import Metrics
+
+
+@dataclass
+class Server:
+    endpoint: ApiEndpoint
+    token: str
+    control: FakeControl
+    metrics: Metrics
+    data_dir: Path
+
+    async def get(self, path: str, token: str | None = "default") -> object:
+        return await http(self.endpoint.port, "GET", path, token=self.token if token == "default" else token)
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, tmp_path: Path) -> Server:
+    control, metrics = FakeControl(), Metrics()
+    endpoint = await nursery.start(partial(serve_api, control, metrics, tmp_path, port=0))
+    token = (tmp_path / TOKEN_FILENAME).read_text().strip()
+    return Server(endpoint, token, control, metrics, tmp_path)
+
+
+def error_of(reply: object) -> dict[str, str]:
+    body = reply.json()  # type: ignore[attr-defined]
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+async def test_files_written_on_start(server: Server) -> None:
+    info = json.loads((server.data_dir / API_FILENAME).read_text())
+    assert info["host"] == "127.0.0.1" and info["port"] == server.endpoint.port > 0
+    assert info["url"] == f"http://127.0.0.1:{server.endpoint.port}"
+    token_file = server.data_dir / TOKEN_FILENAME
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert len(server.token) >= 40
+    assert ensure_token(server.data_dir) == server.token, "second start reuses the token"
+
+
+async def test_api_file_removed_on_shutdown(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve_api, FakeControl(), Metrics(), tmp_path))
+        assert (tmp_path / API_FILENAME).exists()
+        nursery.cancel_scope.cancel()
+    assert not (tmp_path / API_FILENAME).exists()
+
+
+def test_short_token_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / TOKEN_FILENAME).write_text("abc\n")
+    with pytest.raises(ConfigError, match="api.token: token: shorter than"):
+        ensure_token(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("token", "fragment"),
+    [(None, "missing bearer token"), ("wrong-token", "invalid bearer token")],
+)
+async def test_auth_failures(server: Server, token: str | None, fragment: str) -> None:
+    reply = await http(server.endpoint.port, "GET", "/v1/status", token=token)
+    assert reply.status == 401
+    assert reply.headers["www-authenticate"].startswith("Bearer")
+    assert fragment in error_of(reply)["message"]
+
+
+async def test_malformed_authorization_header(server: Server) -> None:
+    reply = await http(server.endpoint.port, "GET", "/v1/status", headers=(("authorization", "Basic Zm9vOmJhcg=="),))
+    assert reply.status == 401 and "must be 'Bearer <token>'" in error_of(reply)["message"]
+
+
+async def test_authenticated_reads(server: Server) -> None:
+    status = await server.get("/v1/status")
+    assert status.status == 200 and status.json()["peer_id"] == "12D3KooWFake"  # type: ignore[attr-defined]
+    peers = await server.get("/v1/peers")
+    assert [p["peer_id"] for p in peers.json()] == ["12D3KooWPeerOne", "12D3KooWPeerTwo"]  # type: ignore[attr-defined]
+    members = await server.get("/v1/members")
+    assert members.json()[0]["member_id"] == "b0" * 32  # type: ignore[attr-defined]
+
+
+async def test_public_routes_need_no_token(server: Server) -> None:
+    health = await server.get("/v1/health", token=None)
+    assert health.status == 200 and health.json()["status"] == "ok"  # type: ignore[attr-defined]
+    server.metrics.rounds_completed.inc()
+    metrics = await server.get("/metrics", token=None)
+    assert metrics.status == 200  # type: ignore[attr-defined]
+    assert metrics.headers["content-type"].startswith("text/plain")  # type: ignore[attr-defined]
+    assert b"federation_rounds_completed_total 1.0" in metrics.body  # type: ignore[attr-defined]
+
+
+async def test_job_lifecycle(server: Server) -> None:
+    port = server.endpoint.port
+    created = await http(port, "POST", "/v1/jobs", token=server.token, body=b'{"kind": "latency", "rounds": 3}')
+    assert created.status == 201 and created.headers["location"] == "/v1/jobs/job-1"
+    assert (await server.get("/v1/jobs")).json()[0]["id"] == "job-1"  # type: ignore[attr-defined]
+    assert (await server.get("/v1/jobs/job-1")).json()["state"] == "pending"  # type: ignore[attr-defined]
+    rounds = await server.get("/v1/jobs/job-1/rounds")
+    assert rounds.json()[0]["phase_timings"] == {"unmask": 0.5}  # type: ignore[attr-defined]
+    results = await server.get("/v1/jobs/job-1/results")
+    assert results.json()[0]["aggregate"] == "00ff"  # type: ignore[attr-defined]
+    cancelled = await http(port, "POST", "/v1/jobs/job-1/cancel", token=server.token)
+    assert cancelled.status == 200 and cancelled.json()["state"] == "cancelled"
+    again = await http(port, "POST", "/v1/jobs/job-1/cancel", token=server.token)
+    assert again.status == 409 and "already cancelled" in error_of(again)["message"]
+
+
+async def test_data_put_and_get(server: Server) -> None:
+    port = server.endpoint.port
+    put = await http(port, "PUT", "/v1/data/latency", token=server.token, body=b'{"gpt": [1.5]}')
+    assert put.status == 200
+    got = await server.get("/v1/data/latency")
+    assert got.json() == {"name": "latency", "payload": {"gpt": [1.5]}}  # type: ignore[attr-defined]
+    bad = await http(port, "PUT", "/v1/data/latency", token=server.token, body=b"[1, 2]")
+    assert bad.status == 422 and error_of(bad)["message"] == "request body: payload: must be a JSON object of per-model statistics"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code", "fragment"),
+    [
+        ("GET", "/v1/nope", 404, "no_route", "no route GET /v1/nope"),
+        ("GET", "/v2/status", 404, "no_route", "no route"),
+        ("GET", "/v1/jobs/ghost", 404, "not_found", "no job 'ghost'"),
+        ("GET", "/v1/jobs/ghost/results", 404, "not_found", "no job 'ghost'"),
+        ("GET", "/v1/data/missing", 404, "not_found", "no data 'missing'"),
+        ("DELETE", "/v1/jobs", 405, "method_not_allowed", "allowed: GET, POST"),
+        ("GET", "/v1/jobs/..%2Fetc", 400, "invalid_path", "path parameter 'id'"),
+    ],
+)
+async def test_client_errors(server: Server, method: str, path: str, status: int, code: str, fragment: str) -> None:
+    reply = await http(server.endpoint.port, method, path, token=server.token)
+    assert reply.status == status
+    error = error_of(reply)
+    assert error["code"] == code and fragment in error["message"]
+    if status == 405:
+        assert reply.headers["allow"] == "GET, POST"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "fragment"),
+    [
+        (b"{not json", (), 400, "not valid JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
+        (b"", (), 400, "needs a JSON request body"),
+        (b'{"rounds": NaN}', (), 400, "NaN is not valid JSON"),
+        (b"\xff\xfe", (), 400, "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, (), 400, "nested too deeply"),
+        (b'["a list"]', (), 422, "job spec must be a JSON object, got array"),
+        (b'{"rounds": 0}', (), 422, "request body: rounds: must be a positive integer, got 0"),
+        (b'{"rounds": 1}', (("content-type", "text/plain"),), 415, "must be application/json"),
+    ],
+)
+async def test_bad_job_bodies(
+    server: Server, body: bytes, headers: tuple[tuple[str, str], ...], status: int, fragment: str
+) -> None:
+    reply = await http(server.endpoint.port, "POST", "/v1/jobs", token=server.token, body=body, headers=headers)
+    assert reply.status == status, reply.body
+    assert fragment in error_of(reply)["message"]
+
+
+async def test_oversize_body_declared(server: Server) -> None:
+    # Only the headers: the server must answer from Content-Length alone, without reading a body.
+    stream = await trio.open_tcp_stream("127.0.0.1", server.endpoint.port)
+    async with stream:
+        await stream.send_all(
+            b"POST /v1/jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1)
+        )
+        reply = await receive_reply(h11_client_after_request(), stream)
+    assert reply.status == 413 and "limit is 1048576" in error_of(reply)["message"]
+
+
+async def test_oversize_body_chunked(server: Server) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.endpoint.port)
+    async with stream:
+        conn = h11.Connection(h11.CLIENT)
+        head = conn.send(
+            h11.Request(method="PUT", target="/v1/data/x", headers=[("host", "x"), ("transfer-encoding", "chunked")])
+        )
+        await stream.send_all(head or b"")
+
+        async def send_body() -> None:
+            chunk = b"x" * 65536
+            try:
+                for _ in range(MAX_BODY_BYTES // len(chunk) + 2):
+                    await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
+            except trio.BrokenResourceError:
+                pass  # the server may stop reading once it has answered
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_body)
+            reply = await receive_reply(conn, stream)
+    assert reply.status == 413 and "exceeds the limit" in error_of(reply)["message"]
+
+
+def h11_client_after_request() -> h11.Connection:
+    """A client-side h11 machine that believes it sent a request (we sent raw bytes ourselves)."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="POST", target="/", headers=[("host", "x"), ("content-length", "0")]))
+    conn.send(h11.EndOfMessage())
+    return conn
+
+
+async def test_garbage_http_gets_json_400(server: Server) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.endpoint.port)
+    async with stream:
+        await stream.send_all(b"THIS IS NOT HTTP\r\n\r\n")
+        reply = await receive_reply(h11_client_after_request(), stream)
+    assert reply.status == 400 and error_of(reply)["code"] == "bad_http"
+
+
+async def test_keep_alive_serves_several_requests(server: Server) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.endpoint.port)
+    async with stream:
+        conn = h11.Connection(h11.CLIENT)
+        for _ in range(3):
+            request = h11.Request(method="GET", target="/v1/health", headers=[("host", "x")])
+            await stream.send_all((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+            reply = await receive_reply(conn, stream)
+            assert reply.status == 200
+            conn.start_next_cycle()
+
+
+async def test_handler_bug_gives_json_500_without_details(server: Server) -> None:
+    server.control.explode = True
+    reply = await server.get("/v1/status")
+    assert reply.status == 500  # type: ignore[attr-defined]
+    error = error_of(reply)
+    assert error["code"] == "internal_error"
+    assert b"secret internal detail" not in reply.body and b"Traceback" not in reply.body  # type: ignore[attr-defined]
+
+
+async def test_openapi_document_lists_every_route(server: Server) -> None:
+    reply = await server.get("/v1/openapi.json", token=None)
+    assert reply.status == 200  # type: ignore[attr-defined]
+    doc = reply.json()  # type: ignore[attr-defined]
+    assert doc["openapi"] == "3.1.0" and doc["info"]["version"] == "v1"
+    documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+    assert documented == {(r.method, r.pattern) for r in ROUTES}
+    expected = {
+        ("GET", "/v1/status"), ("GET", "/v1/peers"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs/{id}"), ("POST", "/v1/jobs/{id}/cancel"), ("GET", "/v1/jobs/{id}/rounds"),
+        ("GET", "/v1/jobs/{id}/results"), ("PUT", "/v1/data/{name}"), ("GET", "/v1/data/{name}"),
+        ("GET", "/v1/members"), ("GET", "/v1/health"), ("GET", "/metrics"), ("GET", "/v1/openapi.json"),
+    }  # fmt: skip
+    assert documented == expected
+    # Every $ref resolves, every path parameter is declared, public routes say so.
+    refs = {ref for ref in _walk_refs(doc)}
+    for ref in refs:
+        node = doc
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            declared = {p["name"] for p in op.get("parameters", [])}
+            assert declared == {s[1:-1] for s in path.split("/") if s.startswith("{")}
+            assert op["operationId"] and op["responses"]
+    assert doc["paths"]["/v1/health"]["get"]["security"] == []
+
+
+def _walk_refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if "$ref" in node else []
+        return found + [r for value in node.values() for r in _walk_refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _walk_refs(value)]
+    return []

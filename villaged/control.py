@@ -1,0 +1,106 @@
+"""The boundary between the control API and the daemon: `NodeControl` and the errors it raises.
+
+`villaged/api.py` knows nothing about rounds, libp2p or SQLite; it calls a `NodeControl` and
+turns its answers into HTTP. The daemon implements this protocol (structural typing: no base
+class needed). Every method returns plain JSON data (dict / list / str / int / float / bool /
+None, no NaN, bytes as hex strings), because the API serializes it as is; returning anything
+else is a bug that the API reports as a JSON 500 and logs.
+
+Expected failures are the three `ControlError` subclasses below; the API maps each to its
+status code. Anything else a method raises is treated as a bug.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from villaged.errors import VillagedError
+
+__all__ = ["Conflict", "ControlError", "InvalidRequest", "NodeControl", "NotFound"]
+
+JSON = Any  # JSON data as produced by json.loads; see the module docstring.
+
+
+class ControlError(VillagedError):
+    """A control request the daemon refused for a reason the caller can fix."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+
+class InvalidRequest(ControlError):
+    """A job spec or data payload is invalid. ``field`` is a dotted path (``"rounds"``,
+    ``"vector.length"``), ``reason`` says what is wrong and what is allowed."""
+
+    status = 422
+    code = "invalid_field"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class NotFound(ControlError):
+    """The job or data item does not exist. ``what`` names it, e.g. ``"job 'j1'"``."""
+
+    status = 404
+    code = "not_found"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"no {what}")
+        self.what = what
+
+
+class Conflict(ControlError):
+    """The request is valid but not in the current state, e.g. cancelling a finished job."""
+
+    status = 409
+    code = "conflict"
+
+
+class NodeControl(Protocol):
+    """What the control API needs from a running daemon. All methods are async and return JSON data."""
+
+    async def status(self) -> dict[str, JSON]:
+        """Snapshot of this node: member id, peer id, village id, listen addresses, uptime, counts."""
+        ...
+
+    async def peers(self) -> list[dict[str, JSON]]:
+        """Connected peers: peer id, member id, address, whether their certificate is valid."""
+        ...
+
+    async def members(self) -> list[dict[str, JSON]]:
+        """Known members and their certificate expiry."""
+        ...
+
+    async def create_job(self, spec: dict[str, JSON]) -> dict[str, JSON]:
+        """Validate and submit a job; returns the job (with its ``"id"``). Raises InvalidRequest."""
+        ...
+
+    async def list_jobs(self) -> list[dict[str, JSON]]:
+        ...
+
+    async def get_job(self, job_id: str) -> dict[str, JSON]:
+        """Raises NotFound."""
+        ...
+
+    async def cancel_job(self, job_id: str) -> dict[str, JSON]:
+        """Returns the job after cancelling. Raises NotFound, or Conflict if it already finished."""
+        ...
+
+    async def rounds(self, job_id: str) -> list[dict[str, JSON]]:
+        """Every round attempt of a job with phase timings. Raises NotFound."""
+        ...
+
+    async def results(self, job_id: str) -> list[dict[str, JSON]]:
+        """Committed results of a job, one per round. Raises NotFound."""
+        ...
+
+    async def put_data(self, name: str, payload: JSON) -> dict[str, JSON]:
+        """Store this node's local input ``name``. Raises InvalidRequest naming the bad field."""
+        ...
+
+    async def get_data(self, name: str) -> dict[str, JSON]:
+        """Raises NotFound."""
+        ...
