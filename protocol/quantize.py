@@ -33,9 +33,9 @@ class Quantizer:
     rounding: Rounding = "stochastic"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.clip) and self.clip > 0):
+        if not (isinstance(self.clip, float) and math.isfinite(self.clip) and self.clip > 0):
             raise ParameterError("clip", f"must be a positive finite number, got {self.clip!r}")
-        if not (math.isfinite(self.scale) and self.scale > 0):
+        if not (isinstance(self.scale, float) and math.isfinite(self.scale) and self.scale > 0):
             raise ParameterError("scale", f"must be a positive finite number, got {self.scale!r}")
         if type(self.max_clients) is not int or self.max_clients < 1:
             raise ParameterError("max_clients", f"must be a positive integer, got {self.max_clients!r}")
@@ -55,8 +55,14 @@ class Quantizer:
     @staticmethod
     def largest_scale(clip: float, max_clients: int, bits: int = 32) -> float:
         """The finest scale whose worst-case sum of `max_clients` still fits without wrapping."""
+        if not (isinstance(clip, float) and math.isfinite(clip) and clip > 0):
+            raise ParameterError("clip", f"must be a positive finite number, got {clip!r}")
+        if type(bits) is not int or not 2 <= bits <= 32:
+            raise ParameterError("bits", f"must be an integer in [2, 32], got {bits!r}")
+        if type(max_clients) is not int or max_clients < 1:
+            raise ParameterError("max_clients", f"must be a positive integer, got {max_clients!r}")
         steps = ((1 << (bits - 1)) - 1) // max_clients
-        if steps < 1 or not clip > 0:
+        if steps < 1:
             raise ParameterError("max_clients", f"{max_clients} clients cannot be summed in Z_(2^{bits}) without wrapping")
         scale = steps / clip
         while math.ceil(clip * scale) > steps:  # float rounding may push clip * scale just above steps

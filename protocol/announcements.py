@@ -1,0 +1,203 @@
+"""Small signed announcements that travel over gossip: jobs, joins, cancellations, round results.
+
+Gossip is for small things only (py-libp2p drops large or bursty messages silently), so a result
+announcement carries the aggregate's SHA-256, not the aggregate; nodes fetch the vector over a
+stream and check it against the digest. Each announcement is signed with the author's Ed25519
+member key in addition to libp2p's own message signature, so it can be stored, relayed and
+re-verified later by anyone.
+
+    record = msgpack [version, kind, author, fields, signature over msgpack [version, kind, author, fields]]
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+import nacl.signing
+
+from protocol.crypto import sign, verify
+from protocol.errors import ParameterError, RemoteProtocolError
+from protocol.jobs import JobSpec
+from protocol.messages import MAX_REASON
+from protocol.params import MAX_PARTICIPANTS
+
+VERSION = 1
+#: Gossip messages stay far below py-libp2p's silent 1 MiB drop; 300 participants x 2 lists x 32 B
+#: fit comfortably.
+MAX_ANNOUNCEMENT_BYTES = 64 * 1024
+MAX_JOB_ID = 64
+
+
+@dataclass(frozen=True, slots=True)
+class JobAnnouncement:
+    KIND: ClassVar[str] = "job"
+    job_id: str
+    spec: JobSpec
+    created_at: float
+
+    def fields(self) -> Any:
+        return [self.job_id, self.spec.to_dict(), self.created_at]
+
+    @classmethod
+    def parse(cls, value: Any) -> JobAnnouncement:
+        job_id, spec, created_at = _list(value, 3)
+        try:
+            parsed = JobSpec.from_dict(spec)
+        except (ParameterError, TypeError) as exc:
+            raise ValueError(f"invalid job spec: {exc}") from None
+        return cls(_job_id(job_id), parsed, _time(created_at))
+
+
+@dataclass(frozen=True, slots=True)
+class JoinAnnouncement:
+    KIND: ClassVar[str] = "join"
+    job_id: str
+
+    def fields(self) -> Any:
+        return [self.job_id]
+
+    @classmethod
+    def parse(cls, value: Any) -> JoinAnnouncement:
+        (job_id,) = _list(value, 1)
+        return cls(_job_id(job_id))
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAnnouncement:
+    KIND: ClassVar[str] = "cancel"
+    job_id: str
+    reason: str
+
+    def fields(self) -> Any:
+        return [self.job_id, self.reason]
+
+    @classmethod
+    def parse(cls, value: Any) -> CancelAnnouncement:
+        job_id, reason = _list(value, 2)
+        if type(reason) is not str or len(reason) > MAX_REASON:
+            raise ValueError("reason must be a short string")
+        return cls(_job_id(job_id), reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultAnnouncement:
+    KIND: ClassVar[str] = "result"
+    job_id: str
+    round: int
+    attempt: int
+    survivors: tuple[bytes, ...]
+    dropped: tuple[bytes, ...]
+    aggregate_digest: bytes  # SHA-256 of the aggregate's little-endian uint32 words
+    phase_seconds: dict[str, float]
+
+    def fields(self) -> Any:
+        return [self.job_id, self.round, self.attempt, list(self.survivors), list(self.dropped),
+                self.aggregate_digest, sorted(self.phase_seconds.items())]
+
+    @classmethod
+    def parse(cls, value: Any) -> ResultAnnouncement:
+        job_id, round_number, attempt, survivors, dropped, digest, phases = _list(value, 7)
+        if type(digest) is not bytes or len(digest) != 32:
+            raise ValueError("aggregate_digest must be 32 bytes")
+        if type(phases) is not list or len(phases) > 16:
+            raise ValueError("phase_seconds must be a short list")
+        timings = {}
+        for item in phases:
+            name, seconds = _list(item, 2)
+            if type(name) is not str or len(name) > 32 or type(seconds) is not float:
+                raise ValueError("phase_seconds entries must be [name, seconds]")
+            timings[name] = seconds
+        return cls(_job_id(job_id), _count(round_number, "round"), _count(attempt, "attempt"),
+                   _ids(survivors, "survivors"), _ids(dropped, "dropped"), digest, timings)
+
+
+Announcement = JobAnnouncement | JoinAnnouncement | CancelAnnouncement | ResultAnnouncement
+_TYPES: dict[str, type[Announcement]] = {
+    c.KIND: c for c in (JobAnnouncement, JoinAnnouncement, CancelAnnouncement, ResultAnnouncement)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SignedAnnouncement:
+    author: bytes
+    body: Announcement
+    record: bytes
+
+
+def aggregate_digest(aggregate_words: bytes) -> bytes:
+    return hashlib.sha256(aggregate_words).digest()
+
+
+def sign_announcement(body: Announcement, signing_key: nacl.signing.SigningKey) -> bytes:
+    author = bytes(signing_key.verify_key)
+    signed = msgpack.packb([VERSION, body.KIND, author, body.fields()], use_bin_type=True)
+    record = msgpack.packb([VERSION, body.KIND, author, body.fields(), sign(signing_key, signed)], use_bin_type=True)
+    if len(record) > MAX_ANNOUNCEMENT_BYTES:
+        raise ParameterError("announcement", f"{len(record)} bytes exceeds the gossip limit of {MAX_ANNOUNCEMENT_BYTES}")
+    return record
+
+
+def open_announcement(record: bytes) -> SignedAnnouncement:
+    """Validate and authenticate; raises only `RemoteProtocolError`."""
+    if type(record) is not bytes or len(record) > MAX_ANNOUNCEMENT_BYTES:
+        raise RemoteProtocolError(None, "announcement", "missing or larger than the gossip limit")
+    try:
+        value = msgpack.unpackb(record, raw=False, strict_map_key=True, max_bin_len=MAX_ANNOUNCEMENT_BYTES,
+                                max_str_len=MAX_ANNOUNCEMENT_BYTES, max_array_len=MAX_PARTICIPANTS, max_map_len=64,
+                                max_ext_len=0)
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
+        raise RemoteProtocolError(None, "announcement", f"not valid msgpack ({type(exc).__name__})") from None
+    if type(value) is not list or len(value) != 5:
+        raise RemoteProtocolError(None, "announcement", "not a list of 5 fields")
+    version, kind, author, fields, signature = value
+    if type(author) is not bytes or len(author) != 32:
+        raise RemoteProtocolError(None, "announcement", "author is not a 32-byte member id")
+    if version != VERSION or type(version) is not int:
+        raise RemoteProtocolError(author, "announcement", f"unsupported version {version!r}")
+    body_type = _TYPES.get(kind) if type(kind) is str else None
+    if body_type is None:
+        raise RemoteProtocolError(author, "announcement", f"unknown kind {kind!r}")
+    if type(signature) is not bytes or len(signature) != 64:
+        raise RemoteProtocolError(author, kind, "signature is not 64 bytes")
+    verify(author, msgpack.packb([version, kind, author, fields], use_bin_type=True), signature, kind)
+    try:
+        body = body_type.parse(fields)
+    except (ValueError, TypeError) as exc:
+        raise RemoteProtocolError(author, kind, f"malformed: {exc}") from None
+    return SignedAnnouncement(author, body, record)
+
+
+def _list(value: Any, count: int) -> list[Any]:
+    if type(value) is not list or len(value) != count:
+        raise ValueError(f"expected {count} fields")
+    return value
+
+
+def _job_id(value: Any) -> str:
+    if type(value) is not str or not 0 < len(value) <= MAX_JOB_ID or not value.isascii() or not value.replace("-", "").isalnum():
+        raise ValueError("job id must be 1-64 ASCII letters, digits or dashes")
+    return value
+
+
+def _time(value: Any) -> float:
+    if type(value) is not float or not 0 <= value < 1e11:
+        raise ValueError("timestamp must be seconds since the epoch")
+    return value
+
+
+def _count(value: Any, name: str) -> int:
+    if type(value) is not int or not 0 <= value < 2**53:
+        raise ValueError(f"{name} must be a non-negative integer")
+    return value
+
+
+def _ids(value: Any, name: str) -> tuple[bytes, ...]:
+    if type(value) is not list or any(type(v) is not bytes or len(v) != 32 for v in value):
+        raise ValueError(f"{name} must be a list of 32-byte ids")
+    ids = tuple(value)
+    if any(a >= b for a, b in zip(ids, ids[1:])):
+        raise ValueError(f"{name} must be strictly increasing")
+    return ids

@@ -1,0 +1,148 @@
+"""Job specifications: what a job computes, on what data, and under which round parameters.
+
+A spec arrives as JSON from a user (control API) or as msgpack from a peer (job announcement);
+both go through `JobSpec.from_dict`, which names the field at fault in every error. Defaults are
+filled in here so every node derives the same round parameters from the same spec.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from protocol.errors import ParameterError
+from protocol.params import MAX_DIMENSION, MAX_PARTICIPANTS, RoundParams
+from protocol.quantize import Quantizer
+
+JOB_KINDS = ("vector",)
+AGGREGATES = ("sum", "mean")
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizationSpec:
+    clip: float = 1.0
+    scale: float | None = None  # None: the finest scale that cannot wrap for max_participants
+    rounding: str = "stochastic"
+    bits: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    kind: str
+    data: str  # name of the local input each member contributes
+    dimension: int
+    name: str = ""
+    aggregate: str = "sum"
+    rounds: int = 1
+    round_interval: float = 10.0  # seconds between round starts
+    start_delay: float = 3.0  # seconds after creation for members to join
+    min_participants: int = 3
+    max_participants: int = 1000
+    neighbours: int = 14
+    threshold: int | None = None  # None: a strict majority of each secret's holders
+    phase_timeout: float = 10.0
+    quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> JobSpec:
+        if not isinstance(raw, dict):
+            raise ParameterError("spec", "must be a JSON object")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ParameterError(unknown[0], f"unknown field (known: {', '.join(sorted(known))})")
+        for required in ("kind", "data", "dimension"):
+            if required not in raw:
+                raise ParameterError(required, "is required")
+        values = dict(raw)
+        quantization = values.pop("quantization", {})
+        if not isinstance(quantization, dict):
+            raise ParameterError("quantization", "must be an object")
+        q_known = set(QuantizationSpec.__dataclass_fields__)
+        q_unknown = sorted(set(quantization) - q_known)
+        if q_unknown:
+            raise ParameterError(f"quantization.{q_unknown[0]}", f"unknown field (known: {', '.join(sorted(q_known))})")
+        for key in ("round_interval", "start_delay", "phase_timeout"):
+            if type(values.get(key)) is int:
+                values[key] = float(values[key])
+        for key in ("clip", "scale"):
+            if type(quantization.get(key)) is int:
+                quantization[key] = float(quantization[key])
+        spec = cls(**values, quantization=QuantizationSpec(**quantization))
+        spec.validate()
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        _choice("kind", self.kind, JOB_KINDS)
+        _choice("aggregate", self.aggregate, AGGREGATES)
+        _text("data", self.data, 1, 128)
+        _text("name", self.name, 0, 200)
+        _int("dimension", self.dimension, 1, MAX_DIMENSION)
+        _int("rounds", self.rounds, 1, 1_000_000)
+        _seconds("round_interval", self.round_interval, 0.0, 86_400 * 365)
+        _seconds("start_delay", self.start_delay, 0.0, 86_400)
+        _int("min_participants", self.min_participants, 2, MAX_PARTICIPANTS)
+        _int("max_participants", self.max_participants, self.min_participants, MAX_PARTICIPANTS)
+        if self.threshold is not None:
+            _int("threshold", self.threshold, 2, self.neighbours + 1)
+        self.round_params(self.min_participants).check_for(self.min_participants)
+        self.quantizer()
+
+    def threshold_for(self, participants: int) -> int:
+        """t for a round of n participants: the spec's value, or a strict majority of k_eff + 1 holders."""
+        if self.threshold is not None:
+            return self.threshold
+        return (min(self.neighbours, participants - 1) + 1) // 2 + 1
+
+    def round_params(self, participants: int) -> RoundParams:
+        try:
+            return RoundParams(
+                dimension=self.dimension,
+                bits=self.quantization.bits,
+                neighbours=self.neighbours,
+                threshold=self.threshold_for(participants),
+                min_survivors=self.min_participants,
+                phase_timeout=self.phase_timeout,
+            )
+        except ParameterError as exc:
+            renamed = {"min_survivors": "min_participants", "bits": "quantization.bits"}
+            raise ParameterError(renamed.get(exc.field, exc.field), exc.reason) from None
+
+    def quantizer(self) -> Quantizer:
+        q = self.quantization
+        try:
+            if q.scale is None:
+                return Quantizer.for_range(q.clip, self.max_participants, q.bits, q.rounding)  # type: ignore[arg-type]
+            return Quantizer(q.clip, q.scale, self.max_participants, q.bits, q.rounding)  # type: ignore[arg-type]
+        except ParameterError as exc:
+            field_name = exc.field if exc.field == "max_participants" else f"quantization.{exc.field}"
+            raise ParameterError(field_name, exc.reason) from None
+
+    @property
+    def attempt_window(self) -> float:
+        """How long one attempt may take before the next coordinator takes over."""
+        return 6 * self.phase_timeout
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ParameterError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _text(name: str, value: object, low: int, high: int) -> None:
+    if type(value) is not str or not low <= len(value) <= high:
+        raise ParameterError(name, f"must be a string of {low} to {high} characters")
+
+
+def _int(name: str, value: object, low: int, high: int) -> None:
+    if type(value) is not int or not low <= value <= high:
+        raise ParameterError(name, f"must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _seconds(name: str, value: object, low: float, high: float) -> None:
+    if type(value) is not float or not math.isfinite(value) or not low <= value <= high:
+        raise ParameterError(name, f"must be a number of seconds in [{low:g}, {high:g}], got {value!r}")
