@@ -14,8 +14,8 @@ from typing import Any
 
 from protocol.errors import ParameterError
 
-#: 16 Mi coordinates = a 64 MiB masked vector, the largest frame the wire accepts.
-MAX_DIMENSION = 1 << 24
+#: 15 Mi coordinates = a 60 MiB masked vector, so a frame stays under the daemon's 64 MiB stream cap.
+MAX_DIMENSION = 15 * (1 << 20)
 #: A round larger than this does not fit the survivor list in one frame (32 B per member).
 MAX_PARTICIPANTS = 100_000
 

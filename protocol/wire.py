@@ -111,6 +111,26 @@ def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Envelope:
     return Envelope(context, sender, message, frame)
 
 
+def peek(frame: bytes) -> tuple[RoundContext, str, bytes]:
+    """(context, kind, claimed sender) without checking the signature: only for routing a frame
+    to the machine that will `decode` it properly."""
+    if type(frame) is not bytes or len(frame) > MAX_FRAME_BYTES:
+        raise RemoteProtocolError(None, "decode", "frame missing or over the size limit")
+    outer = _unpack(frame, "frame")
+    if type(outer) is not list or len(outer) != 3 or type(outer[0]) is not bytes:
+        raise RemoteProtocolError(None, "decode", "frame is not [header, body, signature] bytes")
+    fields = _unpack(outer[0], "header")
+    if type(fields) is not list or len(fields) != 7:
+        raise RemoteProtocolError(None, "decode", "header is not a list of 7 fields")
+    _, kind, job_id, round_number, attempt, sender, _ = fields
+    if type(sender) is not bytes or len(sender) != ID_BYTES or type(kind) is not str or kind not in MESSAGE_TYPES:
+        raise RemoteProtocolError(None, "decode", "header has no valid sender or kind")
+    try:
+        return RoundContext(job_id, round_number, attempt), kind, sender
+    except ParameterError as exc:
+        raise RemoteProtocolError(sender, kind, f"bad round context: {exc}") from None
+
+
 def _unpack(data: bytes, what: str) -> Any:
     try:
         return msgpack.unpackb(
