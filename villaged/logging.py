@@ -37,6 +37,8 @@ _THIRD_PARTY_FLOOR: Final = logging.WARNING
 def configure_logging(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Route structlog and stdlib logging to ``stream`` (default stderr) at ``level``.
 
+    Call it once at startup, after libp2p has been imported (see the comment at the end).
+
     Args:
         level: one of `LEVELS` (case-insensitive).
         json: force JSON (True) or console (False) output; by default JSON unless ``stream`` is a TTY.
@@ -85,6 +87,13 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
     third_party = numeric if numeric == logging.DEBUG else max(numeric, _THIRD_PARTY_FLOOR)
     for name in ("libp2p", "multiaddr", "trio", "asyncio"):
         logging.getLogger(name).setLevel(third_party)
+    # Importing py-libp2p (0.8.1, libp2p/utils/logging.py) clears the "libp2p" logger's handlers
+    # and sets propagate=False, which silences it unless LIBP2P_DEBUG is set (and then it logs to
+    # its own stderr handler and a temp file). Undo that so libp2p records reach our handler.
+    # This is why configure_logging must run *after* libp2p is imported.
+    libp2p_logger = logging.getLogger("libp2p")
+    libp2p_logger.handlers.clear()
+    libp2p_logger.propagate = True
 
 
 def log_round(

@@ -17,10 +17,13 @@ from villaged.logging import configure_logging, log_round
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    libp2p_state = (logging.getLogger("libp2p").level, logging.getLogger("libp2p").propagate)
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-    logging.getLogger("libp2p").setLevel(logging.NOTSET)
+    libp2p_logger = logging.getLogger("libp2p")
+    libp2p_logger.setLevel(libp2p_state[0])
+    libp2p_logger.propagate = libp2p_state[1]
     structlog.reset_defaults()
 
 
@@ -34,6 +37,8 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 
 def test_json_lines_when_not_a_tty_and_stdlib_is_routed() -> None:
+    # What `import libp2p` does to its logger (py-libp2p 0.8.1, without LIBP2P_DEBUG).
+    logging.getLogger("libp2p").propagate = False
     out = io.StringIO()
     configure_logging("info", stream=out)
     structlog.get_logger("villaged.test").info("job_created", job="j1")

@@ -1,0 +1,106 @@
+"""Tests for cli/main.py and cli/client.py: villagectl against a real control API on loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+from typer.testing import CliRunner, Result
+
+from cli.main import app
+from protocol.membership import AdminKeyPair, verify_certificate
+from tests.villaged.fake_control import FakeControl
+from villaged.api import serve_api
+from villaged.metrics import Metrics
+
+runner = CliRunner()
+
+
+async def villagectl(*args: str, env: dict[str, str] | None = None) -> Result:
+    # CliRunner is synchronous and the API server runs in this trio loop: run the CLI in a thread.
+    return await trio.to_thread.run_sync(partial(runner.invoke, app, list(args), env=env))
+
+
+@pytest.fixture
+async def data_dir(nursery: trio.Nursery, tmp_path: Path) -> Path:
+    await nursery.start(partial(serve_api, FakeControl(), Metrics(), tmp_path / "node"))
+    return tmp_path / "node"
+
+
+async def test_status_table_and_json(data_dir: Path) -> None:
+    table = await villagectl("status", "--data-dir", str(data_dir))
+    assert table.exit_code == 0, table.output
+    assert "12D3KooWFake" in table.stdout and "village_id" in table.stdout
+    as_json = await villagectl("status", "--json", env={"VILLAGE_DATA_DIR": str(data_dir)})
+    assert as_json.exit_code == 0
+    assert json.loads(as_json.stdout)["peer_id"] == "12D3KooWFake"
+
+
+async def test_peers_table_and_json(data_dir: Path) -> None:
+    table = await villagectl("peers", "--data-dir", str(data_dir))
+    assert table.exit_code == 0, table.output
+    assert "12D3KooWPeerOne" in table.stdout and "2 peers" in table.stdout
+    as_json = await villagectl("peers", "--data-dir", str(data_dir), "--json")
+    assert [p["peer_id"] for p in json.loads(as_json.stdout)] == ["12D3KooWPeerOne", "12D3KooWPeerTwo"]
+
+
+async def test_explicit_api_and_wrong_token(data_dir: Path) -> None:
+    info = json.loads((data_dir / "api.json").read_text())
+    result = await villagectl("status", "--api", info["url"], "--token", "not-the-token", "--data-dir", str(data_dir))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: villaged refused the request (401 unauthorized): invalid bearer token")
+    assert "Traceback" not in result.output
+
+
+async def test_daemon_not_running(tmp_path: Path) -> None:
+    missing = await villagectl("status", "--data-dir", str(tmp_path))
+    assert missing.exit_code == 3
+    assert missing.stderr == f"error: villaged is not running for {tmp_path} (no api.json); start it with: villaged start --data-dir {tmp_path}\n"
+    # A stale api.json (daemon was SIGKILLed): nothing listens on that port any more.
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        free_port = sock.getsockname()[1]
+    (tmp_path / "api.json").write_text(json.dumps({"host": "127.0.0.1", "port": free_port}))
+    (tmp_path / "api.token").write_text("x" * 43)
+    stale = await villagectl("peers", "--data-dir", str(tmp_path))
+    assert stale.exit_code == 3
+    assert "villaged is not running (nothing listens on" in stale.stderr and stale.stderr.count("\n") == 1
+
+
+async def test_corrupt_api_file(tmp_path: Path) -> None:
+    (tmp_path / "api.json").write_text("{half")
+    result = await villagectl("status", "--data-dir", str(tmp_path))
+    assert result.exit_code == 1 and "api.json is not valid JSON" in result.stderr
+
+
+def test_village_init_and_admit(tmp_path: Path) -> None:
+    admin_dir = tmp_path / "admin"
+    init = runner.invoke(app, ["village", "init", "--admin-dir", str(admin_dir)])
+    assert init.exit_code == 0, init.output
+    village_id = next(line.split()[-1] for line in init.stdout.splitlines() if line.startswith("village id:"))
+    public_key = next(line.split()[-1] for line in init.stdout.splitlines() if line.startswith("admin public key:"))
+    member = AdminKeyPair(seed=b"m" * 32).public_key  # any Ed25519 public key serves as a member id
+    cert_path = tmp_path / "m.cert"
+    admit = runner.invoke(
+        app, ["village", "admit", member.hex(), "--admin-dir", str(admin_dir), "--expires", "2d", "--out", str(cert_path)]
+    )
+    assert admit.exit_code == 0, admit.output
+    cert = verify_certificate(
+        cert_path.read_bytes(), bytes.fromhex(public_key), bytes.fromhex(village_id), now=time.time(), member_id=member
+    )
+    assert 2 * 86_400 - 5 <= cert.expires_at - time.time() <= 2 * 86_400
+    again = runner.invoke(app, ["village", "init", "--data-dir", str(admin_dir)])
+    assert again.exit_code == 1 and "refusing to overwrite" in again.stderr
+
+
+def test_admit_errors_are_one_line(tmp_path: Path) -> None:
+    no_key = runner.invoke(app, ["village", "admit", "ab" * 32, "--admin-dir", str(tmp_path)])
+    assert no_key.exit_code == 1 and no_key.stderr.startswith("error: no admin key at")
+    runner.invoke(app, ["village", "init", "--admin-dir", str(tmp_path)])
+    bad_expiry = runner.invoke(app, ["village", "admit", "ab" * 32, "--admin-dir", str(tmp_path), "--expires", "later"])
+    assert bad_expiry.exit_code == 1 and "--expires 'later'" in bad_expiry.stderr
+    assert bad_expiry.stderr.count("\n") == 1
