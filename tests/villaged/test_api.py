@@ -12,7 +12,7 @@ import h11
 import pytest
 import trio
 
-from tests.villaged.fake_control import FakeControl, http, receive_reply
+from tests.villaged.fake_control import FakeControl, Reply, http, receive_reply
 from villaged.api import API_FILENAME, ROUTES, TOKEN_FILENAME, ApiEndpoint, ensure_token, serve_api
 from villaged.errors import ConfigError
 from villaged.http_server import MAX_BODY_BYTES
@@ -27,7 +27,7 @@ class Server:
     metrics: Metrics
     data_dir: Path
 
-    async def get(self, path: str, token: str | None = "default") -> object:
+    async def get(self, path: str, token: str | None = "default") -> Reply:
         return await http(self.endpoint.port, "GET", path, token=self.token if token == "default" else token)
 
 
@@ -39,8 +39,8 @@ async def server(nursery: trio.Nursery, tmp_path: Path) -> Server:
     return Server(endpoint, token, control, metrics, tmp_path)
 
 
-def error_of(reply: object) -> dict[str, str]:
-    body = reply.json()  # type: ignore[attr-defined]
+def error_of(reply: Reply) -> dict[str, str]:
+    body = reply.json()
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
     return body["error"]  # type: ignore[no-any-return]
 
@@ -87,33 +87,33 @@ async def test_malformed_authorization_header(server: Server) -> None:
 
 async def test_authenticated_reads(server: Server) -> None:
     status = await server.get("/v1/status")
-    assert status.status == 200 and status.json()["peer_id"] == "12D3KooWFake"  # type: ignore[attr-defined]
+    assert status.status == 200 and status.json()["peer_id"] == "12D3KooWFake"
     peers = await server.get("/v1/peers")
-    assert [p["peer_id"] for p in peers.json()] == ["12D3KooWPeerOne", "12D3KooWPeerTwo"]  # type: ignore[attr-defined]
+    assert [p["peer_id"] for p in peers.json()] == ["12D3KooWPeerOne", "12D3KooWPeerTwo"]
     members = await server.get("/v1/members")
-    assert members.json()[0]["member_id"] == "b0" * 32  # type: ignore[attr-defined]
+    assert members.json()[0]["member_id"] == "b0" * 32
 
 
 async def test_public_routes_need_no_token(server: Server) -> None:
     health = await server.get("/v1/health", token=None)
-    assert health.status == 200 and health.json()["status"] == "ok"  # type: ignore[attr-defined]
+    assert health.status == 200 and health.json()["status"] == "ok"
     server.metrics.rounds_completed.inc()
     metrics = await server.get("/metrics", token=None)
-    assert metrics.status == 200  # type: ignore[attr-defined]
-    assert metrics.headers["content-type"].startswith("text/plain")  # type: ignore[attr-defined]
-    assert b"federation_rounds_completed_total 1.0" in metrics.body  # type: ignore[attr-defined]
+    assert metrics.status == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert b"federation_rounds_completed_total 1.0" in metrics.body
 
 
 async def test_job_lifecycle(server: Server) -> None:
     port = server.endpoint.port
     created = await http(port, "POST", "/v1/jobs", token=server.token, body=b'{"kind": "latency", "rounds": 3}')
     assert created.status == 201 and created.headers["location"] == "/v1/jobs/job-1"
-    assert (await server.get("/v1/jobs")).json()[0]["id"] == "job-1"  # type: ignore[attr-defined]
-    assert (await server.get("/v1/jobs/job-1")).json()["state"] == "pending"  # type: ignore[attr-defined]
+    assert (await server.get("/v1/jobs")).json()[0]["id"] == "job-1"
+    assert (await server.get("/v1/jobs/job-1")).json()["state"] == "pending"
     rounds = await server.get("/v1/jobs/job-1/rounds")
-    assert rounds.json()[0]["phase_timings"] == {"unmask": 0.5}  # type: ignore[attr-defined]
+    assert rounds.json()[0]["phase_timings"] == {"unmask": 0.5}
     results = await server.get("/v1/jobs/job-1/results")
-    assert results.json()[0]["aggregate"] == "00ff"  # type: ignore[attr-defined]
+    assert results.json()[0]["aggregate"] == "00ff"
     cancelled = await http(port, "POST", "/v1/jobs/job-1/cancel", token=server.token)
     assert cancelled.status == 200 and cancelled.json()["state"] == "cancelled"
     again = await http(port, "POST", "/v1/jobs/job-1/cancel", token=server.token)
@@ -125,7 +125,7 @@ async def test_data_put_and_get(server: Server) -> None:
     put = await http(port, "PUT", "/v1/data/latency", token=server.token, body=b'{"gpt": [1.5]}')
     assert put.status == 200
     got = await server.get("/v1/data/latency")
-    assert got.json() == {"name": "latency", "payload": {"gpt": [1.5]}}  # type: ignore[attr-defined]
+    assert got.json() == {"name": "latency", "payload": {"gpt": [1.5]}}
     bad = await http(port, "PUT", "/v1/data/latency", token=server.token, body=b"[1, 2]")
     assert bad.status == 422 and error_of(bad)["message"] == "request body: payload: must be a JSON object of per-model statistics"
 
@@ -238,16 +238,16 @@ async def test_keep_alive_serves_several_requests(server: Server) -> None:
 async def test_handler_bug_gives_json_500_without_details(server: Server) -> None:
     server.control.explode = True
     reply = await server.get("/v1/status")
-    assert reply.status == 500  # type: ignore[attr-defined]
+    assert reply.status == 500
     error = error_of(reply)
     assert error["code"] == "internal_error"
-    assert b"secret internal detail" not in reply.body and b"Traceback" not in reply.body  # type: ignore[attr-defined]
+    assert b"secret internal detail" not in reply.body and b"Traceback" not in reply.body
 
 
 async def test_openapi_document_lists_every_route(server: Server) -> None:
     reply = await server.get("/v1/openapi.json", token=None)
-    assert reply.status == 200  # type: ignore[attr-defined]
-    doc = reply.json()  # type: ignore[attr-defined]
+    assert reply.status == 200
+    doc = reply.json()
     assert doc["openapi"] == "3.1.0" and doc["info"]["version"] == "v1"
     documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
     assert documented == {(r.method, r.pattern) for r in ROUTES}
