@@ -123,6 +123,15 @@ MIGRATIONS: Final[Sequence[Sequence[str]]] = (
         ) STRICT""",
         "CREATE INDEX jobs_by_created ON jobs (created_at, id)",
     ),
+    (
+        # Who joined which job: the election's candidates, needed again after a restart.
+        """CREATE TABLE job_members (
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            member_id BLOB NOT NULL CHECK (length(member_id) = 32),
+            joined_at REAL NOT NULL,
+            PRIMARY KEY (job_id, member_id)
+        ) STRICT""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -478,6 +487,24 @@ class Store:
     def get_local_input(self, name: str) -> LocalInput | None:
         row = self._db.execute("SELECT name, payload, updated_at FROM local_inputs WHERE name = ?", (name,)).fetchone()
         return None if row is None else LocalInput(row[0], json.loads(row[1]), row[2])
+
+    # -- job members -------------------------------------------------------------------------
+
+    def add_job_member(self, job_id: str, member_id: bytes, joined_at: float) -> None:
+        """Record that a member joined a job (idempotent)."""
+        with self._transaction() as db:
+            try:
+                db.execute(
+                    "INSERT INTO job_members (job_id, member_id, joined_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(job_id, member_id) DO NOTHING",
+                    (job_id, member_id, joined_at),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"member of job {job_id!r}: {_integrity_reason(exc)}") from exc
+
+    def job_members(self, job_id: str) -> list[bytes]:
+        rows = self._db.execute("SELECT member_id FROM job_members WHERE job_id = ? ORDER BY member_id", (job_id,))
+        return [bytes(m) for (m,) in rows]
 
     def list_local_inputs(self) -> list[LocalInput]:
         rows = self._db.execute("SELECT name, payload, updated_at FROM local_inputs ORDER BY name")
