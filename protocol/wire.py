@@ -106,7 +106,7 @@ def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Envelope:
         raise RemoteProtocolError(sender, kind, "body does not match the signed digest")
     try:
         message = message_type.from_wire(_unpack(body, "body"))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ParameterError) as exc:  # RoundParams in an Invite raises ParameterError
         raise RemoteProtocolError(sender, kind, f"malformed body: {exc}") from None
     return Envelope(context, sender, message, frame)
 
