@@ -173,3 +173,26 @@ def test_sigkill_loses_no_committed_result(tmp_path: Path, seed: int) -> None:
     # Every reported round is there; at most the one in flight beyond it.
     assert set(committed) <= stored
     assert stored <= set(range(max(committed) + 2))
+
+
+def test_upgrade_from_schema_1_keeps_data(db_path: Path) -> None:
+    # Build a version-1 database by hand, exactly as the first release left it.
+    from villaged.store import MIGRATIONS
+
+    raw = sqlite3.connect(db_path)
+    for statement in MIGRATIONS[0]:
+        raw.execute(statement)
+    raw.execute("INSERT INTO jobs VALUES ('old', '{}', ?, 'running', 1.0, 1.0)", (ALICE,))
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with Store.open(db_path) as store:
+        assert store.schema_version == SCHEMA_VERSION >= 2
+        assert store.get_job("old") is not None
+        store.add_job_member("old", BOB, 2.0)
+        store.add_job_member("old", ALICE, 3.0)
+        store.add_job_member("old", BOB, 4.0)  # idempotent
+        assert store.job_members("old") == [ALICE, BOB]
+        with pytest.raises(StoreError, match="unknown job"):
+            store.add_job_member("ghost", BOB, 1.0)
+        assert store.integrity_check() == "ok"
