@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -46,8 +47,8 @@ MAX_HEADER_BYTES: Final = 16 * 1024
 # generous and bounds what one request can make us buffer and parse.
 MAX_BODY_BYTES: Final = 1024 * 1024
 RECEIVE_CHUNK: Final = 64 * 1024
-# A client has this long to deliver a whole request once it has started one, and this long to
-# start the next one on a kept-alive connection; slow-loris clients cannot pin a task forever.
+# A client has IDLE_TIMEOUT to send a request's headers (on a new or kept-alive connection) and
+# then REQUEST_TIMEOUT for its body; slow-loris clients cannot pin a task forever.
 REQUEST_TIMEOUT_SECONDS: Final = 30.0
 IDLE_TIMEOUT_SECONDS: Final = 60.0
 SEND_TIMEOUT_SECONDS: Final = 30.0
@@ -140,9 +141,7 @@ class _Server:
                 await _linger(stream)
                 return
             response = await self._call_handler(outcome)
-            if outcome.method == "HEAD":
-                response = Response(response.status, b"", response.content_type, response.headers)
-            await _send(conn, stream, response, close=False)
+            await _send(conn, stream, response, close=False, head=outcome.method == "HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
@@ -174,9 +173,9 @@ async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> Requ
                 return None
             assert isinstance(event, h11.Request), event
             return await _read_body(conn, stream, event)
-        if conn.their_state is h11.IDLE:
-            return None  # an idle kept-alive connection: close quietly
-        return json_error(408, "request_timeout", f"request not received within {REQUEST_TIMEOUT_SECONDS:.0f} s")
+        if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+            return None  # an idle kept-alive connection (no partial request buffered): close quietly
+        return json_error(408, "request_timeout", f"request headers not received within {IDLE_TIMEOUT_SECONDS:.0f} s")
     except h11.RemoteProtocolError as exc:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return None
@@ -210,7 +209,10 @@ async def _read_body(conn: h11.Connection, stream: trio.SocketStream, start: h11
     return json_error(408, "request_timeout", f"request body not received within {REQUEST_TIMEOUT_SECONDS:.0f} s")
 
 
-async def _send(conn: h11.Connection, stream: trio.SocketStream, response: Response, *, close: bool) -> None:
+async def _send(
+    conn: h11.Connection, stream: trio.SocketStream, response: Response, *, close: bool, head: bool = False
+) -> None:
+    """Write one response. For HEAD, the headers describe the body but the body is not sent."""
     headers = [
         ("content-type", response.content_type),
         ("content-length", str(len(response.body))),
@@ -219,9 +221,13 @@ async def _send(conn: h11.Connection, stream: trio.SocketStream, response: Respo
     ]
     if close:
         headers.append(("connection", "close"))
-    data = conn.send(h11.Response(status_code=response.status, headers=headers))
+    try:
+        reason = HTTPStatus(response.status).phrase.encode()
+    except ValueError:
+        reason = b""
+    data = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
     assert data is not None
-    if response.body:
+    if response.body and not head:
         data += conn.send(h11.Data(data=response.body)) or b""
     data += conn.send(h11.EndOfMessage()) or b""
     with trio.move_on_after(SEND_TIMEOUT_SECONDS):

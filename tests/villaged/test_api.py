@@ -11,6 +11,7 @@ from pathlib import Path
 import h11
 import pytest
 import trio
+import trio.testing
 
 from tests.villaged.fake_control import FakeControl, Reply, http, receive_reply
 from villaged.api import API_FILENAME, ROUTES, TOKEN_FILENAME, ApiEndpoint, ensure_token, serve_api
@@ -279,3 +280,28 @@ def _walk_refs(node: object) -> list[str]:
     if isinstance(node, list):
         return [r for value in node for r in _walk_refs(value)]
     return []
+
+
+async def test_head_describes_the_body_without_sending_it(server: Server) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.endpoint.port)
+    async with stream:
+        await stream.send_all(b"HEAD /v1/openapi.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        raw = b""
+        while chunk := await stream.receive_some(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b""
+    get = await server.get("/v1/openapi.json", token=None)
+    assert f"content-length: {len(get.body)}".encode() in head
+
+
+async def test_incomplete_request_times_out_with_408(server: Server, mock_clock: trio.testing.MockClock) -> None:
+    # Small threshold, not 0: real loopback I/O is in flight (see notes/style.md §5).
+    mock_clock.autojump_threshold = 0.01
+    stream = await trio.open_tcp_stream("127.0.0.1", server.endpoint.port)
+    async with stream:
+        started = trio.current_time()
+        await stream.send_all(b"GET /v1/status HTTP/1.1\r\nhost: x\r\n")  # headers never finished
+        reply = await receive_reply(h11_client_after_request(), stream)
+    assert reply.status == 408 and error_of(reply)["code"] == "request_timeout"
+    assert trio.current_time() - started >= 60
