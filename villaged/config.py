@@ -1,0 +1,88 @@
+"""Daemon configuration: flags, an optional TOML file, and defaults, validated with file-and-field errors."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from villaged.errors import ConfigError
+
+JOIN_POLICIES = ("auto", "manual")
+CERTIFICATE_FILE = "membership.cert"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    data_dir: Path
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: tuple[str, ...] = ()
+    api_host: str = "127.0.0.1"
+    api_port: int = 0
+    certificate: Path | None = None  # default: data_dir/membership.cert
+    join_policy: str = "auto"  # auto: join every job whose named local input this node holds
+    log_level: str = "info"
+    discovery_interval: float = 15.0
+    announce_interval: float = 2.0  # re-announce pending jobs and joins (gossip is best effort)
+
+    @property
+    def certificate_path(self) -> Path:
+        return self.certificate or self.data_dir / CERTIFICATE_FILE
+
+    def validate(self, source: Path | str = "command line") -> DaemonConfig:
+        if self.join_policy not in JOIN_POLICIES:
+            raise ConfigError(source, "join_policy", f"must be one of {', '.join(JOIN_POLICIES)}, got {self.join_policy!r}")
+        if not 0 <= self.api_port <= 65535:
+            raise ConfigError(source, "api_port", f"must be a port number, got {self.api_port}")
+        for name in ("discovery_interval", "announce_interval"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigError(source, name, "must be in (0, 3600] seconds")
+        if not self.listen:
+            raise ConfigError(source, "listen", "needs at least one multiaddr")
+        return self
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "data_dir": (str,), "listen": (list,), "bootstrap": (list,), "api_host": (str,), "api_port": (int,),
+    "certificate": (str,), "join_policy": (str,), "log_level": (str,), "discovery_interval": (int, float),
+    "announce_interval": (int, float),
+}
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> DaemonConfig:
+    """Merge a TOML file (if any) with command-line overrides (which win)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(path, "file", f"cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(path, "file", f"not valid TOML: {exc}") from None
+        for key, value in values.items():
+            if key not in _FIELD_TYPES:
+                raise ConfigError(path, key, f"unknown setting (known: {', '.join(sorted(_FIELD_TYPES))})")
+            if not isinstance(value, _FIELD_TYPES[key]) or isinstance(value, bool):
+                raise ConfigError(path, key, f"wrong type {type(value).__name__}")
+            if key in ("listen", "bootstrap") and not all(isinstance(v, str) for v in value):
+                raise ConfigError(path, key, "must be a list of multiaddr strings")
+    values.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    source = path or "command line"
+    if "data_dir" not in values:
+        raise ConfigError(source, "data_dir", "is required (--data-dir or data_dir in the config file)")
+    config = DaemonConfig(data_dir=Path(values.pop("data_dir")).expanduser())
+    converted = {}
+    for key, value in values.items():
+        if key in ("listen", "bootstrap"):
+            converted[key] = tuple(value)
+        elif key == "certificate":
+            converted[key] = Path(value).expanduser()
+        elif key in ("discovery_interval", "announce_interval"):
+            converted[key] = float(value)
+        else:
+            converted[key] = value
+    return replace(config, **converted).validate(source)
+
+
+__all__ = ["DaemonConfig", "load_config"]

@@ -1,0 +1,491 @@
+"""One running village node: wires transport, membership, jobs, rounds, results, storage and the API.
+
+Start order (each step ready before the next): store and identity → membership certificate →
+libp2p node (with the certificate exchange on every new connection) → stream handlers and gossip
+subscriptions → jobs from the store → control API. SIGINT/SIGTERM cancel the whole tree; rounds
+in flight are abandoned with their keys (new attempts always make new keys), the libp2p host is
+closed within its close timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import secrets
+import time
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+import structlog
+import trio
+
+from protocol.announcements import (
+    CancelAnnouncement, JobAnnouncement, JoinAnnouncement, ResultAnnouncement, SignedAnnouncement,
+    aggregate_digest, open_announcement, sign_announcement,
+)
+from protocol.election import coordinator_for
+from protocol.errors import ParameterError, RemoteProtocolError
+from protocol.events import RoundResult
+from protocol.jobs import JobSpec
+from protocol.membership import MemberRegistry, decode_certificate
+from protocol.wire import RoundContext
+from villaged.api import serve_api
+from villaged.config import DaemonConfig
+from villaged.control import Conflict, InvalidRequest, NotFound
+from villaged.errors import ConfigError, TransportError
+from villaged.identity import load_or_create_identity, member_id, peer_id_from_member_id, signing_key
+from villaged.jobs import InputError, Job, JobBook, run_job
+from villaged.logging import log_round
+from villaged.metrics import Metrics
+from villaged.rounds import ROUND_PROTOCOL, RoundDriver
+from villaged.store import ResultRecord, RoundRecord, Store
+from villaged.transport import Node, TransportConfig, open_node
+
+log = structlog.get_logger("villaged")
+
+MEMBERSHIP_PROTOCOL = "/village/membership/1.0.0"
+RESULT_PROTOCOL = "/village/result/1.0.0"
+_RESULT_FETCH_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Started:
+    """What `Daemon.run` reports once the node is ready."""
+
+    member_id: bytes
+    addresses: list[str]
+    api_url: str
+
+
+class Daemon:
+    """A village node. `run` serves until cancelled; the public async methods are the control API."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self._started_at = time.time()
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._keypair = load_or_create_identity(config.data_dir)
+        self.me = member_id(self._keypair)
+        self._key = signing_key(self._keypair)
+        self._certificate = self._load_certificate()
+        cert = decode_certificate(self._certificate)
+        self.registry = MemberRegistry(cert.admin_public_key, cert.village_id)
+        self.registry.admit(self._certificate, time.time(), member_id=self.me)
+        self.store = Store.open(config.data_dir / "village.db")
+        for record in self.store.members():
+            try:
+                self.registry.admit(record.certificate, time.time(), member_id=record.member_id)
+            except RemoteProtocolError:
+                continue  # expired since: forgotten
+        self.book = JobBook(self.store, self.me, self._is_member)
+        self._topic = f"village/{cert.village_id.hex()}"
+        self._node: Node | None = None
+        self._driver: RoundDriver | None = None
+        self._nursery: trio.Nursery | None = None
+        self._running_jobs: set[str] = set()
+        self._byte_totals: dict[tuple[str, str], int] = {}  # transport counters already exported
+
+    def _load_certificate(self) -> bytes:
+        path = self.config.certificate_path
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(path, "certificate", "missing: ask the village admin for one (`villagectl village admit "
+                                                   f"{self.me.hex()}`) and save it here") from None
+        try:
+            cert = decode_certificate(data)
+        except RemoteProtocolError as exc:
+            raise ConfigError(path, "certificate", exc.reason) from None
+        if cert.member_id != self.me:
+            raise ConfigError(path, "certificate", f"issued for member {cert.member_id.hex()[:16]}, this node is {self.me.hex()[:16]}")
+        if not cert.is_valid_at(time.time()):
+            raise ConfigError(path, "certificate", "expired or not yet valid: ask the admin to re-admit this node")
+        return data
+
+    def _is_member(self, member: bytes) -> bool:
+        return self.registry.is_member(member, time.time())
+
+    # --- running ----------------------------------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED) -> None:
+        transport_config = TransportConfig(discovery_interval=self.config.discovery_interval)
+        try:
+            async with open_node(
+                self._keypair, list(self.config.listen), list(self.config.bootstrap), transport_config,
+                on_event=self._on_transport_event, on_peer_connected=self._exchange_certificates,
+            ) as node, trio.open_nursery() as nursery:
+                self._node, self._nursery = node, nursery
+                self._driver = RoundDriver(node, self._key, self.book, nursery, self._on_coordinated_result, self._on_attempt_event)
+                node.serve(ROUND_PROTOCOL, self._handle_round_frame)
+                node.serve(MEMBERSHIP_PROTOCOL, self._handle_certificate, max_request=1024)
+                node.serve(RESULT_PROTOCOL, self._handle_result_fetch, max_request=1024)
+                for kind in ("jobs", "joins", "results"):
+                    channel = await node.subscribe(f"{self._topic}/{kind}", self._validate_gossip)
+                    nursery.start_soon(self._consume_gossip, channel)
+                for job in self.book.jobs.values():
+                    if job.state in ("pending", "running"):
+                        self._start_job(job)
+                nursery.start_soon(self._announce_pending)
+                nursery.start_soon(self._track_peers)
+                endpoint = await nursery.start(
+                    functools.partial(serve_api, host=self.config.api_host, port=self.config.api_port),
+                    self, self.metrics, self.config.data_dir,
+                )
+                log.info("villaged_started", member=self.me.hex(), addresses=node.listen_addrs, api=endpoint.url)
+                task_status.started(Started(self.me, node.listen_addrs, endpoint.url))
+        finally:
+            self.store.close()
+
+    def _start_job(self, job: Job) -> None:
+        if job.id in self._running_jobs or self._nursery is None or self._driver is None:
+            return
+        self._running_jobs.add(job.id)
+        self._nursery.start_soon(self._run_job, job)
+
+    async def _run_job(self, job: Job) -> None:
+        assert self._driver is not None and self._node is not None
+        node = self._node
+        try:
+            await run_job(job, self.book, self._driver, self.store, lambda: set(node.connected_peers()),
+                          self._has_result, self._on_round_end)
+        finally:
+            self._running_jobs.discard(job.id)
+
+    def _has_result(self, job_id: str, round_number: int) -> bool:
+        return any(r.round == round_number for r in self.store.get_results(job_id))
+
+    async def _on_round_end(self, job: Job, round_number: int, outcome: str) -> None:
+        if outcome != "completed":
+            self.metrics.rounds_aborted.labels(reason="gave_up").inc()
+            log.warning("round_given_up", job=job.id, round=round_number, reason=outcome)
+
+    async def _track_peers(self) -> None:
+        assert self._node is not None
+        while True:
+            peers = self._node.connected_peers()
+            self.metrics.nodes_active.set(1 + sum(1 for p in peers if self._is_member(p)))
+            stats = self._node.statistics()
+            for direction, totals, counter in (("sent", stats.bytes_sent, self.metrics.bytes_sent),
+                                               ("received", stats.bytes_received, self.metrics.bytes_received)):
+                for protocol, total in totals.items():
+                    seen = self._byte_totals.get((direction, protocol), 0)
+                    counter.labels(protocol=protocol).inc(total - seen)
+                    self._byte_totals[(direction, protocol)] = total
+            await trio.sleep(2.0)
+
+    def _on_transport_event(self, name: str, peer: bytes | None, **fields: object) -> None:
+        if name.startswith(("oversize", "rate_limited", "malformed", "gossip_dropped")):
+            self.metrics.malformed_messages.labels(kind=name).inc()
+        log.debug("transport_event", event_name=name, peer=peer.hex()[:16] if peer else None, **fields)
+
+    # --- membership -------------------------------------------------------------------------------
+
+    async def _exchange_certificates(self, peer: bytes) -> None:
+        assert self._node is not None
+        try:
+            reply = await self._node.request(peer, MEMBERSHIP_PROTOCOL, self._certificate, timeout=10.0, max_reply=1024)
+            self._admit(reply, peer)
+        except (TransportError, RemoteProtocolError) as exc:
+            log.info("certificate_exchange_failed", peer=peer.hex()[:16], reason=str(exc))
+
+    async def _handle_certificate(self, peer: bytes, request: bytes) -> bytes:
+        self._admit(request, peer)
+        return self._certificate
+
+    def _admit(self, certificate: bytes, peer: bytes) -> None:
+        try:
+            cert = self.registry.admit(certificate, time.time(), member_id=peer)
+        except RemoteProtocolError:
+            self.metrics.failed_authentications.inc()
+            log.warning("certificate_rejected", peer=peer.hex()[:16])
+            raise
+        self.store.put_member(peer, cert.encode(), cert.expires_at)
+
+    # --- rounds -----------------------------------------------------------------------------------
+
+    async def _handle_round_frame(self, peer: bytes, frame: bytes) -> bytes:
+        assert self._driver is not None
+        try:
+            return await self._driver.handle_frame(peer, frame)
+        except RemoteProtocolError as exc:
+            if "not a member" in exc.reason:
+                self.metrics.failed_authentications.inc()
+            else:
+                self.metrics.malformed_messages.labels(kind=exc.phase).inc()
+            log.info("round_frame_rejected", peer=peer.hex()[:16], phase=exc.phase, reason=exc.reason)
+            raise
+
+    def _on_attempt_event(self, context: RoundContext, event: str, fields: dict[str, object]) -> None:
+        log.info(event, job=context.job_id, round=context.round, attempt=context.attempt, **fields)
+        if event == "coordinator_aborted":
+            self.metrics.rounds_aborted.labels(reason=str(fields.get("phase", "unknown"))).inc()
+            self.store.record_round(RoundRecord(context.job_id, context.round, context.attempt, self.me, "aborted",
+                                                time.time(), ended_at=time.time(), abort_reason=str(fields.get("reason"))))
+
+    async def _on_coordinated_result(self, result: RoundResult) -> None:
+        """This node coordinated a round to the end: store (before announcing), then publish."""
+        assert self._node is not None
+        context = result.context
+        words = result.aggregate.astype("<u4").tobytes()
+        announcement = ResultAnnouncement(context.job_id, context.round, context.attempt, result.survivors, result.dropped,
+                                          aggregate_digest(words), {k: float(v) for k, v in result.phase_seconds.items()})
+        record = sign_announcement(announcement, self._key)
+        self._store_result(announcement, self.me, words, record)
+        participants = len(result.survivors) + len(result.dropped)
+        self.metrics.rounds_completed.inc()
+        self.metrics.participation_rate.set(len(result.survivors) / participants)
+        self.metrics.round_duration_seconds.observe(sum(result.phase_seconds.values()))
+        self.store.record_round(RoundRecord(context.job_id, context.round, context.attempt, self.me, "completed",
+                                            time.time() - sum(result.phase_seconds.values()), participants=result.survivors,
+                                            dropped=result.dropped, phase_timings=dict(result.phase_seconds),
+                                            ended_at=time.time()))
+        log_round(log, "round_completed", job=context.job_id, round=context.round, attempt=context.attempt,
+                  coordinator=self.me, participants=result.survivors, phase_timings=result.phase_seconds,
+                  dropped=len(result.dropped))
+        await self._node.publish(f"{self._topic}/results", record)
+
+    def _store_result(self, announcement: ResultAnnouncement, coordinator: bytes, words: bytes, record: bytes) -> None:
+        self.store.put_result(ResultRecord(
+            job_id=announcement.job_id, round=announcement.round, attempt=announcement.attempt, coordinator=coordinator,
+            aggregate=words, participants=announcement.survivors, dropped=announcement.dropped, signature=record,
+            received_at=time.time(),
+        ))
+        if self._driver is not None:
+            tracker = self._driver.tracker(announcement.job_id, announcement.round)
+            tracker.result = True
+            tracker.changed()
+
+    async def _handle_result_fetch(self, peer: bytes, request: bytes) -> bytes:
+        if not self._is_member(peer):
+            self.metrics.failed_authentications.inc()
+            raise RemoteProtocolError(peer, "result", "not a member of this village")
+        try:
+            job_id, round_number = msgpack.unpackb(request)
+            results = [r for r in self.store.get_results(str(job_id)) if r.round == round_number]
+        except (ValueError, TypeError, msgpack.UnpackException):
+            raise RemoteProtocolError(peer, "result", "request is not [job id, round]") from None
+        if not results:
+            raise RemoteProtocolError(peer, "result", "no such result here")
+        return results[0].aggregate
+
+    # --- gossip -----------------------------------------------------------------------------------
+
+    def _validate_gossip(self, sender: bytes, data: bytes) -> bool:
+        if not self._is_member(sender):
+            self.metrics.failed_authentications.inc()
+            return False
+        try:
+            announcement = open_announcement(data)
+        except RemoteProtocolError:
+            self.metrics.malformed_messages.labels(kind="announcement").inc()
+            return False
+        return announcement.author == sender
+
+    async def _consume_gossip(self, channel: trio.MemoryReceiveChannel[tuple[bytes, bytes]]) -> None:
+        async for sender, data in channel:
+            try:
+                await self._on_announcement(open_announcement(data))
+            except RemoteProtocolError as exc:
+                self.metrics.malformed_messages.labels(kind="announcement").inc()
+                log.info("announcement_rejected", peer=sender.hex()[:16], reason=exc.reason)
+
+    async def _on_announcement(self, signed: SignedAnnouncement) -> None:
+        body, author = signed.body, signed.author
+        if isinstance(body, JobAnnouncement):
+            job = self.book.add_job(body.job_id, body.spec, author, body.created_at)
+            if job is not None:
+                log.info("job_learned", job=job.id, creator=author.hex()[:16], kind=job.spec.kind)
+                await self._maybe_join(job)
+                self._start_job(job)
+        elif isinstance(body, JoinAnnouncement):
+            if self.book.add_member(body.job_id, author):
+                log.info("member_joined", job=body.job_id, member=author.hex()[:16])
+        elif isinstance(body, CancelAnnouncement):
+            job = self.book.jobs.get(body.job_id)
+            if job is not None and job.creator == author and job.state in ("pending", "running"):
+                self.book.set_state(job.id, "cancelled")
+                log.info("job_cancelled", job=job.id, reason=body.reason)
+        elif isinstance(body, ResultAnnouncement):
+            await self._on_result_announcement(body, author, signed.record)
+
+    async def _on_result_announcement(self, body: ResultAnnouncement, author: bytes, record: bytes) -> None:
+        members = self.book.round_members(body.job_id)
+        if members is None or self._has_result(body.job_id, body.round) or author == self.me:
+            return
+        if coordinator_for(body.job_id, body.round, body.attempt, members) != author:
+            self.metrics.failed_authentications.inc()
+            log.warning("result_from_wrong_coordinator", job=body.job_id, round=body.round, author=author.hex()[:16])
+            return
+        assert self._node is not None
+        request = msgpack.packb([body.job_id, body.round])
+        for source in [author, *[s for s in body.survivors if s != self.me]][:4]:
+            try:
+                words = await self._node.request(source, RESULT_PROTOCOL, request, timeout=_RESULT_FETCH_TIMEOUT)
+            except TransportError as exc:
+                log.info("result_fetch_failed", source=source.hex()[:16], reason=exc.reason)
+                continue
+            if aggregate_digest(words) != body.aggregate_digest:
+                self.metrics.malformed_messages.labels(kind="result").inc()
+                log.warning("result_digest_mismatch", source=source.hex()[:16], job=body.job_id, round=body.round)
+                continue
+            self._store_result(body, author, words, record)
+            log_round(log, "result_stored", job=body.job_id, round=body.round, attempt=body.attempt, coordinator=author,
+                      participants=body.survivors, phase_timings=body.phase_seconds, dropped=len(body.dropped))
+            return
+
+    async def _maybe_join(self, job: Job) -> None:
+        if self.config.join_policy != "auto" or job.state not in ("pending", "running"):
+            return
+        try:
+            self.book.check_input(job)
+        except InputError as exc:
+            log.info("not_joining", job=job.id, reason=str(exc))
+            return
+        await self._join(job)
+
+    async def _join(self, job: Job) -> None:
+        assert self._node is not None
+        self.book.add_member(job.id, self.me)
+        await self._node.publish(f"{self._topic}/joins", sign_announcement(JoinAnnouncement(job.id), self._key))
+
+    async def _announce_pending(self) -> None:
+        """Gossip is best effort: repeat job announcements and joins until each job has started."""
+        assert self._node is not None
+        while True:
+            await trio.sleep(self.config.announce_interval)
+            now = time.time()
+            for job in list(self.book.jobs.values()):
+                if job.state != "pending" or now > job.start_at:
+                    continue
+                if job.creator == self.me:
+                    announcement = JobAnnouncement(job.id, job.spec, job.created_at)
+                    await self._node.publish(f"{self._topic}/jobs", sign_announcement(announcement, self._key))
+                if self.me in job.members:
+                    await self._node.publish(f"{self._topic}/joins", sign_announcement(JoinAnnouncement(job.id), self._key))
+
+    # --- NodeControl (the control API) ---------------------------------------------------------------
+
+    async def status(self) -> dict[str, object]:
+        node = self._node
+        jobs = list(self.book.jobs.values())
+        return {
+            "member_id": self.me.hex(),
+            "peer_id": str(node.peer_id) if node else None,
+            "village_id": self.registry.village_id.hex(),
+            "addresses": node.listen_addrs if node else [],
+            "uptime_seconds": round(time.time() - self._started_at, 1),
+            "connected_peers": len(node.connected_peers()) if node else 0,
+            "members_known": len(self.registry.members(time.time())),
+            "routing_table_size": node.routing_table_size() if node else 0,
+            "jobs": {state: sum(1 for j in jobs if j.state == state) for state in ("pending", "running", "completed", "cancelled", "failed")},
+            "certificate_expires_at": decode_certificate(self._certificate).expires_at,
+        }
+
+    async def peers(self) -> list[dict[str, object]]:
+        node = self._node
+        return [
+            {"member_id": p.hex(), "peer_id": str(peer_id_from_member_id(p)), "member": self._is_member(p)}
+            for p in sorted(node.connected_peers() if node else [])
+        ]
+
+    async def members(self) -> list[dict[str, object]]:
+        return [{"member_id": c.member_id.hex(), "issued_at": c.issued_at, "expires_at": c.expires_at, "self": c.member_id == self.me}
+                for c in self.registry.members(time.time())]
+
+    async def create_job(self, spec: dict[str, object]) -> dict[str, object]:
+        try:
+            parsed = JobSpec.from_dict(spec)
+        except ParameterError as exc:
+            raise InvalidRequest(exc.field, exc.reason) from None
+        except TypeError as exc:
+            raise InvalidRequest("spec", str(exc)) from None
+        job_id = secrets.token_hex(8)
+        job = self.book.add_job(job_id, parsed, self.me, time.time())
+        assert job is not None and self._node is not None
+        await self._node.publish(f"{self._topic}/jobs", sign_announcement(JobAnnouncement(job_id, parsed, job.created_at), self._key))
+        await self._maybe_join(job)
+        self._start_job(job)
+        log.info("job_created", job=job_id, kind=parsed.kind, rounds=parsed.rounds)
+        return self._job_view(job)
+
+    async def join_job(self, job_id: str) -> dict[str, object]:
+        job = self._job(job_id)
+        try:
+            self.book.check_input(job)
+        except InputError as exc:
+            raise InvalidRequest("data", str(exc)) from None
+        if job.state not in ("pending", "running"):
+            raise Conflict(f"job {job_id} is {job.state}")
+        await self._join(job)
+        return self._job_view(job)
+
+    async def list_jobs(self) -> list[dict[str, object]]:
+        return [self._job_view(j) for j in sorted(self.book.jobs.values(), key=lambda j: j.created_at)]
+
+    async def get_job(self, job_id: str) -> dict[str, object]:
+        return self._job_view(self._job(job_id))
+
+    async def cancel_job(self, job_id: str) -> dict[str, object]:
+        job = self._job(job_id)
+        if job.state not in ("pending", "running"):
+            raise Conflict(f"job {job_id} is already {job.state}")
+        self.book.set_state(job_id, "cancelled")
+        if job.creator == self.me and self._node is not None:
+            await self._node.publish(f"{self._topic}/jobs", sign_announcement(CancelAnnouncement(job_id, "cancelled by its creator"), self._key))
+        return self._job_view(job)
+
+    async def rounds(self, job_id: str) -> list[dict[str, object]]:
+        self._job(job_id)
+        return [
+            {"round": r.round, "attempt": r.attempt, "coordinator": r.coordinator.hex(), "state": r.state,
+             "participants": len(r.participants), "dropped": len(r.dropped), "phase_timings": r.phase_timings,
+             "started_at": r.started_at, "ended_at": r.ended_at, "abort_reason": r.abort_reason}
+            for r in self.store.rounds(job_id)
+        ]
+
+    async def results(self, job_id: str) -> list[dict[str, object]]:
+        job = self._job(job_id)
+        return [self._result_view(job, r) for r in self.store.get_results(job_id)]
+
+    async def put_data(self, name: str, payload: object) -> dict[str, object]:
+        if not (0 < len(name) <= 128):
+            raise InvalidRequest("name", "must be 1 to 128 characters")
+        self.store.put_local_input(name, payload, time.time())
+        return {"name": name, "updated_at": time.time()}
+
+    async def get_data(self, name: str) -> dict[str, object]:
+        local = self.store.get_local_input(name)
+        if local is None:
+            raise NotFound(f"local input {name!r}")
+        return {"name": local.name, "payload": local.payload, "updated_at": local.updated_at}
+
+    def _job(self, job_id: str) -> Job:
+        job = self.book.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r}")
+        return job
+
+    def _job_view(self, job: Job) -> dict[str, object]:
+        return {
+            "id": job.id, "state": job.state, "spec": job.spec.to_dict(), "creator": job.creator.hex(),
+            "created_at": job.created_at, "start_at": job.start_at, "members": sorted(m.hex() for m in job.members),
+            "joined": self.me in job.members, "results": len(self.store.get_results(job.id)),
+        }
+
+    def _result_view(self, job: Job, record: ResultRecord) -> dict[str, object]:
+        words = np.frombuffer(record.aggregate, dtype="<u4").astype(np.uint32)
+        survivors = len(record.participants)
+        quantizer = job.spec.quantizer()
+        values = quantizer.dequantize_sum(words, clients=survivors if job.spec.aggregate == "mean" else 1)
+        return {
+            "round": record.round, "attempt": record.attempt, "coordinator": record.coordinator.hex(),
+            "participants": [p.hex() for p in record.participants], "dropped": [d.hex() for d in record.dropped],
+            "aggregate": job.spec.aggregate, "values": [v if math.isfinite(v) else None for v in values.tolist()],
+            "error_bound": quantizer.error_bound(survivors) / (survivors if job.spec.aggregate == "mean" else 1),
+            "digest": aggregate_digest(record.aggregate).hex(), "received_at": record.received_at,
+        }
+
+
+__all__ = ["Daemon", "Started", "MEMBERSHIP_PROTOCOL", "RESULT_PROTOCOL"]

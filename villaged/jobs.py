@@ -1,0 +1,256 @@
+"""Jobs on one node: what it knows of each job, who joined, what it contributes, and when rounds run.
+
+`JobBook` is the node's view (backed by the store) and answers the round driver's questions
+(`RoundDirectory`). `run_job` is the per-job loop: every round opens at the same wall-clock time
+on every node (created_at + start_delay + r * round_interval, or when the previous round ends);
+the elected coordinator of attempt 0 invites, and when an attempt fails (coordinator silent,
+aborted, or no invite within one phase timeout) every node moves to the next attempt, whose
+coordinator is the next member in the election ranking.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+import trio
+
+from protocol.election import coordinator_for
+from protocol.errors import ParameterError, ProtocolError
+from protocol.jobs import JobSpec
+from protocol.params import RoundParams
+from protocol.wire import RoundContext
+from villaged.rounds import RoundDriver, RoundTracker
+from villaged.store import JobRecord, RoundRecord, Store
+
+log = structlog.get_logger("villaged.jobs")
+
+#: After this many failed attempts a round is given up (each attempt has its own coordinator).
+MAX_ATTEMPTS = 5
+
+
+class InputError(Exception):
+    """This node's local data cannot serve as input to a job; the message says what and where."""
+
+
+@dataclass
+class Job:
+    id: str
+    spec: JobSpec
+    creator: bytes
+    created_at: float
+    state: str
+    members: set[bytes] = field(default_factory=set)  # who joined
+
+    @property
+    def start_at(self) -> float:
+        return self.created_at + self.spec.start_delay
+
+    def round_opens_at(self, round_number: int) -> float:
+        return self.start_at + round_number * self.spec.round_interval
+
+
+def vector_input(spec: JobSpec, payload: object) -> np.ndarray:
+    """The float vector a `vector` job takes from a local input, checked against the spec."""
+    values = payload.get("values") if isinstance(payload, dict) else payload
+    if not isinstance(values, list):
+        raise InputError(f"local input {spec.data!r} must be a list of numbers or {{\"values\": [...]}}")
+    if len(values) != spec.dimension:
+        raise InputError(f"local input {spec.data!r} has {len(values)} values, the job needs {spec.dimension}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(f"local input {spec.data!r}: value {i} is {v!r}, not a finite number")
+    return np.asarray(values, dtype=np.float64)
+
+
+class JobBook:
+    """The jobs this node knows, their members, and its own inputs (the round driver's directory)."""
+
+    def __init__(self, store: Store, me: bytes, is_member: Callable[[bytes], bool]) -> None:
+        self._store = store
+        self.me = me
+        self._is_member = is_member
+        self.jobs: dict[str, Job] = {}
+        for record in store.list_jobs():
+            job = self._from_record(record)
+            job.members = set(store.job_members(record.id))
+            self.jobs[record.id] = job
+
+    @staticmethod
+    def _from_record(record: JobRecord) -> Job:
+        return Job(record.id, JobSpec.from_dict(record.spec), record.creator, record.created_at, record.state)
+
+    def add_job(self, job_id: str, spec: JobSpec, creator: bytes, created_at: float) -> Job | None:
+        """Remember a job; returns it if it was new."""
+        if job_id in self.jobs:
+            return None
+        record = JobRecord(job_id, spec.to_dict(), creator, "pending", created_at, time.time())
+        self._store.put_job(record)
+        job = self.jobs[job_id] = self._from_record(record)
+        return job
+
+    def add_member(self, job_id: str, member: bytes) -> bool:
+        job = self.jobs.get(job_id)
+        if job is None or member in job.members:
+            return False
+        job.members.add(member)
+        self._store.add_job_member(job_id, member, time.time())
+        return True
+
+    def set_state(self, job_id: str, state: str) -> None:
+        job = self.jobs[job_id]
+        job.state = state
+        self._store.set_job_state(job_id, state, time.time())  # type: ignore[arg-type]
+
+    def check_input(self, job: Job) -> np.ndarray:
+        """This node's float input for `job`; raises InputError saying what is wrong with it."""
+        local = self._store.get_local_input(job.spec.data)
+        if local is None:
+            raise InputError(f"no local input named {job.spec.data!r} (put it with `villagectl data put`)")
+        return vector_input(job.spec, local.payload)
+
+    # --- RoundDirectory ---------------------------------------------------------------------------
+
+    def is_member(self, member: bytes) -> bool:
+        return self._is_member(member)
+
+    def round_members(self, job_id: str) -> list[bytes] | None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        return sorted(m for m in job.members if self._is_member(m))
+
+    def client_input(self, job_id: str) -> np.ndarray | None:
+        job = self.jobs.get(job_id)
+        if job is None or self.me not in job.members or job.state in ("cancelled", "failed", "completed"):
+            return None
+        try:
+            values = self.check_input(job)
+        except InputError as exc:
+            log.warning("input_unusable", job=job_id, reason=str(exc))
+            return None
+        return job.spec.quantizer().quantize(values, rounding_seed=os.urandom(32))
+
+    def round_params(self, job_id: str, participants: int) -> RoundParams:
+        return self.jobs[job_id].spec.round_params(participants)
+
+
+def wall_deadline(wall_time: float) -> float:
+    """A trio deadline for a wall-clock time (trio's clock is monotonic, jobs are scheduled in wall time)."""
+    return trio.current_time() + max(0.0, wall_time - time.time())
+
+
+async def run_job(
+    job: Job,
+    book: JobBook,
+    driver: RoundDriver,
+    store: Store,
+    live_peers: Callable[[], set[bytes]],
+    has_result: Callable[[str, int], bool],
+    on_round_end: Callable[[Job, int, str], Awaitable[None]],
+) -> None:
+    """Run every remaining round of `job` on this node until done or cancelled."""
+    if job.state == "pending":
+        await trio.sleep_until(wall_deadline(job.start_at))
+        if job.state == "pending":
+            book.set_state(job.id, "running")
+    for round_number in range(job.spec.rounds):
+        if job.state != "running":
+            return
+        if has_result(job.id, round_number):
+            continue
+        await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
+        outcome = await _run_round(job, round_number, book, driver, store, live_peers, has_result)
+        await on_round_end(job, round_number, outcome)
+        driver.forget_round(job.id, round_number)
+    if job.state == "running":
+        book.set_state(job.id, "completed")
+
+
+async def _run_round(
+    job: Job,
+    round_number: int,
+    book: JobBook,
+    driver: RoundDriver,
+    store: Store,
+    live_peers: Callable[[], set[bytes]],
+    has_result: Callable[[str, int], bool],
+) -> str:
+    """Attempts until a result is stored here; returns "completed" or the reason it was given up."""
+    tracker = driver.tracker(job.id, round_number)
+    spec = job.spec
+    attempt, last_reason = 0, "no attempt made"
+    while attempt < MAX_ATTEMPTS and job.state == "running":
+        if has_result(job.id, round_number):
+            return "completed"
+        members = book.round_members(job.id) or []
+        if len(members) < spec.min_participants:
+            last_reason = f"only {len(members)} members joined, the job needs {spec.min_participants}"
+            await tracker.wait_until(trio.current_time() + spec.phase_timeout)
+            attempt += 1
+            continue
+        coordinator = coordinator_for(job.id, round_number, attempt, members)
+        context = RoundContext(job.id, round_number, attempt)
+        started = time.time()
+        if coordinator == book.me:
+            last_reason = _start_coordinating(job, context, members, book, driver, store, live_peers) or last_reason
+        deadline = trio.current_time() + (spec.attempt_window if coordinator == book.me else spec.phase_timeout)
+        next_attempt = await _await_attempt(tracker, attempt, deadline, spec, lambda: has_result(job.id, round_number))
+        if next_attempt is None:
+            return "completed"
+        outcome = tracker.outcomes.get(attempt, "no invite from the elected coordinator")
+        if outcome == "client_done":
+            return "gave up: sent unmasking shares but no result arrived; this node takes no other attempt of the round"
+        if coordinator != book.me:
+            store.record_round(RoundRecord(job.id, round_number, attempt, coordinator, "aborted", started,
+                                           ended_at=time.time(), abort_reason=outcome))
+        last_reason = outcome
+        attempt = next_attempt
+    return f"gave up after {attempt} attempts: {last_reason}"
+
+
+def _start_coordinating(
+    job: Job, context: RoundContext, members: list[bytes], book: JobBook, driver: RoundDriver, store: Store,
+    live_peers: Callable[[], set[bytes]],
+) -> str | None:
+    live = live_peers() | {book.me}
+    participants = [m for m in members if m in live and (m != book.me or book.client_input(job.id) is not None)]
+    if len(participants) < job.spec.min_participants:
+        return f"only {len(participants)} joined members reachable, the job needs {job.spec.min_participants}"
+    try:
+        driver.coordinate(context, participants, job.spec.round_params(len(participants)))
+    except (ParameterError, ProtocolError) as exc:
+        return f"cannot coordinate: {exc}"
+    store.record_round(RoundRecord(job.id, context.round, context.attempt, book.me, "running", time.time(),
+                                   participants=tuple(participants)))
+    return None
+
+
+async def _await_attempt(
+    tracker: RoundTracker, attempt: int, deadline: float, spec: JobSpec, result_arrived: Callable[[], bool]
+) -> int | None:
+    """Wait for the attempt's end; None when the round has its result, else the attempt to try next."""
+    extended = False
+    while True:
+        if result_arrived() or tracker.result:
+            return None
+        outcome = tracker.outcomes.get(attempt)
+        if outcome == "client_done":
+            # Unmasked: wait for the result for the rest of the attempt window, take no other attempt.
+            if not extended:
+                deadline, extended = trio.current_time() + spec.attempt_window, True
+        elif outcome is not None:
+            return attempt + 1
+        later = [a for a in tracker.invited if a > attempt]
+        if later and tracker.unmasked_in is None:
+            return min(later)
+        if attempt in tracker.invited and not extended:
+            deadline, extended = trio.current_time() + spec.attempt_window, True
+        if trio.current_time() >= deadline:
+            return attempt + 1
+        await tracker.wait_until(deadline)

@@ -1,0 +1,82 @@
+"""`villaged`: the village daemon's command line."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import trio
+import typer
+
+from villaged.config import load_config
+from villaged.errors import VillagedError
+from villaged.identity import load_or_create_identity, member_id, peer_id_from_member_id
+from villaged.logging import configure_logging
+
+app = typer.Typer(help="The village daemon: secure aggregation rounds with peers over libp2p.", no_args_is_help=True)
+
+
+@app.command()
+def start(
+    data_dir: Path = typer.Option(None, "--data-dir", help="where identity, certificate, database and API token live"),
+    listen: list[str] = typer.Option([], "--listen", help="multiaddr to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001"),
+    bootstrap: list[str] = typer.Option([], "--bootstrap", help="full /ip4/.../tcp/.../p2p/ID address of a peer (repeatable)"),
+    config: Path = typer.Option(None, "--config", help="TOML file with the same settings; flags win"),
+    api_port: int = typer.Option(None, "--api-port", help="control API port on 127.0.0.1 (default: any free port)"),
+    certificate: Path = typer.Option(None, "--certificate", help="membership certificate (default: DATA_DIR/membership.cert)"),
+    join_policy: str = typer.Option(None, "--join-policy", help="auto: join every job whose local input exists; manual"),
+    log_level: str = typer.Option(None, "--log-level", help="debug, info, warning or error"),
+) -> None:
+    """Run a node until SIGINT or SIGTERM.
+
+    Example: villaged start --data-dir ~/.village --bootstrap /ip4/10.0.0.5/tcp/4001/p2p/12D3KooW...
+    """
+    try:
+        settings = load_config(config, {
+            "data_dir": str(data_dir) if data_dir else None, "listen": listen, "bootstrap": bootstrap,
+            "api_port": api_port, "certificate": str(certificate) if certificate else None,
+            "join_policy": join_policy, "log_level": log_level,
+        })
+        configure_logging(settings.log_level)
+        from villaged.daemon import Daemon  # imports libp2p: only once the flags are known good
+
+        daemon = Daemon(settings)
+        trio.run(_serve_until_signal, daemon)
+    except VillagedError as exc:
+        typer.echo(f"villaged: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve_until_signal(daemon: object) -> None:
+    from villaged.daemon import Daemon, Started
+
+    assert isinstance(daemon, Daemon)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            started: Started = await nursery.start(daemon.run)
+            for address in started.addresses:
+                print(f"listening {address}", flush=True)
+            print(f"api {started.api_url}", flush=True)
+            async for signum in signals:
+                print(f"villaged: {signal.Signals(signum).name}, shutting down", file=sys.stderr, flush=True)
+                nursery.cancel_scope.cancel()
+                break
+
+
+@app.command("id")
+def show_id(data_dir: Path = typer.Option(..., "--data-dir", help="the node's data directory (created if missing)")) -> None:
+    """Print this node's member id (creating its identity on first use): give it to the admin to be admitted.
+
+    Example: villaged id --data-dir ~/.village
+    """
+    try:
+        keypair = load_or_create_identity(data_dir)
+    except VillagedError as exc:
+        typer.echo(f"villaged: {exc}", err=True)
+        raise typer.Exit(2) from None
+    me = member_id(keypair)
+    typer.echo(f"member_id {me.hex()}")
+    typer.echo(f"peer_id {peer_id_from_member_id(me)}")

@@ -1,0 +1,322 @@
+"""Runs this node's protocol machines over the network: the I/O half of a SecAgg+ round.
+
+Each machine from `protocol/` (a `ClientRound` per attempt this node takes part in, a
+`CoordinatorRound` per attempt it coordinates) gets a `MachineRunner` that feeds it frames,
+turns its `StartTimer`s into trio sleeps and its `Send`s into stream requests. Inbound frames
+arrive on one request/response protocol; the frame's signer must be the peer at the other end
+of the stream and a member of the village, and frames are routed by their (job, round, attempt).
+
+Rules kept here rather than in the machines, because they span attempts:
+- A client answers only the coordinator that the election ranking names for that attempt.
+- An invite for a later attempt of the same round replaces the earlier attempt's machine (its
+  keys go with it); an invite for an earlier one is refused.
+- Once this node has sent unmasking shares for a round it takes part in no other attempt of that
+  round, so a coordinator can never unmask two different survivor sets with its help.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import nacl.signing
+import numpy as np
+import structlog
+import trio
+
+from protocol import crypto
+from protocol.client import ClientPhase, ClientRound
+from protocol.coordinator import CoordinatorRound
+from protocol.election import coordinator_for
+from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.events import ClientFinished, Output, RoundAborted, RoundFinished, RoundResult, Send, StartTimer
+from protocol.params import RoundParams
+from protocol.wire import RoundContext, peek
+from villaged.errors import TransportError
+
+ROUND_PROTOCOL = "/village/round/1.0.0"
+ACK = b"ok"
+#: Messages a client receives; everything else goes to a coordinator.
+_CLIENT_KINDS = frozenset({"invite", "keys", "delivery", "survivors", "unmask_request", "abort"})
+#: Sends to an unreachable peer are retried this often within the phase timeout.
+_SEND_ATTEMPTS = 3
+
+log = structlog.get_logger("villaged.rounds")
+
+
+class Network(Protocol):
+    """What the driver needs from `villaged.transport.Node` (and from test networks)."""
+
+    member_id: bytes
+
+    async def request(self, peer: bytes, protocol_id: str, request: bytes, *, timeout: float, max_reply: int = ...) -> bytes: ...
+
+
+class RoundDirectory(Protocol):
+    """What the driver asks the daemon about jobs and membership."""
+
+    def is_member(self, member: bytes) -> bool: ...
+
+    def round_members(self, job_id: str) -> list[bytes] | None:
+        """Members that joined the job (the election's candidates); None for an unknown job."""
+
+    def client_input(self, job_id: str) -> np.ndarray | None:
+        """This node's quantized input for the job, or None if it does not take part."""
+
+    def round_params(self, job_id: str, participants: int) -> RoundParams: ...
+
+
+@dataclass
+class RoundTracker:
+    """What this node knows about one round of one job; the job scheduler waits on it."""
+
+    outcomes: dict[int, str] = field(default_factory=dict)  # attempt -> "client_done" | "aborted: ..." | "finished"
+    invited: set[int] = field(default_factory=set)
+    unmasked_in: int | None = None
+    result: bool = False
+    _changed: trio.Event = field(default_factory=trio.Event)
+
+    def changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            await self._changed.wait()
+
+
+class MachineRunner:
+    """Feeds one machine, runs its timers, carries out its sends. Stops at its first terminal output."""
+
+    def __init__(
+        self,
+        machine: ClientRound | CoordinatorRound,
+        nursery: trio.Nursery,
+        send: Callable[[Send, float], None],
+        report: Callable[[Output], Awaitable[None]],
+        send_timeout: float,
+    ) -> None:
+        self.machine = machine
+        self._send_timeout = send_timeout
+        self._nursery = nursery
+        self._send = send
+        self._report = report
+        self._timers = trio.CancelScope()
+        self.closed = False
+        self._lock = trio.Lock()
+
+    def start(self) -> None:
+        self._nursery.start_soon(self._run_timers_scope)
+        self._nursery.start_soon(self._apply_later, self.machine.start(trio.current_time()))
+
+    async def feed(self, frame: bytes) -> None:
+        """Give the machine one frame; raises `RemoteProtocolError` if it rejects it."""
+        if self.closed:
+            raise RemoteProtocolError(None, "route", "that attempt has ended on this node")
+        async with self._lock:
+            outputs = self.machine.receive(frame, trio.current_time())
+            await self._apply(outputs)
+
+    def close(self) -> None:
+        """Abandon the machine: no more frames, no timers. Its keys die with it."""
+        self.closed = True
+        self._timers.cancel()
+
+    async def _run_timers_scope(self) -> None:
+        with self._timers:
+            await trio.sleep_forever()
+
+    async def _apply_later(self, outputs: list[Output]) -> None:
+        async with self._lock:
+            await self._apply(outputs)
+
+    async def _apply(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Send):
+                self._send(out, self._send_timeout)
+            elif isinstance(out, StartTimer):
+                self._nursery.start_soon(self._timer, out.name, out.seconds)
+            else:
+                if isinstance(out, (RoundFinished, RoundAborted, ClientFinished)):
+                    self.close()
+                await self._report(out)
+
+    async def _timer(self, name: str, seconds: float) -> None:
+        if self.closed:
+            return
+        with trio.move_on_after(seconds) as scope:
+            await trio.sleep_forever()
+        if scope.cancelled_caught and not self.closed:
+            async with self._lock:
+                if not self.closed:
+                    await self._apply(self.machine.timer_fired(name, trio.current_time()))
+
+
+class RoundDriver:
+    def __init__(
+        self,
+        network: Network,
+        signing_key: nacl.signing.SigningKey,
+        directory: RoundDirectory,
+        nursery: trio.Nursery,
+        on_result: Callable[[RoundResult], Awaitable[None]],
+        on_attempt_event: Callable[[RoundContext, str, dict[str, object]], None],
+        random_bytes: crypto.RandomBytes = os.urandom,
+    ) -> None:
+        self.me = bytes(signing_key.verify_key)
+        self._network = network
+        self._key = signing_key
+        self._directory = directory
+        self._nursery = nursery
+        self._on_result = on_result
+        self._on_attempt_event = on_attempt_event
+        self._random = random_bytes
+        self._clients: dict[tuple[str, int], tuple[int, MachineRunner]] = {}
+        self._coordinators: dict[RoundContext, MachineRunner] = {}
+        self._trackers: dict[tuple[str, int], RoundTracker] = {}
+
+    def tracker(self, job_id: str, round_number: int) -> RoundTracker:
+        return self._trackers.setdefault((job_id, round_number), RoundTracker())
+
+    def forget_round(self, job_id: str, round_number: int) -> None:
+        """Drop the machines and tracker of a round that is over for this node."""
+        entry = self._clients.pop((job_id, round_number), None)
+        if entry:
+            entry[1].close()
+        for context in [c for c in self._coordinators if (c.job_id, c.round) == (job_id, round_number)]:
+            self._coordinators.pop(context).close()
+        self._trackers.pop((job_id, round_number), None)
+
+    # --- inbound --------------------------------------------------------------------------------
+
+    async def handle_frame(self, peer: bytes, frame: bytes) -> bytes:
+        """The ROUND_PROTOCOL handler: route one frame; raising sends the reason back as an error reply."""
+        context, kind, sender = peek(frame)
+        if sender != peer:
+            raise RemoteProtocolError(peer, kind, "frame signed by someone other than the sending peer")
+        if not self._directory.is_member(peer):
+            raise RemoteProtocolError(peer, kind, "not a member of this village")
+        if kind in _CLIENT_KINDS:
+            await self._to_client(context, kind, sender, frame)
+        else:
+            runner = self._coordinators.get(context)
+            if runner is None:
+                raise RemoteProtocolError(peer, kind, f"this node does not coordinate {context}")
+            await runner.feed(frame)
+        return ACK
+
+    async def _to_client(self, context: RoundContext, kind: str, sender: bytes, frame: bytes) -> None:
+        key = (context.job_id, context.round)
+        current = self._clients.get(key)
+        if kind != "invite":
+            if current is None or current[0] != context.attempt:
+                raise RemoteProtocolError(sender, kind, f"no client machine for {context} on this node")
+            await self._feed_client(current[1], context, frame)
+            return
+        members = self._directory.round_members(context.job_id)
+        if members is None:
+            raise RemoteProtocolError(sender, kind, f"unknown job {context.job_id!r}")
+        vector = self._directory.client_input(context.job_id)
+        if vector is None:
+            raise RemoteProtocolError(sender, kind, "this node does not take part in that job")
+        tracker = self.tracker(*key)
+        if tracker.unmasked_in is not None:
+            raise RemoteProtocolError(sender, kind, f"already unmasked round {context.round} in attempt {tracker.unmasked_in}")
+        expected = coordinator_for(context.job_id, context.round, context.attempt, members)
+        if sender != expected:
+            raise RemoteProtocolError(sender, kind, f"not the elected coordinator of attempt {context.attempt}")
+        if current is not None:
+            if current[0] >= context.attempt:
+                raise RemoteProtocolError(sender, kind, f"stale or repeated invite (attempt {current[0]} is active)")
+            current[1].close()
+        params = self._directory.round_params(context.job_id, len(members))
+        machine = ClientRound(
+            context, self._key, sender, vector, self._random, self._directory.is_member, invite_timeout=params.phase_timeout
+        )
+        runner = MachineRunner(
+            machine, self._nursery, self._send, lambda out: self._client_output(context, out), params.phase_timeout
+        )
+        self._clients[key] = (context.attempt, runner)
+        tracker.invited.add(context.attempt)
+        tracker.changed()
+        runner.start()
+        await self._feed_client(runner, context, frame)
+
+    async def _feed_client(self, runner: MachineRunner, context: RoundContext, frame: bytes) -> None:
+        try:
+            await runner.feed(frame)
+        except RemoteProtocolError as exc:
+            machine = runner.machine
+            if isinstance(machine, ClientRound) and machine.phase is ClientPhase.ABORTED:
+                runner.close()
+                await self._client_output(context, RoundAborted(context, exc.phase, f"refused the coordinator: {exc.reason}"))
+            raise
+
+    # --- coordinating ---------------------------------------------------------------------------
+
+    def coordinate(self, context: RoundContext, participants: list[bytes], params: RoundParams) -> None:
+        """Start coordinating one attempt (raises `ProtocolError` for unusable parameters)."""
+        machine = CoordinatorRound(context, self._key, participants, params, self._directory.is_member)
+        runner = MachineRunner(
+            machine, self._nursery, self._send, lambda out: self._coordinator_output(context, out), params.phase_timeout
+        )
+        self._coordinators[context] = runner
+        self._on_attempt_event(context, "coordinating", {"participants": len(participants)})
+        runner.start()
+
+    async def _coordinator_output(self, context: RoundContext, out: Output) -> None:
+        tracker = self.tracker(context.job_id, context.round)
+        if isinstance(out, RoundFinished):
+            tracker.outcomes[context.attempt] = "finished"
+            await self._on_result(out.result)
+            tracker.result = True
+        elif isinstance(out, RoundAborted):
+            tracker.outcomes.setdefault(context.attempt, f"aborted: {out.reason}")
+            self._on_attempt_event(context, "coordinator_aborted", {"phase": out.phase, "reason": out.reason})
+        tracker.changed()
+
+    async def _client_output(self, context: RoundContext, out: Output) -> None:
+        tracker = self.tracker(context.job_id, context.round)
+        if isinstance(out, ClientFinished):
+            tracker.unmasked_in = context.attempt
+            tracker.outcomes[context.attempt] = "client_done"
+            self._on_attempt_event(context, "client_done", {})
+        elif isinstance(out, RoundAborted):
+            if context.attempt not in tracker.outcomes:
+                tracker.outcomes[context.attempt] = f"aborted: {out.reason}"
+                self._on_attempt_event(context, "client_aborted", {"phase": out.phase, "reason": out.reason})
+        tracker.changed()
+
+    # --- outbound -------------------------------------------------------------------------------
+
+    def _send(self, send: Send, timeout: float) -> None:
+        self._nursery.start_soon(self._deliver, send, timeout)
+
+    async def _deliver(self, send: Send, timeout: float) -> None:
+        if send.to == self.me:
+            await self._deliver_locally(send.frame)
+            return
+        for attempt in range(_SEND_ATTEMPTS):
+            try:
+                await self._network.request(send.to, ROUND_PROTOCOL, send.frame, timeout=timeout, max_reply=1024)
+                return
+            except TransportError as exc:
+                if attempt == _SEND_ATTEMPTS - 1 or _is_remote_rejection(exc.reason):
+                    log.info("round_send_failed", peer=send.to.hex()[:16], reason=exc.reason)
+                    return
+                await trio.sleep(min(1.0, timeout / 10) * (attempt + 1))
+
+    async def _deliver_locally(self, frame: bytes) -> None:
+        try:
+            await self.handle_frame(self.me, frame)
+        except ProtocolError as exc:
+            log.info("local_frame_rejected", reason=str(exc))
+
+
+def _is_remote_rejection(reason: str) -> bool:
+    """An error reply from the peer's handler: resending the same frame cannot help."""
+    return reason.startswith("remote error")
+
+
