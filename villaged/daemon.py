@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -117,7 +118,8 @@ class Daemon:
                 on_event=self._on_transport_event, on_peer_connected=self._exchange_certificates,
             ) as node, trio.open_nursery() as nursery:
                 self._node, self._nursery = node, nursery
-                self._driver = RoundDriver(node, self._key, self.book, nursery, self._on_coordinated_result, self._on_attempt_event)
+                self._driver = RoundDriver(node, self._key, self.book, nursery, self._on_coordinated_result,
+                                           self._on_attempt_event, failpoint=os.environ.get("VILLAGE_FAILPOINT"))
                 node.serve(ROUND_PROTOCOL, self._handle_round_frame)
                 node.serve(MEMBERSHIP_PROTOCOL, self._handle_certificate, max_request=1024)
                 node.serve(RESULT_PROTOCOL, self._handle_result_fetch, max_request=1024)

@@ -10,6 +10,9 @@ Rules kept here rather than in the machines, because they span attempts:
 - A client answers only the coordinator that the election ranking names for that attempt.
 - An invite for a later attempt of the same round replaces the earlier attempt's machine (its
   keys go with it); an invite for an earlier one is refused.
+- Fault injection for netsim: with the environment variable VILLAGE_FAILPOINT=ROLE:PHASE
+  (ROLE client or coordinator, PHASE a machine phase such as "masked"), the process SIGKILLs
+  itself when that machine enters PHASE, before the phase's messages leave.
 - Once this node has sent unmasking shares for a round it takes part in no other attempt of that
   round, so a coordinator can never unmask two different survivor sets with its help.
 """
@@ -17,6 +20,7 @@ Rules kept here rather than in the machines, because they span attempts:
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -97,9 +101,11 @@ class MachineRunner:
         send: Callable[[Send, float], None],
         report: Callable[[Output], Awaitable[None]],
         send_timeout: float,
+        failpoint: str | None = None,
     ) -> None:
         self.machine = machine
         self._send_timeout = send_timeout
+        self._failpoint = failpoint
         self._nursery = nursery
         self._send = send
         self._report = report
@@ -133,6 +139,11 @@ class MachineRunner:
             await self._apply(outputs)
 
     async def _apply(self, outputs: list[Output]) -> None:
+        if self._failpoint is not None and any(isinstance(out, Send) for out in outputs):
+            role = "client" if isinstance(self.machine, ClientRound) else "coordinator"
+            if self._failpoint == f"{role}:{self.machine.phase.value}":
+                log.warning("failpoint_hit", failpoint=self._failpoint)
+                os.kill(os.getpid(), signal.SIGKILL)  # a real crash, before this phase's messages leave
         for out in outputs:
             if isinstance(out, Send):
                 self._send(out, self._send_timeout)
@@ -164,8 +175,10 @@ class RoundDriver:
         on_result: Callable[[RoundResult], Awaitable[None]],
         on_attempt_event: Callable[[RoundContext, str, dict[str, object]], None],
         random_bytes: crypto.RandomBytes = os.urandom,
+        failpoint: str | None = None,
     ) -> None:
         self.me = bytes(signing_key.verify_key)
+        self._failpoint = failpoint
         self._network = network
         self._key = signing_key
         self._directory = directory
@@ -236,7 +249,8 @@ class RoundDriver:
             context, self._key, sender, vector, self._random, self._directory.is_member, invite_timeout=params.phase_timeout
         )
         runner = MachineRunner(
-            machine, self._nursery, self._send, lambda out: self._client_output(context, out), params.phase_timeout
+            machine, self._nursery, self._send, lambda out: self._client_output(context, out), params.phase_timeout,
+            self._failpoint,
         )
         self._clients[key] = (context.attempt, runner)
         tracker.invited.add(context.attempt)
@@ -260,7 +274,8 @@ class RoundDriver:
         """Start coordinating one attempt (raises `ProtocolError` for unusable parameters)."""
         machine = CoordinatorRound(context, self._key, participants, params, self._directory.is_member)
         runner = MachineRunner(
-            machine, self._nursery, self._send, lambda out: self._coordinator_output(context, out), params.phase_timeout
+            machine, self._nursery, self._send, lambda out: self._coordinator_output(context, out), params.phase_timeout,
+            self._failpoint,
         )
         self._coordinators[context] = runner
         self._on_attempt_event(context, "coordinating", {"participants": len(participants)})
