@@ -102,13 +102,17 @@ class ClientRound:
             if envelope.context != self.context:
                 raise RemoteProtocolError(self.coordinator, self.phase.value, f"message for {envelope.context}, expected {self.context}")
             return self._dispatch(envelope)
+        except _Shortfall as shortfall:  # too few peers left: a normal outcome, not the coordinator's fault
+            self._wipe()
+            self.phase = ClientPhase.ABORTED
+            return [RoundAborted(self.context, shortfall.phase, shortfall.reason)]
         except RemoteProtocolError:
             self._wipe()
             self.phase = ClientPhase.ABORTED
             raise
 
     def timer_fired(self, name: str, now: float) -> list[Output]:
-        if name != self.phase.value:
+        if name != self.phase.value or self.phase in (ClientPhase.DONE, ClientPhase.ABORTED):
             return []
         self._wipe()
         phase, self.phase = self.phase, ClientPhase.ABORTED
@@ -294,7 +298,7 @@ class ClientRound:
     def _need(self, count: int, phase: str, what: str) -> None:
         params, _ = self._require()
         if count < params.threshold:
-            raise RemoteProtocolError(self.coordinator, phase, f"only {count} {what}, below threshold {params.threshold}")
+            raise _Shortfall(phase, f"only {count} {what}, below threshold {params.threshold}")
 
     def _require(self) -> tuple[RoundParams, NeighbourGraph]:
         if self._params is None or self._graph is None:
@@ -306,3 +310,12 @@ class ClientRound:
         self._mask_secret = self._seed = self._channel_secret = b""
         self._own_shares = (0, 0)
         self._held = {}
+
+
+class _Shortfall(Exception):
+    """Internal: fewer than t peers left; unwinds into a clean `RoundAborted` (errors.py: counts below t are events)."""
+
+    def __init__(self, phase: str, reason: str) -> None:
+        super().__init__(reason)
+        self.phase = phase
+        self.reason = reason

@@ -118,7 +118,7 @@ class CoordinatorRound:
         return self._collect(sender, message, frame, now)
 
     def timer_fired(self, name: str, now: float) -> list[Output]:
-        if name != self.phase.value:
+        if name != self.phase.value or self.phase in (CoordinatorPhase.DONE, CoordinatorPhase.ABORTED):
             return []
         return self._close(now)
 
