@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import trio
+
+from protocol.announcements import ResultAnnouncement, sign_announcement
+from protocol.election import coordinator_for
+from protocol.jobs import JobSpec
+from protocol.membership import AdminKeyPair, issue_certificate
+from villaged.identity import load_or_create_identity, member_id
 
 from villaged.control import NotFound
 from villaged.daemon import Daemon
@@ -58,3 +68,97 @@ async def test_five_nodes_mesh_and_agree_on_three_rounds(tmp_path: Path) -> None
             digests = {r["digest"] for r in results}
             assert len(digests) == 1  # the same inputs each round give the same exact aggregate
         assert {(await d.get_job(job["id"]))["state"] for d in daemons} == {"completed"}
+
+
+async def test_next_attempt_completes_after_the_coordinator_dies(tmp_path: Path) -> None:
+    configs = village_configs(tmp_path, 5)
+    async with running_village(configs) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        for i, daemon in enumerate(daemons):
+            await daemon.put_data("stats", [float(i + j) for j in range(8)])
+        spec = dict(SPEC, rounds=1, phase_timeout=2.0, start_delay=3.0)
+        job = await daemons[0].create_job(spec)
+
+        async def everyone_joined() -> bool:
+            return all(len(d.book.jobs.get(job["id"], None).members if job["id"] in d.book.jobs else ()) == 5 for d in daemons)
+
+        await wait_for(everyone_joined, timeout=20)
+        members = sorted(d.me for d in daemons)
+        first = coordinator_for(job["id"], 0, 0, members)
+        victim = next(i for i, d in enumerate(daemons) if d.me == first)
+        survivors = [d for i, d in enumerate(daemons) if i != victim]
+
+        async def invites_out() -> bool:  # the round is under way: kill its coordinator now
+            return any(0 in s._driver.tracker(job["id"], 0).invited for s in survivors if s._driver)
+
+        await wait_for(invites_out, timeout=20, interval=0.01)
+        nodes[victim][2].cancel()
+
+        async def done() -> bool:
+            return min([await result_count(d, job["id"]) for d in survivors]) == 1
+
+        await wait_for(done, timeout=60)
+        for daemon in survivors:
+            (result,) = await daemon.results(job["id"])
+            assert result["attempt"] >= 1
+            assert result["coordinator"] != first.hex()
+            assert first.hex() not in result["participants"]
+
+
+async def test_a_node_without_a_valid_certificate_cannot_join_contribute_or_publish(tmp_path: Path) -> None:
+    admin = AdminKeyPair(os.urandom(32))
+    configs = village_configs(tmp_path, 4, admin)
+    intruder_dir = tmp_path / "intruder"
+    forger = AdminKeyPair(os.urandom(32))  # signs a certificate that claims the real village
+    me = member_id(load_or_create_identity(intruder_dir))
+    now = int(time.time())
+    forged = issue_certificate(forger.signing_key, admin.village_id, me, now - 60, now + 3600)
+    (intruder_dir / "membership.cert").write_bytes(forged.encode())
+    configs.append(replace(configs[0], data_dir=intruder_dir, bootstrap=()))
+    async with running_village(configs) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        honest, intruder = daemons[:4], daemons[4]
+        for i, daemon in enumerate(daemons):
+            await daemon.put_data("stats", [float(i)] * 8)
+        job = await honest[0].create_job(dict(SPEC, rounds=1))
+        # The intruder learns the job id out of band, joins it and forges a result for it.
+        intruder.book.add_job(job["id"], JobSpec.from_dict(SPEC), honest[0].me, job["created_at"])
+        await intruder.join_job(job["id"])
+        fake = ResultAnnouncement(job["id"], 0, 0, (intruder.me,), (), b"\0" * 32, {})
+        assert intruder._node is not None
+        await intruder._node.publish(intruder._topic + "/results", sign_announcement(fake, intruder._key))
+
+        async def done() -> bool:
+            return min([await result_count(d, job["id"]) for d in honest]) == 1
+
+        await wait_for(done, timeout=60)
+        for daemon in honest:
+            (result,) = await daemon.results(job["id"])
+            assert intruder.me.hex() not in result["participants"]
+            assert len(result["participants"]) == 4
+            assert intruder.me not in daemon.book.jobs[job["id"]].members
+            assert intruder.me.hex() not in [m["member_id"] for m in await daemon.members()]
+        rejected = sum(d.metrics.failed_authentications._value.get() for d in honest)
+        assert rejected >= 1
+
+
+async def test_jobs_and_results_survive_a_restart(tmp_path: Path) -> None:
+    configs = village_configs(tmp_path, 4)
+    async with running_village(configs) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        for i, daemon in enumerate(daemons):
+            await daemon.put_data("stats", [float(i)] * 8)
+        job = await daemons[0].create_job(dict(SPEC, rounds=2))
+
+        async def done() -> bool:
+            return min([await result_count(d, job["id"]) for d in daemons]) == 2
+
+        await wait_for(done, timeout=60)
+        before = await daemons[2].results(job["id"])
+    restarted = Daemon(configs[2])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(restarted.run)
+        assert (await restarted.get_job(job["id"]))["state"] == "completed"
+        assert await restarted.results(job["id"]) == before
+        assert (await restarted.get_data("stats"))["payload"] == [2.0] * 8
+        nursery.cancel_scope.cancel()
