@@ -80,3 +80,5 @@ def show_id(data_dir: Path = typer.Option(..., "--data-dir", help="the node's da
     me = member_id(keypair)
     typer.echo(f"member_id {me.hex()}")
     typer.echo(f"peer_id {peer_id_from_member_id(me)}")
+if __name__ == "__main__":
+    app()
