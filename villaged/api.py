@@ -154,6 +154,14 @@ async def _get_job(api: ControlApi, params: Params, body: Any) -> Response:
     return json_response(200, await api.control.get_job(params["id"]))
 
 
+async def _join_job(api: ControlApi, params: Params, body: Any) -> Response:
+    return json_response(200, await api.control.join_job(params["id"]))
+
+
+async def _job_progress(api: ControlApi, params: Params, body: Any) -> Response:
+    return json_response(200, await api.control.job_progress(params["id"]))
+
+
 async def _cancel_job(api: ControlApi, params: Params, body: Any) -> Response:
     return json_response(200, await api.control.cancel_job(params["id"]))
 
@@ -205,6 +213,15 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/v1/jobs/{id}", "getJob", "One job", _get_job, _OBJECT, errors=(404,)),
     Route(
         "POST", "/v1/jobs/{id}/cancel", "cancelJob", "Cancel a job", _cancel_job, _OBJECT, errors=(404, 409)
+    ),
+    Route(
+        "POST", "/v1/jobs/{id}/join", "joinJob", "Contribute this node's local input to a job", _join_job, _OBJECT,
+        errors=(404, 409, 422),
+    ),
+    Route(
+        "GET", "/v1/jobs/{id}/progress", "getJobProgress",
+        "Current round, attempt, coordinator and this node's phase; rounds completed", _job_progress, _OBJECT,
+        errors=(404,),
     ),
     Route(
         "GET", "/v1/jobs/{id}/rounds", "listRounds", "Round attempts with phase timings", _rounds, _OBJECT_LIST,

@@ -85,6 +85,19 @@ class NodeControl(Protocol):
         """Raises NotFound."""
         ...
 
+    async def join_job(self, job_id: str) -> dict[str, JSON]:
+        """Contribute this node's local input to a job; returns the job. Raises NotFound, InvalidRequest
+        (field ``data``: the local input is missing or does not fit the spec), or Conflict if it finished."""
+        ...
+
+    async def job_progress(self, job_id: str) -> dict[str, JSON]:
+        """Where a job is now, for `villagectl jobs watch`: state, ``rounds``/``rounds_completed``,
+        joined ``members``; the current ``round``, ``attempt`` and elected ``coordinator``; this node's
+        ``role`` and ``phase`` in it (None if it runs no machine for the attempt); ``participants``
+        invited (known when this node coordinates); ``last_result`` ({round, participants, dropped}
+        counts) or None. Raises NotFound."""
+        ...
+
     async def cancel_job(self, job_id: str) -> dict[str, JSON]:
         """Returns the job after cancelling. Raises NotFound, or Conflict if it already finished."""
         ...

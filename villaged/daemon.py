@@ -429,6 +429,26 @@ class Daemon:
     async def get_job(self, job_id: str) -> dict[str, object]:
         return self._job_view(self._job(job_id))
 
+    async def job_progress(self, job_id: str) -> dict[str, object]:
+        job = self._job(job_id)
+        results = self.store.get_results(job_id)
+        current = self._driver.progress(job_id) if self._driver is not None and job.state == "running" else None
+        members = self.book.round_members(job_id) or []
+        coordinator = None
+        if current is not None and members:
+            coordinator = coordinator_for(job_id, current.round, current.attempt, members).hex()
+        last = results[-1] if results else None
+        return {
+            "id": job.id, "state": job.state, "rounds": job.spec.rounds, "rounds_completed": len(results),
+            "members": len(job.members), "start_at": job.start_at,
+            "round": current.round if current else None, "attempt": current.attempt if current else None,
+            "coordinator": coordinator, "role": current.role if current else None,
+            "phase": current.phase if current else None,
+            "participants": current.participants if current else None,
+            "last_result": None if last is None else {
+                "round": last.round, "participants": len(last.participants), "dropped": len(last.dropped)},
+        }
+
     async def cancel_job(self, job_id: str) -> dict[str, object]:
         job = self._job(job_id)
         if job.state not in ("pending", "running"):

@@ -188,6 +188,7 @@ async def _run_round(
     while attempt < MAX_ATTEMPTS and job.state == "running":
         if has_result(job.id, round_number):
             return "completed"
+        tracker.attempt = attempt
         members = book.round_members(job.id) or []
         if len(members) < spec.min_participants:
             last_reason = f"only {len(members)} members joined, the job needs {spec.min_participants}"

@@ -76,6 +76,7 @@ class RoundDirectory(Protocol):
 class RoundTracker:
     """What this node knows about one round of one job; the job scheduler waits on it."""
 
+    attempt: int = 0  # the attempt the job loop is on
     outcomes: dict[int, str] = field(default_factory=dict)  # attempt -> "client_done" | "aborted: ..." | "finished"
     invited: set[int] = field(default_factory=set)
     unmasked_in: int | None = None
@@ -89,6 +90,17 @@ class RoundTracker:
     async def wait_until(self, deadline: float) -> None:
         with trio.move_on_at(deadline):
             await self._changed.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class RoundProgress:
+    """A read-only snapshot of the round this node is working on in one job (for the control API)."""
+
+    round: int
+    attempt: int
+    role: str | None  # "coordinator" or "client" when this node runs a machine for the attempt
+    phase: str | None  # that machine's phase
+    participants: int | None  # invited to the attempt, when this node coordinates it
 
 
 class MachineRunner:
@@ -201,6 +213,25 @@ class RoundDriver:
         for context in [c for c in self._coordinators if (c.job_id, c.round) == (job_id, round_number)]:
             self._coordinators.pop(context).close()
         self._trackers.pop((job_id, round_number), None)
+
+    def progress(self, job_id: str) -> RoundProgress | None:
+        """The latest round of ``job_id`` this node is working on, or None between rounds."""
+        rounds = [r for j, r in self._trackers if j == job_id]
+        if not rounds:
+            return None
+        round_number = max(rounds)
+        attempt = self._trackers[(job_id, round_number)].attempt
+        client = self._clients.get((job_id, round_number))
+        if client is not None and client[0] > attempt:  # invited to a later attempt than the job loop is on
+            attempt = client[0]
+        coordinating = self._coordinators.get(RoundContext(job_id, round_number, attempt))
+        if coordinating is not None:
+            machine = coordinating.machine
+            assert isinstance(machine, CoordinatorRound)
+            return RoundProgress(round_number, attempt, "coordinator", machine.phase.value, len(machine.participants))
+        if client is not None and client[0] == attempt:
+            return RoundProgress(round_number, attempt, "client", client[1].machine.phase.value, None)
+        return RoundProgress(round_number, attempt, None, None, None)
 
     # --- inbound --------------------------------------------------------------------------------
 

@@ -40,8 +40,36 @@ class FakeControl:
         if not isinstance(rounds, int) or rounds < 1:
             raise InvalidRequest("rounds", f"must be a positive integer, got {rounds!r}")
         job_id = f"job-{len(self.jobs) + 1}"
-        self.jobs[job_id] = {"id": job_id, "spec": spec, "state": "pending"}
+        self.jobs[job_id] = {"id": job_id, "spec": spec, "state": "pending", "joined": False, "results": 0}
         return self.jobs[job_id]
+
+    async def join_job(self, job_id: str) -> dict[str, Any]:
+        job = await self.get_job(job_id)
+        if job["state"] not in ("pending", "running"):
+            raise Conflict(f"job {job_id} is {job['state']}")
+        if job["spec"].get("data") not in self.data:
+            raise InvalidRequest("data", f"no local input named {job['spec'].get('data')!r}")
+        job["joined"] = True
+        return job
+
+    async def job_progress(self, job_id: str) -> dict[str, Any]:
+        """A job that runs as fast as it is watched: every call finishes one more round."""
+        job = await self.get_job(job_id)
+        if job["state"] == "pending":
+            job["state"] = "running"
+        elif job["state"] == "running":
+            job["results"] += 1
+            if job["results"] == job["spec"]["rounds"]:
+                job["state"] = "completed"
+        running = job["state"] == "running"
+        return {
+            "id": job_id, "state": job["state"], "rounds": job["spec"]["rounds"], "rounds_completed": job["results"],
+            "members": 3, "start_at": 1_700_000_000.0,
+            "round": job["results"] if running else None, "attempt": 0 if running else None,
+            "coordinator": "b0" * 32 if running else None, "role": "client" if running else None,
+            "phase": "masked" if running else None, "participants": None,
+            "last_result": {"round": job["results"] - 1, "participants": 3, "dropped": 1} if job["results"] else None,
+        }
 
     async def list_jobs(self) -> list[dict[str, Any]]:
         return list(self.jobs.values())
@@ -67,8 +95,8 @@ class FakeControl:
         return [{"round": 0, "aggregate": "00ff", "participants": ["b0" * 32]}]
 
     async def put_data(self, name: str, payload: Any) -> dict[str, Any]:
-        if not isinstance(payload, dict):
-            raise InvalidRequest("payload", "must be a JSON object of per-model statistics")
+        if not isinstance(payload, (dict, list)):
+            raise InvalidRequest("payload", "must be a JSON object or array")
         self.data[name] = payload
         return {"name": name, "payload": payload}
 

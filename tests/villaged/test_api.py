@@ -119,6 +119,22 @@ async def test_job_lifecycle(server: Server) -> None:
     assert cancelled.status == 200 and cancelled.json()["state"] == "cancelled"
     again = await http(port, "POST", "/v1/jobs/job-1/cancel", token=server.token)
     assert again.status == 409 and "already cancelled" in error_of(again)["message"]
+    join = await http(port, "POST", "/v1/jobs/job-1/join", token=server.token)
+    assert join.status == 409 and error_of(join)["message"] == "job job-1 is cancelled"
+    assert (await server.get("/v1/jobs/job-1/progress")).json()["state"] == "cancelled"
+    assert (await server.get("/v1/jobs/ghost/progress")).status == 404
+
+
+async def test_join_and_progress(server: Server) -> None:
+    port = server.endpoint.port
+    await http(port, "POST", "/v1/jobs", token=server.token, body=b'{"data": "stats", "rounds": 2}')
+    no_input = await http(port, "POST", "/v1/jobs/job-1/join", token=server.token)
+    assert no_input.status == 422 and error_of(no_input)["message"] == "data: no local input named 'stats'"
+    await http(port, "PUT", "/v1/data/stats", token=server.token, body=b"[1.0, 2.0]")
+    joined = await http(port, "POST", "/v1/jobs/job-1/join", token=server.token)
+    assert joined.status == 200 and joined.json()["joined"] is True
+    states = [(await server.get("/v1/jobs/job-1/progress")).json()["state"] for _ in range(3)]
+    assert states == ["running", "running", "completed"]
 
 
 async def test_data_put_and_get(server: Server) -> None:
@@ -127,8 +143,8 @@ async def test_data_put_and_get(server: Server) -> None:
     assert put.status == 200
     got = await server.get("/v1/data/latency")
     assert got.json() == {"name": "latency", "payload": {"gpt": [1.5]}}
-    bad = await http(port, "PUT", "/v1/data/latency", token=server.token, body=b"[1, 2]")
-    assert bad.status == 422 and error_of(bad)["message"] == "request body: payload: must be a JSON object of per-model statistics"
+    bad = await http(port, "PUT", "/v1/data/latency", token=server.token, body=b'"text"')
+    assert bad.status == 422 and error_of(bad)["message"] == "request body: payload: must be a JSON object or array"
 
 
 @pytest.mark.parametrize(
@@ -255,6 +271,7 @@ async def test_openapi_document_lists_every_route(server: Server) -> None:
     expected = {
         ("GET", "/v1/status"), ("GET", "/v1/peers"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"),
         ("GET", "/v1/jobs/{id}"), ("POST", "/v1/jobs/{id}/cancel"), ("GET", "/v1/jobs/{id}/rounds"),
+        ("POST", "/v1/jobs/{id}/join"), ("GET", "/v1/jobs/{id}/progress"),
         ("GET", "/v1/jobs/{id}/results"), ("PUT", "/v1/data/{name}"), ("GET", "/v1/data/{name}"),
         ("GET", "/v1/members"), ("GET", "/v1/health"), ("GET", "/metrics"), ("GET", "/v1/openapi.json"),
     }  # fmt: skip
