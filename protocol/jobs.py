@@ -15,7 +15,7 @@ from protocol.errors import ParameterError
 from protocol.params import MAX_DIMENSION, MAX_PARTICIPANTS, RoundParams
 from protocol.quantize import Quantizer
 
-JOB_KINDS = ("vector",)
+JOB_KINDS = ("vector",)  # each has an entry in protocol.kinds.KINDS
 AGGREGATES = ("sum", "mean")
 
 

@@ -10,7 +10,6 @@ closed within its close timeout.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import secrets
 import time
@@ -29,6 +28,7 @@ from protocol.election import coordinator_for
 from protocol.errors import ParameterError, RemoteProtocolError
 from protocol.events import RoundResult
 from protocol.jobs import JobSpec
+from protocol.kinds import KINDS, InputError
 from protocol.membership import MemberRegistry, decode_certificate
 from protocol.wire import RoundContext
 from villaged.api import serve_api
@@ -36,7 +36,7 @@ from villaged.config import DaemonConfig
 from villaged.control import Conflict, InvalidRequest, NotFound
 from villaged.errors import ConfigError, TransportError
 from villaged.identity import load_or_create_identity, member_id, peer_id_from_member_id, signing_key
-from villaged.jobs import InputError, Job, JobBook, run_job
+from villaged.jobs import Job, JobBook, run_job
 from villaged.logging import log_round
 from villaged.metrics import Metrics
 from villaged.rounds import ROUND_PROTOCOL, RoundDriver
@@ -500,14 +500,15 @@ class Daemon:
         words = np.frombuffer(record.aggregate, dtype="<u4").astype(np.uint32)
         survivors = len(record.participants)
         quantizer = job.spec.quantizer()
-        values = quantizer.dequantize_sum(words, clients=survivors if job.spec.aggregate == "mean" else 1)
-        return {
+        view = KINDS[job.spec.kind].decode(job.spec, quantizer.dequantize_sum(words), survivors)
+        per_input = survivors if job.spec.aggregate == "mean" else 1
+        view.update({
             "round": record.round, "attempt": record.attempt, "coordinator": record.coordinator.hex(),
             "participants": [p.hex() for p in record.participants], "dropped": [d.hex() for d in record.dropped],
-            "aggregate": job.spec.aggregate, "values": [v if math.isfinite(v) else None for v in values.tolist()],
-            "error_bound": quantizer.error_bound(survivors) / (survivors if job.spec.aggregate == "mean" else 1),
+            "error_bound": quantizer.error_bound(survivors) / per_input,
             "digest": aggregate_digest(record.aggregate).hex(), "received_at": record.received_at,
-        }
+        })
+        return view
 
 
 __all__ = ["Daemon", "Started", "MEMBERSHIP_PROTOCOL", "RESULT_PROTOCOL"]

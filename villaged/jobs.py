@@ -10,7 +10,6 @@ coordinator is the next member in the election ranking.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ import trio
 from protocol.election import coordinator_for
 from protocol.errors import ParameterError, ProtocolError
 from protocol.jobs import JobSpec
+from protocol.kinds import KINDS, InputError
 from protocol.params import RoundParams
 from protocol.wire import RoundContext
 from villaged.rounds import RoundDriver, RoundTracker
@@ -32,10 +32,6 @@ log = structlog.get_logger("villaged.jobs")
 
 #: After this many failed attempts a round is given up (each attempt has its own coordinator).
 MAX_ATTEMPTS = 5
-
-
-class InputError(Exception):
-    """This node's local data cannot serve as input to a job; the message says what and where."""
 
 
 @dataclass
@@ -53,19 +49,6 @@ class Job:
 
     def round_opens_at(self, round_number: int) -> float:
         return self.start_at + round_number * self.spec.round_interval
-
-
-def vector_input(spec: JobSpec, payload: object) -> np.ndarray:
-    """The float vector a `vector` job takes from a local input, checked against the spec."""
-    values = payload.get("values") if isinstance(payload, dict) else payload
-    if not isinstance(values, list):
-        raise InputError(f"local input {spec.data!r} must be a list of numbers or {{\"values\": [...]}}")
-    if len(values) != spec.dimension:
-        raise InputError(f"local input {spec.data!r} has {len(values)} values, the job needs {spec.dimension}")
-    for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise InputError(f"local input {spec.data!r}: value {i} is {v!r}, not a finite number")
-    return np.asarray(values, dtype=np.float64)
 
 
 class JobBook:
@@ -111,8 +94,8 @@ class JobBook:
         """This node's float input for `job`; raises InputError saying what is wrong with it."""
         local = self._store.get_local_input(job.spec.data)
         if local is None:
-            raise InputError(f"no local input named {job.spec.data!r} (put it with `villagectl data put`)")
-        return vector_input(job.spec, local.payload)
+            raise InputError(job.spec.data, "no local input by that name (put it with `villagectl data put`)")
+        return KINDS[job.spec.kind].encode(job.spec, local.payload)
 
     # --- RoundDirectory ---------------------------------------------------------------------------
 
