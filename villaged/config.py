@@ -21,6 +21,8 @@ class DaemonConfig:
     api_host: str = "127.0.0.1"
     api_port: int = 0
     certificate: Path | None = None  # default: data_dir/membership.cert
+    # Pins the village: without it the admin key is taken from this node's own certificate.
+    admin_public_key: str | None = None
     join_policy: str = "auto"  # auto: join every job whose named local input this node holds
     log_level: str = "info"
     discovery_interval: float = 15.0
@@ -38,6 +40,12 @@ class DaemonConfig:
         for name in ("discovery_interval", "announce_interval"):
             if not 0 < getattr(self, name) <= 3600:
                 raise ConfigError(source, name, "must be in (0, 3600] seconds")
+        if self.admin_public_key is not None:
+            try:
+                if len(bytes.fromhex(self.admin_public_key)) != 32:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(source, "admin_public_key", "must be 64 hex digits (villagectl village init prints it)") from None
         if not self.listen:
             raise ConfigError(source, "listen", "needs at least one multiaddr")
         return self
@@ -46,7 +54,7 @@ class DaemonConfig:
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "data_dir": (str,), "listen": (list,), "bootstrap": (list,), "api_host": (str,), "api_port": (int,),
     "certificate": (str,), "join_policy": (str,), "log_level": (str,), "discovery_interval": (int, float),
-    "announce_interval": (int, float),
+    "announce_interval": (int, float), "admin_public_key": (str,),
 }
 
 

@@ -99,6 +99,9 @@ class Daemon:
             cert = decode_certificate(data)
         except RemoteProtocolError as exc:
             raise ConfigError(path, "certificate", exc.reason) from None
+        pinned = self.config.admin_public_key
+        if pinned is not None and cert.admin_public_key != bytes.fromhex(pinned):
+            raise ConfigError(path, "certificate", "signed by a different admin key than the configured admin_public_key")
         if cert.member_id != self.me:
             raise ConfigError(path, "certificate", f"issued for member {cert.member_id.hex()[:16]}, this node is {self.me.hex()[:16]}")
         if not cert.is_valid_at(time.time()):

@@ -27,6 +27,7 @@ def start(
     certificate: Path = typer.Option(None, "--certificate", help="membership certificate (default: DATA_DIR/membership.cert)"),
     join_policy: str = typer.Option(None, "--join-policy", help="auto: join every job whose local input exists; manual"),
     log_level: str = typer.Option(None, "--log-level", help="debug, info, warning or error"),
+    admin_public_key: str = typer.Option(None, "--admin-public-key", help="pin the village's admin key (hex)"),
 ) -> None:
     """Run a node until SIGINT or SIGTERM.
 
@@ -36,7 +37,7 @@ def start(
         settings = load_config(config, {
             "data_dir": str(data_dir) if data_dir else None, "listen": listen, "bootstrap": bootstrap,
             "api_port": api_port, "certificate": str(certificate) if certificate else None,
-            "join_policy": join_policy, "log_level": log_level,
+            "join_policy": join_policy, "log_level": log_level, "admin_public_key": admin_public_key,
         })
         configure_logging(settings.log_level)
         from villaged.daemon import Daemon  # imports libp2p: only once the flags are known good

@@ -83,3 +83,12 @@ def test_bad_config_file_names_the_field(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "join_policy" in result.stderr and "sometimes" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_certificate_from_another_admin_is_refused_when_the_village_is_pinned(tmp_path: Path) -> None:
+    admit(AdminKeyPair(os.urandom(32)), tmp_path / "n")
+    pinned = AdminKeyPair(os.urandom(32)).public_key.hex()
+    result = subprocess.run([*VILLAGED, "start", "--data-dir", str(tmp_path / "n"), "--admin-public-key", pinned],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "different admin key" in result.stderr
