@@ -1,8 +1,19 @@
-"""`netsim`: run village rounds locally and check every result against the plaintext."""
+"""`netsim`: run village rounds locally and check every result against the plaintext.
+
+`netsim run` spawns real villaged processes (netsim/scenario.py, netsim/cluster.py), optionally
+in network namespaces with shaped links (netsim/netns.py) and with planned crashes
+(netsim/faults.py), and writes a report (netsim/report.py). `netsim bench` runs the standard
+workloads (netsim/bench.py). Cleanup: SIGTERM and SIGHUP are turned into KeyboardInterrupt, so
+Ctrl-C, `kill` and errors all leave through the same `finally` that stops every process and
+removes every namespace; `atexit` covers the rest, and children die with netsim (pdeathsig).
+"""
 
 from __future__ import annotations
 
 import json
+import signal
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 
@@ -12,6 +23,99 @@ from netsim.core import DROPOUT_PHASES
 app = typer.Typer(help="Spawn local village peers, inject faults, and check every result against the plaintext.", no_args_is_help=True)
 bench_app = typer.Typer(help="Standard workloads; each prints one JSON line.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+
+
+def _interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def install_signal_handlers() -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+
+
+@app.command()
+def run(
+    n: int = typer.Option(4, "--n", min=2, help="peers in the village"),
+    d: int = typer.Option(1000, "--d", min=1, help="vector length"),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="rounds of the job"),
+    dropout: float = typer.Option(0.0, "--dropout", min=0.0, max=0.9, help="fraction of peers SIGKILLed in each faulty round"),
+    drop_phase: str = typer.Option("masked", "--drop-phase", help=f"phase the dropouts die in: {', '.join(DROPOUT_PHASES)}"),
+    drop_rounds: str = typer.Option("", "--drop-rounds", help="comma-separated rounds with dropouts (default: all)"),
+    kill: list[str] = typer.Option([], "--kill", help="PEER:PHASE[@ROUND] or coordinator:PHASE[@ROUND] (repeatable)"),
+    kill_coordinator: bool = typer.Option(False, "--kill-coordinator", help="same as --kill coordinator:masked@0"),
+    restart: bool = typer.Option(True, "--restart/--no-restart", help="restart killed peers after their round"),
+    churn: int = typer.Option(0, "--churn", min=0, help="peers that leave after each round (those who left before rejoin)"),
+    seed: int = typer.Option(None, "--seed", help="seed for inputs and fault choices (default: random, printed)"),
+    keep: bool = typer.Option(False, "--keep", help="keep the data dirs and logs"),
+    per_process: int = typer.Option(1, "--per-process", min=1, help="peers per OS process (netsim/multipeer.py)"),
+    phase_timeout: float = typer.Option(10.0, "--phase-timeout", help="the job's phase timeout (s)"),
+    round_interval: float = typer.Option(None, "--round-interval", help="seconds between round starts (default: 0, or room to arm faults)"),
+    neighbours: int = typer.Option(14, "--neighbours", help="SecAgg+ neighbours per peer"),
+    min_participants: int = typer.Option(None, "--min-participants", help="the job's min_participants (default 3)"),
+    netns: bool = typer.Option(False, "--netns", help="each process in its own network namespace (root, iproute2)"),
+    delay: float = typer.Option(0.0, "--delay", help="netem delay per packet, ms (implies --netns)"),
+    jitter: float = typer.Option(0.0, "--jitter", help="netem jitter, ms (implies --netns)"),
+    loss: float = typer.Option(0.0, "--loss", help="netem loss, percent (implies --netns)"),
+    rate: float = typer.Option(0.0, "--rate", help="link rate cap, Mbit/s (implies --netns)"),
+    partition: str = typer.Option("", "--partition", help="ROUND:SECONDS: split the village in halves at that round, then heal"),
+    report: Path = typer.Option(None, "--report", help="directory for report.json and report.html"),
+) -> None:
+    """Spawn N villaged peers on this machine, run one job, check each result exactly.
+
+    Example: netsim run --n 8 --d 10000 --rounds 3 --dropout 0.25 --drop-phase masked --report out/
+    """
+    from netsim.faults import FaultPlan, parse_kill
+    from netsim.netns import LinkShape, NetnsUnavailable, check_available
+    from netsim.scenario import RunConfig, run_scenario
+
+    if drop_phase not in DROPOUT_PHASES:
+        raise typer.BadParameter(f"--drop-phase must be one of {', '.join(DROPOUT_PHASES)}")
+    try:
+        kills = [parse_kill(k) for k in kill] + ([parse_kill("coordinator:masked@0")] if kill_coordinator else [])
+        partition_round, partition_seconds = (None, 0.0)
+        if partition:
+            r, _, s = partition.partition(":")
+            partition_round, partition_seconds = int(r), float(s or 10)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    shape = LinkShape(delay, jitter, loss, rate)
+    use_netns = netns or partition_round is not None or shape != LinkShape()
+    if use_netns:
+        try:
+            check_available(shape.needs_netem)
+        except NetnsUnavailable as exc:
+            typer.echo(f"netsim: {exc}", err=True)
+            raise typer.Exit(3) from None
+    config = RunConfig(
+        n=n, d=d, rounds=rounds, dropout=dropout, drop_phase=drop_phase,
+        drop_rounds=[int(x) for x in drop_rounds.split(",") if x.strip()] or None,
+        plan=FaultPlan(kills=kills, restart=restart, churn=churn, partition_round=partition_round,
+                       partition_seconds=partition_seconds),
+        seed=seed, keep=keep, per_process=per_process, phase_timeout=phase_timeout, round_interval=round_interval,
+        neighbours=neighbours, min_participants=min_participants, shape=shape if use_netns else None, report_dir=report,
+    )
+    install_signal_handlers()
+    try:
+        result = run_scenario(config)
+    except KeyboardInterrupt as exc:
+        typer.echo(f"netsim: interrupted ({exc or 'SIGINT'}); every process stopped", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(json.dumps(_summary_line(result)))
+    if not result["ok"]:
+        bad = [r["round"] for r in result["rounds"] if r["check"]["verdict"] not in ("exact", "aborted")]
+        bad += [o["round"] for o in result["final_check"]["offending"]]
+        typer.echo(f"netsim: result check FAILED in round(s) {sorted(set(bad))}", err=True)
+        raise typer.Exit(1)
+
+
+def _summary_line(result: dict[str, Any]) -> dict[str, Any]:
+    from netsim.report import round_summary
+
+    c = result["config"]
+    return {"netsim": "run", "ok": result["ok"], "n": c["n"], "d": c["d"], "rounds": c["rounds"],
+            "processes": c["processes"], "seed": result["seed"], **round_summary(result),
+            "final_check": {k: v for k, v in result["final_check"].items() if k != "offending"}}
 
 
 @bench_app.command("core")

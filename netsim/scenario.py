@@ -1,0 +1,512 @@
+"""`netsim run`: a real village on this machine, one job, faults, and an exact check of every result.
+
+Steps (each logged to stderr as it happens):
+1. `Cluster.prepare/start`: N peers with fresh identities and certificates from a fresh admin key,
+   full-mesh bootstrap; wait until every peer knows every member.
+2. Local data: peer i gets integer-valued inputs in [-clip, clip]; netsim keeps them.
+3. One job (spec below) created on peer 0; wait until every peer has seen every join.
+4. Per round: arm that round's faults (faults.py), snapshot bytes and CPU, wait until every live
+   peer stores the round's result (or the round is given up), apply partitions, restart/churn.
+5. Check every stored result on every live peer: with `rounding = "nearest"`, integer inputs and
+   an integer scale, each quantized input is exactly v * scale, so the aggregate is known exactly:
+   its digest (SHA-256 of the little-endian uint32 words, `protocol/announcements.py`) must equal
+   the digest of sum(v * scale) mod 2^32 over exactly the result's `participants`, and the
+   dequantized values must be within `error_bound` of the plaintext sum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from netsim.cluster import ApiError, Cluster, Peer, Process, api_call, parse_bytes_metrics, process_cpu_seconds
+from netsim.faults import FaultPlan, Kill, pick_victims
+from netsim.netns import LinkShape, Netns
+from protocol.election import coordinator_for
+
+DATA_NAME = "netsim"
+#: villaged gives up a round after this many attempts (`villaged/jobs.py` MAX_ATTEMPTS).
+MAX_ATTEMPTS = 5
+
+
+@dataclass
+class RunConfig:
+    n: int = 4
+    d: int = 1000
+    rounds: int = 2
+    dropout: float = 0.0
+    drop_phase: str = "masked"
+    drop_rounds: list[int] | None = None  # None: every round
+    plan: FaultPlan = field(default_factory=FaultPlan)
+    seed: int | None = None
+    keep: bool = False
+    per_process: int = 1
+    phase_timeout: float = 10.0
+    round_interval: float | None = None  # None: back to back without faults, room to arm them with
+    neighbours: int = 14
+    min_participants: int | None = None
+    clip: int = 1000
+    scale: int = 1000
+    shape: LinkShape | None = None  # set: each process in its own network namespace
+    root: Path | None = None
+    report_dir: Path | None = None
+    ready_timeout: float | None = None
+
+
+class Log:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"netsim [{time.monotonic() - self.started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _parallel(fn: Any, items: list[Any], workers: int = 32) -> list[Any]:
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def _quiet(fn: Any) -> Any:
+    def call(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except ApiError:
+            return None
+    return call
+
+
+class Scenario:
+    def __init__(self, config: RunConfig, log: Log | None = None) -> None:
+        self.config = config
+        self.log = log or Log()
+        self.seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+        self.rng = random.Random(self.seed)
+        self.netns: Netns | None = None
+        self.cluster: Cluster | None = None
+        self.inputs: dict[str, np.ndarray] = {}  # member id hex -> integer inputs
+        self.job: dict[str, Any] = {}
+        self.members: list[bytes] = []
+        self.rounds: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.armed: dict[int, str] = {}  # process index -> failpoint it was started with
+        self.down: dict[int, float] = {}  # process index -> when it went down (killed, churned)
+        self.churned: list[int] = []
+
+    # --- setup -------------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        c = self.config
+        processes = (c.n + c.per_process - 1) // c.per_process
+        addresses = wrap = api_hosts = None
+        if c.shape is not None:
+            self.netns = Netns(processes, c.shape)
+            self.log(f"creating {processes} network namespaces ({c.shape})")
+            self.netns.open()
+            addresses = [self.netns.address(i) for i in range(processes)]
+            api_hosts = addresses
+            wrap = [self.netns.wrap(i) for i in range(processes)]
+        self.cluster = Cluster(c.n, root=c.root, per_process=c.per_process, keep=c.keep, addresses=addresses,
+                               wrap=wrap, api_hosts=api_hosts)
+        self.log(f"preparing {c.n} peers in {processes} processes under {self.cluster.root}")
+        self.cluster.prepare()
+        started = time.monotonic()
+        self.cluster.start()
+        self.startup_seconds = time.monotonic() - started
+        self.log(f"all {processes} processes serve their API after {self.startup_seconds:.1f} s")
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+        if self.netns is not None:
+            self.netns.close()
+
+    @property
+    def live_peers(self) -> list[Peer]:
+        assert self.cluster is not None
+        return [p for p in self.cluster.peers if self.cluster.process_of(p.index).alive()]
+
+    def wait_mesh(self, timeout: float) -> dict[str, Any]:
+        """Until every live peer knows every member and is connected to every other live peer."""
+        assert self.cluster is not None
+        deadline = time.monotonic() + timeout
+        n = self.config.n
+        while True:
+            live = self.live_peers
+            peers = _parallel(_quiet(lambda p: len(api_call(p, "GET", "/v1/peers"))), live)
+            members = _parallel(_quiet(lambda p: len(api_call(p, "GET", "/v1/members"))), live)
+            connected = [x or 0 for x in peers]
+            known = [x or 0 for x in members]
+            if min(known) >= n and min(connected) >= len(live) - 1:
+                return {"min_connected": min(connected), "min_members": min(known), "full": True}
+            if time.monotonic() > deadline:
+                self.log(f"mesh incomplete after {timeout:.0f} s: connected min {min(connected)}, members min {min(known)}")
+                return {"min_connected": min(connected), "min_members": min(known), "full": False}
+            time.sleep(0.5)
+
+    def put_inputs(self) -> None:
+        assert self.cluster is not None
+        rng = np.random.default_rng(self.seed)
+        for peer in self.cluster.peers:
+            self.inputs[peer.member_id.hex()] = rng.integers(-self.config.clip, self.config.clip + 1, self.config.d, dtype=np.int64)
+        _parallel(lambda p: api_call(p, "PUT", f"/v1/data/{DATA_NAME}", {"values": self.inputs[p.member_id.hex()].tolist()},
+                                     timeout=60), self.cluster.peers, workers=8)
+
+    def spec(self, start_delay: float, round_interval: float) -> dict[str, Any]:
+        c = self.config
+        return {
+            "kind": "vector", "name": "netsim", "data": DATA_NAME, "dimension": c.d, "rounds": c.rounds,
+            "round_interval": float(round_interval), "start_delay": float(start_delay),
+            "min_participants": c.min_participants or max(2, min(c.n, 3)), "max_participants": max(c.n, 3),
+            "neighbours": c.neighbours, "phase_timeout": float(c.phase_timeout),
+            "quantization": {"clip": float(c.clip), "scale": float(c.scale), "rounding": "nearest"},
+        }
+
+    # --- faults ------------------------------------------------------------------------------------
+
+    def _round_has_faults(self, r: int) -> bool:
+        c = self.config
+        dropout_here = c.dropout > 0 and (c.drop_rounds is None or r in c.drop_rounds)
+        return dropout_here or bool(c.plan.kills_in(r))
+
+    def coordinator_peer(self, r: int, attempt: int = 0) -> Peer:
+        assert self.cluster is not None
+        member = coordinator_for(self.job["id"], r, attempt, self.members)
+        peer = self.cluster.by_member(member.hex())
+        assert peer is not None
+        return peer
+
+    def arm(self, r: int) -> None:
+        """Restart this round's victims with their failpoint set (see faults.py)."""
+        assert self.cluster is not None
+        c = self.config
+        coordinator = self.coordinator_peer(r)
+        coordinator_process = self.cluster.process_of(coordinator.index)
+        plans: dict[int, str] = {}
+        for kill in c.plan.kills_in(r):
+            if kill.peer is None:
+                plans[coordinator_process.index] = kill.failpoint
+            elif self.cluster.process_of(kill.peer) is coordinator_process:
+                self.event(r, "kill_skipped", peer=kill.peer, reason="peer shares the process of this round's coordinator")
+            else:
+                plans[self.cluster.process_of(kill.peer).index] = kill.failpoint
+        if c.dropout > 0 and (c.drop_rounds is None or r in c.drop_rounds):
+            candidates = [p.index for p in self.live_peers
+                          if self.cluster.process_of(p.index) is not coordinator_process
+                          and self.cluster.process_of(p.index).index not in plans]
+            share = c.dropout * c.n / max(1, len(candidates))
+            for victim in pick_victims(self.rng, candidates, min(1.0, share), c.per_process):
+                plans[self.cluster.process_of(victim).index] = f"client:{c.drop_phase}"
+        if not plans:
+            return
+        processes = [self.cluster.processes[i] for i in sorted(plans)]
+        for process in processes:
+            if process.alive():
+                self.cluster.kill(process, reason=f"re-armed for round {r}")
+            self.cluster.start_process(process, env={"VILLAGE_FAILPOINT": plans[process.index]})
+            self.armed[process.index] = plans[process.index]
+            self.down.pop(process.index, None)
+            self.event(r, "armed", process=process.index, peers=process.peers, failpoint=plans[process.index],
+                       coordinator=process is coordinator_process)
+        self.cluster.wait_ready(processes)
+        self._wait_reconnected(processes)
+
+    def _wait_reconnected(self, processes: list[Process], timeout: float = 30.0) -> None:
+        assert self.cluster is not None
+        peers = [self.cluster.peers[i] for p in processes for i in p.peers]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            want = len(self.live_peers) - 1
+            counts = _parallel(_quiet(lambda p: len(api_call(p, "GET", "/v1/peers"))), peers)
+            if all(cnt is not None and cnt >= want for cnt in counts):
+                return
+            time.sleep(0.3)
+        self.log("restarted peers did not reconnect to every live peer in time")
+
+    def event(self, r: int | None, kind: str, **fields: Any) -> None:
+        self.events.append({"at": time.time(), "round": r, "event": kind, **fields})
+        self.log(f"round {r}: {kind} {json.dumps(fields, default=str)}")
+
+    def after_round(self, r: int) -> None:
+        """Disarm, restart the killed, churn."""
+        assert self.cluster is not None
+        c = self.config
+        restart: list[Process] = []
+        for index, failpoint in list(self.armed.items()):
+            process = self.cluster.processes[index]
+            del self.armed[index]
+            if process.alive():  # the fault never fired: take the failpoint away again
+                self.cluster.kill(process, reason="disarm")
+                restart.append(process)
+            elif c.plan.restart:
+                restart.append(process)
+        if c.plan.churn and r < c.rounds - 1:
+            back = [self.cluster.processes[i] for i in self.churned]
+            candidates = [p for p in self.cluster.processes if p.alive() and p not in restart and p.index != 0]
+            leaving = self.rng.sample(candidates, min(c.plan.churn, len(candidates)))
+            for process in leaving:
+                self.cluster.kill(process, sig=15, reason="churn: leaves")
+                self.down[process.index] = time.time()
+                self.event(r, "churn_leave", process=process.index, peers=process.peers)
+            self.churned = [p.index for p in leaving]
+            for process in back:
+                self.event(r, "churn_join", process=process.index, peers=process.peers)
+            restart.extend(back)
+        for process in restart:
+            if not process.alive():
+                self.cluster.start_process(process)
+                self.down.pop(process.index, None)
+                self.event(r, "restarted", process=process.index, peers=process.peers)
+        if restart:
+            self.cluster.wait_ready(restart)
+            self._wait_reconnected(restart)
+
+    # --- the run -----------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        assert self.cluster is not None
+        c = self.config
+        mesh = self.wait_mesh(c.ready_timeout or 60 + c.n * 0.5)
+        self.put_inputs()
+        faults = any(self._round_has_faults(r) for r in range(c.rounds)) or c.plan.churn or c.plan.partition_round is not None
+        round_interval = c.round_interval if c.round_interval is not None else (
+            2 * c.phase_timeout + 12 + 0.1 * c.n if faults else 0.0)
+        start_delay = 4 + 0.05 * c.n + (8 + 0.2 * c.n if self._round_has_faults(0) else 0)
+        spec = self.spec(start_delay, round_interval)
+        assert self.cluster is not None
+        self.job = api_call(self.cluster.peers[0], "POST", "/v1/jobs", spec)
+        job_id = self.job["id"]
+        self.log(f"job {job_id}: {c.rounds} rounds of d={c.d}, start_delay {start_delay:.1f} s, round_interval {round_interval:.1f} s")
+        self._wait_joined(job_id, self.job["start_at"])
+        prev = self._snapshot()
+        verdicts = []
+        for r in range(c.rounds):
+            if self._round_has_faults(r):
+                self.arm(r)
+                prev = self._snapshot()
+            opens_at = self.job["start_at"] + r * round_interval
+            record = self._run_round(r, opens_at, prev)
+            prev = record.pop("_snapshot")
+            self.rounds.append(record)
+            verdicts.append(record["check"]["verdict"])
+            self.after_round(r)
+        results = self._final_check()
+        ok = all(v in ("exact", "aborted") for v in verdicts) and results["mismatches"] == 0
+        return {
+            "netsim": "run", "ok": ok, "seed": self.seed,
+            "config": {**{k: v for k, v in asdict(c).items() if k not in ("plan", "shape", "root", "report_dir")},
+                       "plan": asdict(c.plan), "shape": asdict(c.shape) if c.shape else None,
+                       "processes": len(self.cluster.processes)},
+            "spec": spec, "job_id": job_id, "startup_seconds": round(self.startup_seconds, 2), "mesh": mesh,
+            "rounds": self.rounds, "events": self.events, "final_check": results,
+        }
+
+    def _wait_joined(self, job_id: str, start_at: float) -> None:
+        n = self.config.n
+        live = self.live_peers
+        while True:
+            views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}")), live)
+            counts = [len(v["members"]) if v else 0 for v in views]
+            if min(counts) >= n or time.time() > start_at - 0.5:
+                break
+            time.sleep(0.3)
+        view = api_call(self.cluster.peers[0], "GET", f"/v1/jobs/{job_id}") if self.cluster else {}
+        self.members = sorted(bytes.fromhex(m) for m in view["members"])
+        if min(counts) < n:
+            self.log(f"only {min(counts)} of {n} joins seen everywhere by the job start")
+        self.log(f"{len(self.members)} members joined; {start_at - time.time():.1f} s before the first round")
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Bytes per peer from /metrics and CPU per process, now."""
+        assert self.cluster is not None
+        texts = _parallel(_quiet(lambda p: api_call(p, "GET", "/metrics", raw=True, timeout=10)), self.live_peers)
+        bytes_by_peer = {p.index: parse_bytes_metrics(t) for p, t in zip(self.live_peers, texts) if t is not None}
+        cpu = {p.index: process_cpu_seconds(p.pid) for p in self.cluster.processes if p.alive() and p.pid}
+        return {"at": time.time(), "bytes": bytes_by_peer, "cpu": cpu}
+
+    def _run_round(self, r: int, opens_at: float, before: dict[str, Any]) -> dict[str, Any]:
+        assert self.cluster is not None
+        c = self.config
+        job_id = self.job["id"]
+        if time.time() > opens_at + 0.5 and (self._round_has_faults(r)):
+            self.event(r, "armed_late", seconds_late=round(time.time() - opens_at, 1))
+        alive_at_open = {p.index for p in self.live_peers}
+        deadline = max(opens_at, time.time()) + MAX_ATTEMPTS * 6 * c.phase_timeout + 30
+        partitioned = False
+        have: dict[int, dict[str, Any]] = {}
+        while time.time() < deadline:
+            if c.plan.partition_round == r and self.netns is not None and not partitioned and time.time() >= opens_at:
+                half = len(self.cluster.processes) // 2
+                self.netns.partition(list(range(half)), list(range(half, len(self.cluster.processes))))
+                partitioned, healed_at = True, time.time() + c.plan.partition_seconds
+                self.event(r, "partition", sides=[half, len(self.cluster.processes) - half], seconds=c.plan.partition_seconds)
+            if partitioned and self.netns is not None and time.time() >= healed_at and self.netns._partition_routes:
+                self.netns.heal()
+                self.event(r, "healed")
+            for process in self.cluster.reap():
+                self.down[process.index] = time.time()
+                self.event(r, "died", process=process.index, peers=process.peers, failpoint=process.env.get("VILLAGE_FAILPOINT"),
+                           signal=process.deaths[-1]["signal"])
+            live = [p for p in self.live_peers if p.index not in have]
+            results = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/results", timeout=30)), live)
+            for peer, res in zip(live, results):
+                mine = [x for x in res or [] if x["round"] == r]
+                if mine:
+                    have[peer.index] = mine[0]
+            waiting = [p for p in self.live_peers if p.index not in have]
+            if not waiting:
+                break
+            if have and self._all_past(r, waiting):
+                break
+            time.sleep(0.25)
+        if self.netns is not None and self.netns._partition_routes:
+            self.netns.heal()
+            self.event(r, "healed")
+        # Counters on /metrics move every 2 s: wait for this round's bytes to show.
+        time.sleep(2.2)
+        after = self._snapshot()
+        attempts = self._attempts(r)
+        check = self._check_round(r, have, alive_at_open)
+        completed = [a for a in attempts if a["state"] == "completed"]
+        coordinator = completed[0]["coordinator"] if completed else None
+        coordinator_peer = self.cluster.by_member(coordinator) if coordinator else None
+        coordinator_cpu = None
+        if coordinator_peer is not None:
+            pid_index = self.cluster.process_of(coordinator_peer.index).index
+            a, b = before["cpu"].get(pid_index), after["cpu"].get(pid_index)
+            coordinator_cpu = round(b - a, 3) if a is not None and b is not None else None
+        result = next(iter(have.values()), None)
+        wall = None
+        if completed and completed[0]["ended_at"]:
+            first = min(a["started_at"] for a in attempts)
+            wall = round(completed[0]["ended_at"] - first, 3)
+        return {
+            "round": r,
+            "opens_at": opens_at,
+            "wall_seconds": wall,
+            "phase_seconds": completed[0]["phase_timings"] if completed else {},
+            "attempts": attempts,
+            "coordinator": coordinator_peer.index if coordinator_peer else None,
+            "coordinator_cpu_seconds": coordinator_cpu,
+            "coordinator_per_process": c.per_process,
+            "participants": sorted(self.cluster.by_member(m).index for m in result["participants"]) if result else [],  # type: ignore[union-attr]
+            "dropped": sorted(self.cluster.by_member(m).index for m in result["dropped"]) if result else [],  # type: ignore[union-attr]
+            "bytes": {
+                str(i): {k: after["bytes"][i][k] - before["bytes"].get(i, {}).get(k, 0) for k in ("sent", "received")}
+                for i in after["bytes"] if i in before["bytes"]
+            },
+            "check": check,
+            "_snapshot": after,
+        }
+
+    def _all_past(self, r: int, waiting: list[Peer]) -> bool:
+        """Every peer still without a result has given the round up (a later round has begun there)."""
+        job_id = self.job["id"]
+        rounds = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/rounds")), waiting)
+        return all(rs is not None and any(x["round"] > r for x in rs) for rs in rounds)
+
+    def _attempts(self, r: int) -> list[dict[str, Any]]:
+        """Every attempt of round r as recorded by its coordinator (or by the peers that waited for it)."""
+        job_id = self.job["id"]
+        views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/rounds")), self.live_peers)
+        by_attempt: dict[int, dict[str, Any]] = {}
+        for view in views:
+            for x in view or []:
+                if x["round"] != r:
+                    continue
+                known = by_attempt.get(x["attempt"])
+                own = x["state"] == "completed" or (known is None)
+                if own or (known and known["state"] == "running"):
+                    by_attempt[x["attempt"]] = x
+        out = []
+        for attempt in sorted(by_attempt):
+            x = by_attempt[attempt]
+            peer = self.cluster.by_member(x["coordinator"]) if self.cluster else None
+            out.append({"attempt": attempt, "coordinator": x["coordinator"], "coordinator_peer": peer.index if peer else None,
+                        "state": x["state"], "abort_reason": x["abort_reason"], "participants": x["participants"],
+                        "dropped": x["dropped"], "phase_timings": x["phase_timings"], "started_at": x["started_at"],
+                        "ended_at": x["ended_at"]})
+        return out
+
+    def expected(self, participants: list[str]) -> tuple[np.ndarray, str]:
+        """Plaintext sum over `participants` and the digest of its exact quantized aggregate."""
+        total = np.sum([self.inputs[m] for m in participants], axis=0)
+        words = ((total * self.config.scale) % (1 << 32)).astype("<u4")
+        return total, hashlib.sha256(words.tobytes()).hexdigest()
+
+    def check_result(self, result: dict[str, Any]) -> list[str]:
+        problems = []
+        unknown = [m for m in result["participants"] if m not in self.inputs]
+        if unknown:
+            return [f"participants not in this village: {unknown}"]
+        total, digest = self.expected(result["participants"])
+        if result["digest"] != digest:
+            problems.append(f"digest {result['digest'][:16]} != expected {digest[:16]}")
+        values = np.array([np.nan if v is None else v for v in result["values"]], dtype=np.float64)
+        error = float(np.max(np.abs(values - total))) if len(values) == len(total) else float("inf")
+        if not error <= result["error_bound"]:
+            problems.append(f"max error {error} > bound {result['error_bound']}")
+        return problems
+
+    def _check_round(self, r: int, have: dict[int, dict[str, Any]], alive_at_open: set[int]) -> dict[str, Any]:
+        assert self.cluster is not None
+        mismatches = {}
+        for index, result in have.items():
+            problems = self.check_result(result)
+            if problems:
+                mismatches[str(index)] = problems
+        missing = sorted(i for i in alive_at_open if self.cluster.process_of(i).alive() and i not in have
+                         and self.cluster.process_of(i).index not in self.down)
+        digests = sorted({res["digest"] for res in have.values()})
+        if mismatches:
+            verdict = "mismatch"
+        elif not have:
+            verdict = "aborted"
+        elif missing:
+            verdict = "missing"
+        elif len(digests) > 1:
+            verdict = "split"  # different participant sets committed for one round
+        else:
+            verdict = "exact"
+        return {"verdict": verdict, "peers_with_result": len(have), "missing": missing, "mismatches": mismatches,
+                "digests": len(digests)}
+
+    def _final_check(self) -> dict[str, Any]:
+        """Every result every live peer holds at the end, including rounds caught up after a restart."""
+        job_id = self.job["id"]
+        views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/results", timeout=30)), self.live_peers)
+        checked = mismatches = 0
+        offending = []
+        for peer, results in zip(self.live_peers, views):
+            for result in results or []:
+                checked += 1
+                problems = self.check_result(result)
+                if problems:
+                    mismatches += 1
+                    offending.append({"peer": peer.index, "round": result["round"], "problems": problems})
+        return {"results_checked": checked, "mismatches": mismatches, "offending": offending}
+
+
+def run_scenario(config: RunConfig) -> dict[str, Any]:
+    """Open, run, close (always), and write the report if asked."""
+    scenario = Scenario(config)
+    try:
+        scenario.open()
+        report = scenario.run()
+    finally:
+        scenario.close()
+    if config.report_dir is not None:
+        from netsim.report import write_report
+
+        write_report(config.report_dir, [report])
+    return report
