@@ -27,3 +27,9 @@ class ApiError(CliError):
         self.status = status
         self.code = code
         self.message = message
+
+
+class JobNotCompleted(CliError):
+    """``jobs watch`` saw the job end cancelled or failed (or in any state other than completed)."""
+
+    exit_code = 4

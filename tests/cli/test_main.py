@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from functools import partial
 from pathlib import Path
 
-import pytest
 import trio
-from typer.testing import CliRunner, Result
+import typer
 
-from cli.main import app
 from protocol.membership import AdminKeyPair, verify_certificate
-from tests.villaged.fake_control import FakeControl
-from villaged.api import serve_api
-from villaged.metrics import Metrics
-
-runner = CliRunner()
-
-
-async def villagectl(*args: str, env: dict[str, str] | None = None) -> Result:
-    # CliRunner is synchronous and the API server runs in this trio loop: run the CLI in a thread.
-    return await trio.to_thread.run_sync(partial(runner.invoke, app, list(args), env=env))
-
-
-@pytest.fixture
-async def data_dir(nursery: trio.Nursery, tmp_path: Path) -> Path:
-    await nursery.start(partial(serve_api, FakeControl(), Metrics(), tmp_path / "node"))
-    return tmp_path / "node"
+from tests.cli.helpers import runner, villagectl
+from cli.main import app
 
 
 async def test_status_table_and_json(data_dir: Path) -> None:
@@ -104,3 +87,53 @@ def test_admit_errors_are_one_line(tmp_path: Path) -> None:
     bad_expiry = runner.invoke(app, ["village", "admit", "ab" * 32, "--admin-dir", str(tmp_path), "--expires", "later"])
     assert bad_expiry.exit_code == 1 and "--expires 'later'" in bad_expiry.stderr
     assert bad_expiry.stderr.count("\n") == 1
+
+
+async def test_members_table_and_json(data_dir: Path) -> None:
+    table = await villagectl("village", "members", "--data-dir", str(data_dir))
+    assert table.exit_code == 0, table.output
+    assert "1 members" in table.stdout and "b0b0b0b0b0b0b0b0" in table.stdout and "2027-01-15" in table.stdout
+    assert "12D3KooW" in table.stdout  # the peer id derived from the member id
+    as_json = await villagectl("village", "members", "--data-dir", str(data_dir), "--json")
+    assert json.loads(as_json.stdout) == [{"member_id": "b0" * 32, "expires_at": 1_800_000_000}]
+
+
+async def test_tables_have_no_colour_codes_off_a_tty(data_dir: Path) -> None:
+    result = await villagectl("status", "--data-dir", str(data_dir))
+    assert result.exit_code == 0 and "\x1b[" not in result.stdout
+
+
+def _commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [(*prefix, c.name or c.callback.__name__) for c in group.registered_commands if c.callback]
+    for sub in group.registered_groups:
+        assert sub.typer_instance is not None and sub.name is not None
+        found += _commands(sub.typer_instance, (*prefix, sub.name))
+    return found
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    commands = _commands(app)
+    expected = {
+        ("status",), ("peers",), ("rounds",), ("village", "init"), ("village", "admit"), ("village", "members"),
+        ("jobs", "create"), ("jobs", "list"), ("jobs", "show"), ("jobs", "result"), ("jobs", "cancel"),
+        ("jobs", "join"), ("jobs", "watch"), ("data", "put"), ("data", "show"),
+    }  # fmt: skip
+    assert set(commands) == expected
+    for command in commands:
+        result = runner.invoke(app, [*command, "--help"], prog_name="villagectl")
+        assert result.exit_code == 0, (command, result.output)
+        assert "Example" in result.stdout and f"villagectl {' '.join(command)}" in result.stdout, command
+
+
+def test_shell_completion() -> None:
+    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="villagectl")
+    assert script.exit_code == 0 and "complete -o default -F _villagectl_completion villagectl" in script.stdout
+    env = {"_VILLAGECTL_COMPLETE": "complete_bash", "COMP_WORDS": "villagectl jobs w", "COMP_CWORD": "2"}
+    assert runner.invoke(app, [], prog_name="villagectl", env=env).stdout.split() == ["watch"]
+
+
+async def test_job_ids_complete_from_the_daemon(data_dir: Path) -> None:
+    await villagectl("jobs", "create", "--rounds", "1", "--data-dir", str(data_dir))
+    env = {"_VILLAGECTL_COMPLETE": "complete_bash", "COMP_WORDS": f"villagectl jobs show --data-dir {data_dir} j",
+           "COMP_CWORD": "5"}
+    assert (await villagectl(env=env)).stdout.split() == ["job-1"]

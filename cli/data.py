@@ -1,0 +1,158 @@
+"""``villagectl data``: this node's local inputs, read from JSON, NumPy (.npy) or CSV files.
+
+JSON files go to the daemon as they are (any JSON value; the job kind decides what fits).
+``.npy`` and ``.csv`` files hold one numeric vector and are sent as a JSON list of numbers.
+A broken file is one line naming the file and the place: line and column for JSON and CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from cli.client import ApiClient
+from cli.common import ApiUrl, AsJson, DataDir, Token, friendly_errors, print_json, print_record
+from cli.errors import ApiError, CliError
+
+__all__ = ["data_app", "load_input_file", "load_json_file"]
+
+data_app = typer.Typer(help="This node's local inputs: the data it contributes to jobs.", no_args_is_help=True)
+
+Name = Annotated[str, typer.Argument(help="Input name; a job's spec names the input it takes (field 'data').")]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (only finite numbers are)")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def load_json_file(path: Path) -> Any:
+    """The JSON value in ``path``; a syntax error names its line and column."""
+    text = _read_text(path)
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:
+        raise CliError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise CliError(f"{path}: JSON nested too deeply") from None
+
+
+def _load_npy(path: Path) -> list[float]:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except (ValueError, OSError) as exc:
+        raise CliError(f"{path} is not a readable .npy array: {exc}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "iuf":
+        raise CliError(f"{path}: expected an array of numbers, got dtype {getattr(array, 'dtype', type(array).__name__)}")
+    if array.ndim != 1:
+        raise CliError(f"{path}: expected one vector (1 dimension), got shape {array.shape}")
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise CliError(f"{path}: value {int(bad[0])} is {array[bad[0]]}, not a finite number")
+    return [float(v) for v in array.tolist()]
+
+
+def _load_csv(path: Path) -> list[float]:
+    rows = [row for row in csv.reader(io.StringIO(_read_text(path)))]
+    filled = [(line, row) for line, row in enumerate(rows, start=1) if any(c.strip() for c in row)]
+    if not filled:
+        raise CliError(f"{path}: no numbers in the file")
+    if len(filled) > 1 and any(len(row) > 1 for _, row in filled):
+        raise CliError(f"{path}: expected one vector (one row, or one value per line), got a table")
+    values = []
+    for line, row in filled:
+        for column, text in enumerate(row, start=1):
+            try:
+                value = float(text)
+            except ValueError:
+                raise CliError(f"{path}: line {line} column {column}: {text.strip()!r} is not a number") from None
+            if not math.isfinite(value):
+                raise CliError(f"{path}: line {line} column {column}: {text.strip()!r} is not a finite number")
+            values.append(value)
+    return values
+
+
+def load_input_file(path: Path) -> Any:
+    """A local input from a .json, .npy or .csv file (the suffix decides)."""
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return load_json_file(path)
+    if suffix == ".npy":
+        return _load_npy(path)
+    if suffix == ".csv":
+        return _load_csv(path)
+    raise CliError(f"{path}: expected a .json, .npy or .csv file")
+
+
+@data_app.command("put")
+@friendly_errors
+def data_put(
+    name: Name,
+    file: Annotated[Path, typer.Argument(help="A .json file (any JSON), or a numeric vector as .npy or .csv.")],
+    data_dir: DataDir = None,
+    api: ApiUrl = None,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Store FILE as this node's local input NAME (replacing an earlier one).
+
+    Example:
+
+        villagectl data put stats latencies.csv
+    """
+    payload = load_input_file(file)
+    client = ApiClient.discover(data_dir, api, token)
+    try:
+        reply = client.put(f"/v1/data/{name}", payload)
+    except ApiError as exc:
+        if exc.status == 422:
+            raise CliError(f"villaged refused {file} as input {name!r}: {exc.message.removeprefix('request body: ')}") from None
+        raise
+    if as_json:
+        print_json(reply)
+        return
+    size = f" ({len(payload)} values)" if isinstance(payload, list) else ""
+    print(f"stored local input {name!r}{size}")
+
+
+@data_app.command("show")
+@friendly_errors
+def data_show(name: Name, data_dir: DataDir = None, api: ApiUrl = None, token: Token = None, as_json: AsJson = False) -> None:
+    """Show this node's local input NAME.
+
+    Example:
+
+        villagectl data show stats --json
+    """
+    client = ApiClient.discover(data_dir, api, token)
+    try:
+        item = client.get(f"/v1/data/{name}")
+    except ApiError as exc:
+        if exc.status == 404:
+            raise CliError(f"{exc.message} on this node; store one with: villagectl data put {name} FILE") from None
+        raise
+    if as_json:
+        print_json(item)
+        return
+    print_record(item, f"local input {name}")
