@@ -8,6 +8,9 @@ two's complement; the sum of n clients is read back as a signed integer and divi
 Error bound of a dequantized sum of n clients, per coordinate, against the sum of the *clipped*
 inputs: < n / scale (stochastic) or <= n / (2 scale) (nearest). No wrap-around is possible when
 max_clients * ceil(clip * scale) < 2^(m-1); a configuration that breaks this is rejected.
+With distributed DP noise (protocol/dp.py) the summed noise's tail counts too:
+max_clients * ceil(clip * scale) + K_SIGMA * noise_std < 2^(m-1), noise_std the std of the
+noise all max_clients add together (integer units).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from protocol.crypto import expand_mask
 from protocol.errors import ParameterError
 
 Rounding = Literal["stochastic", "nearest"]
+#: Standard deviations of summed DP noise kept free below 2^(m-1) (notes §5: k_sigma ~ 4, so a
+#: wrap needs a > 4 sigma noise excursion on top of every client at +-clip).
+K_SIGMA = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +37,7 @@ class Quantizer:
     max_clients: int
     bits: int = 32
     rounding: Rounding = "stochastic"
+    noise_std: float = 0.0  # std of the summed DP noise of max_clients clients, integer units
 
     def __post_init__(self) -> None:
         if not (isinstance(self.clip, float) and math.isfinite(self.clip) and self.clip > 0):
@@ -43,7 +50,15 @@ class Quantizer:
             raise ParameterError("bits", f"must be an integer in [2, 32], got {self.bits!r}")
         if self.rounding not in ("stochastic", "nearest"):
             raise ParameterError("rounding", f"must be 'stochastic' or 'nearest', got {self.rounding!r}")
+        if not (isinstance(self.noise_std, float) and math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise ParameterError("noise_std", f"must be a non-negative finite number, got {self.noise_std!r}")
         worst = self.max_clients * self.max_step
+        if self.noise_std > 0 and worst + K_SIGMA * self.noise_std >= 1 << (self.bits - 1):
+            raise ParameterError(
+                "scale",
+                f"{self.max_clients} clients x ceil(clip x scale) = {worst} plus {K_SIGMA:g} x noise std "
+                f"{self.noise_std:g} overflows the signed range of Z_(2^{self.bits}); lower the scale",
+            )
         if worst >= 1 << (self.bits - 1):
             raise ParameterError(
                 "scale",
