@@ -112,7 +112,8 @@ def rounds(draw: st.DrawFn) -> tuple[RoundParams, int, dict[int, str]]:
     return params, n, dropouts
 
 
-@settings(max_examples=70, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=rounds(), seed=st.binary(min_size=1, max_size=4))
 def test_exact_sum_or_the_predicted_abort(case: tuple[RoundParams, int, dict[int, str]], seed: bytes) -> None:
     params, n, dropouts = case
@@ -120,6 +121,7 @@ def test_exact_sum_or_the_predicted_abort(case: tuple[RoundParams, int, dict[int
     event("finished" if prediction.finishes else f"aborted in {prediction.phase}: {prediction.reason}")
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(8, 20), seed=st.binary(min_size=1, max_size=4), data=st.data())
 def test_two_dropouts_with_k6_t4_always_finish(n: int, seed: bytes, data: st.DataObject) -> None:

@@ -197,13 +197,14 @@ msgpack_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(value=msgpack_values)
 def test_valid_msgpack_of_the_wrong_shape_is_rejected(value: Any) -> None:
     _decode_or_reject(msgpack.packb(value, use_bin_type=True))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(header=st.lists(msgpack_values, min_size=7, max_size=7) | msgpack_values, body=msgpack_values,
        signature=st.binary(min_size=64, max_size=64))
 def test_wrong_types_inside_the_envelope_are_rejected(header: Any, body: Any, signature: bytes) -> None:
@@ -218,7 +219,8 @@ def _signed_frame(fields: list[Any], body: bytes, key: nacl.signing.SigningKey =
     return msgpack.packb([header, body, key.sign(header).signature], use_bin_type=True)
 
 
-@settings(max_examples=400, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None)
 @given(kind=st.sampled_from(sorted(MESSAGE_TYPES)), body=msgpack_values)
 def test_correctly_signed_frames_with_wrong_body_types_are_rejected(kind: str, body: Any) -> None:
     # Past the signature check, a malformed body from an authenticated peer is still only a RemoteProtocolError.
@@ -355,7 +357,7 @@ def test_signed_invites_with_arbitrary_params_raise_only_remote_protocol_error(p
     _decode_or_reject(_signed_frame([1, "invite", "job", 0, 0, SENDER], msgpack.packb([IDS, params], use_bin_type=True)))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(data=st.binary(max_size=256) | msgpack_values.map(lambda v: msgpack.packb([msgpack.packb(v), b"", b""])))
 def test_peek_raises_only_remote_protocol_error(data: bytes) -> None:
     try:
