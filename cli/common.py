@@ -20,13 +20,14 @@ from typing import Annotated, Any, Final, NoReturn, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cli.client import DATA_DIR_ENV, ApiClient
 from cli.errors import ApiError, CliError
 
 __all__ = [
     "ApiUrl", "AsJson", "DataDir", "JobId", "Token", "cell", "friendly_errors", "iso", "job_request",
-    "print_json", "print_record", "print_rows",
+    "console", "print_json", "print_record", "print_rows",
 ]
 
 P = ParamSpec("P")
@@ -35,6 +36,8 @@ R = TypeVar("R")
 _HEX_ID: Final = re.compile(r"^[0-9a-f]{32,}$")
 #: Lists longer than this are shown as their first items and a count; --json shows them whole.
 _PREVIEW_ITEMS: Final = 8
+#: Table width when stdout is not a terminal.
+_PIPE_WIDTH: Final = 160
 #: Columns whose header and cells fit in this many characters are never wrapped.
 _SHORT_COLUMN: Final = 16
 
@@ -95,6 +98,14 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+def console() -> Console:
+    """Rich console for stdout: the terminal's width on a TTY; off one (pipes, logs) 160 columns
+    rather than rich's 80, unless COLUMNS says otherwise."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=_PIPE_WIDTH)
+
+
 def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
@@ -131,13 +142,16 @@ def print_rows(rows: list[dict[str, Any]], title: str, columns: Iterable[str] = 
         names += [key for key in row if key not in names]
     names = [name for name in names if any(row.get(name) is not None for row in rows)]
     cells = [[cell(row.get(name), name) for name in names] for row in rows]
+    widths = [max(len(name), *(len(line[i]) for line in cells)) for i, name in enumerate(names)]
+    out = console()
+    # Keep short columns whole, unless even they do not fit (then rich shares the width out).
+    fits = sum(w for w in widths if w <= _SHORT_COLUMN) + 3 * len(names) + 1 < out.width
     table = Table(title=title)
-    for i, name in enumerate(names):
-        short = max(len(name), *(len(line[i]) for line in cells)) <= _SHORT_COLUMN
-        table.add_column(name, no_wrap=short, overflow="fold")
+    for name, width in zip(names, widths, strict=True):
+        table.add_column(name, no_wrap=fits and width <= _SHORT_COLUMN, overflow="fold")
     for line in cells:
-        table.add_row(*line)
-    Console().print(table)
+        table.add_row(*(Text(text) for text in line))  # Text: values are data, never rich markup
+    out.print(table)
 
 
 def print_record(record: dict[str, Any], title: str) -> None:
@@ -146,8 +160,8 @@ def print_record(record: dict[str, Any], title: str) -> None:
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in _flatten(record):
-        table.add_row(key, cell(value, key))
-    Console().print(table)
+        table.add_row(Text(key), Text(cell(value, key)))
+    console().print(table)
 
 
 def _flatten(record: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any, Final
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.client import ApiClient
 from cli.common import (
-    ApiUrl, AsJson, DataDir, JobId, Token, cell, friendly_errors, job_request, print_json, print_record, print_rows,
+    ApiUrl, AsJson, DataDir, JobId, Token, cell, console, friendly_errors, job_request, print_json, print_record, print_rows,
 )
 from cli.data import load_json_file
 from cli.errors import ApiError, CliError, JobNotCompleted
@@ -254,14 +253,14 @@ def _watch_json(client: ApiClient, job_id: str, interval: float) -> dict[str, An
 
 
 def _watch_bar(client: ApiClient, job_id: str, interval: float) -> dict[str, Any]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     last: dict[str, Any] | None = None
-    with Progress(*columns, console=Console()) as bar:
+    with Progress(*columns, console=console()) as bar:
         task = bar.add_task(f"job {job_id}", total=None)
         while True:
             progress: dict[str, Any] = job_request(client, "GET", job_id, "/progress")
             for line in _news(last, progress):
-                bar.console.print(line, highlight=False)
+                bar.console.print(line, highlight=False, markup=False)
             bar.update(task, total=progress.get("rounds"), completed=progress.get("rounds_completed") or 0,
                        description=_describe(progress))
             last = progress
@@ -287,11 +286,11 @@ def _describe(progress: dict[str, Any]) -> str:
 def _news(before: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
     """Lines worth keeping in the scrollback: state changes, finished rounds, new attempts."""
     lines = []
-    if before is None or before.get("state") != now.get("state"):
-        lines.append(f"job {now.get('id')} is {now.get('state')}")
     last = now.get("last_result")
     if last is not None and (before is None or before.get("last_result") != last):
         lines.append(f"round {last.get('round')} done: {last.get('participants')} participants, {last.get('dropped')} dropped")
+    if before is None or before.get("state") != now.get("state"):
+        lines.append(f"job {now.get('id')} is {now.get('state')}")
     where = (now.get("round"), now.get("attempt"))
     if where[0] is not None and (before is None or (before.get("round"), before.get("attempt")) != where):
         lines.append(f"round {where[0]} attempt {where[1]}: coordinator {cell(now.get('coordinator'))}")

@@ -336,6 +336,13 @@ class Daemon:
                 log.warning("result_digest_mismatch", source=source.hex()[:16], job=body.job_id, round=body.round)
                 continue
             self._store_result(body, author, words, record)
+            # The coordinator's round history, so `villagectl rounds` shows every round on every node
+            # (timings are the coordinator's word: keep only plausible ones, NaN would not even store).
+            timings = {phase: seconds for phase, seconds in body.phase_seconds.items() if 0.0 <= seconds <= 86_400.0}
+            ended = time.time()
+            self.store.record_round(RoundRecord(body.job_id, body.round, body.attempt, author, "completed",
+                                                ended - sum(timings.values()), participants=body.survivors,
+                                                dropped=body.dropped, phase_timings=timings, ended_at=ended))
             log_round(log, "result_stored", job=body.job_id, round=body.round, attempt=body.attempt, coordinator=author,
                       participants=body.survivors, phase_timings=body.phase_seconds, dropped=len(body.dropped))
             return

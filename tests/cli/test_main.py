@@ -18,6 +18,7 @@ async def test_status_table_and_json(data_dir: Path) -> None:
     table = await villagectl("status", "--data-dir", str(data_dir))
     assert table.exit_code == 0, table.output
     assert "12D3KooWFake" in table.stdout and "village_id" in table.stdout
+    assert "[/ip4/127.0.0.1/tcp/4001]" in table.stdout  # a value that looks like rich markup is printed as is
     as_json = await villagectl("status", "--json", env={"VILLAGE_DATA_DIR": str(data_dir)})
     assert as_json.exit_code == 0
     assert json.loads(as_json.stdout)["peer_id"] == "12D3KooWFake"

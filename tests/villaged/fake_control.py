@@ -24,7 +24,8 @@ class FakeControl:
     async def status(self) -> dict[str, Any]:
         if self.explode:
             raise RuntimeError("secret internal detail")
-        return {"member_id": "a1" * 32, "peer_id": "12D3KooWFake", "village_id": "0f" * 16, "peers": 2, "jobs": len(self.jobs)}
+        return {"member_id": "a1" * 32, "peer_id": "12D3KooWFake", "village_id": "0f" * 16, "peers": 2, "jobs": len(self.jobs),
+                "addresses": ["/ip4/127.0.0.1/tcp/4001"]}
 
     async def peers(self) -> list[dict[str, Any]]:
         return [
