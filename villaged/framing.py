@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
+import trio
+import villaged.libp2p_logging  # noqa: F401, I001  (before any libp2p import)
 from libp2p.network.stream.exceptions import StreamError
 
 from villaged.errors import TransportError
@@ -25,6 +27,8 @@ HEADER = struct.Struct(">I")
 HARD_MAX_FRAME = 64 * 1024 * 1024
 REPLY_OK = 0
 REPLY_ERROR = 1
+# One yamux DATA frame carries at most 64 KiB - 12 B; a chunk this size is one or two frames.
+WRITE_CHUNK = 64 * 1024
 # Error reasons are for logs, not payloads: cap what a remote handler can make us print.
 MAX_REASON_BYTES = 512
 
@@ -65,10 +69,22 @@ async def read_frame(stream: ByteStream, max_size: int, peer: bytes | None) -> b
 
 
 async def write_frame(stream: ByteStream, body: bytes) -> None:
-    """Write one frame (yamux splits it into ≤64 KiB muxer frames itself)."""
+    """Write one frame; cancellation takes effect only between chunks.
+
+    Cancelling a yamux write while it sends a muxer frame leaves half an encrypted message
+    on the connection, and the whole connection dies (measured: the next new_stream to that
+    peer failed with "No valid connections"). So each chunk is written under a shield, and
+    a cancelled writer stops at the next chunk boundary. A chunk can still wait up to 5 s
+    for a peer that stopped reading (yamux's window timeout); whoever needs to stop a
+    writer sooner resets the stream, which ends that wait at once.
+    """
     if len(body) > HARD_MAX_FRAME:
         raise ValueError(f"frame of {len(body)} bytes exceeds the hard cap {HARD_MAX_FRAME}")
-    await stream.write(HEADER.pack(len(body)) + body)
+    data = memoryview(HEADER.pack(len(body)) + body)
+    for start in range(0, len(data), WRITE_CHUNK):
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):
+            await stream.write(bytes(data[start : start + WRITE_CHUNK]))
 
 
 class FrameTooLarge(TransportError):

@@ -1,0 +1,212 @@
+"""Tests for villaged/transport.py over real libp2p hosts on 127.0.0.1 (real clock).
+
+Each test starts its own small network in this process. Timings printed with -s are the
+numbers quoted in the commit messages.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from villaged.errors import TransportError
+from villaged.transport import Node, TransportConfig, open_node, run_node
+
+pytestmark = pytest.mark.slow
+
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+# Short discovery timings so a 5-node network meshes within seconds.
+FAST = TransportConfig(discovery_first_interval=0.5, discovery_interval=2.0, dial_timeout=5.0)
+ECHO = "/village/test/echo/1"
+MIB = 1024 * 1024
+
+
+@asynccontextmanager
+async def network(n: int, config: TransportConfig = FAST) -> AsyncIterator[list[Node]]:
+    """n nodes, each in its own task; node 0 is the only bootstrap node the others know.
+
+    Leaving the block cancels all of them at once, so they close concurrently.
+    """
+    async with trio.open_nursery() as nursery:
+        first: Node = await nursery.start(run_node, create_new_key_pair(), LOOPBACK, [], config)
+        nodes = [first]
+        for _ in range(n - 1):
+            nodes.append(await nursery.start(run_node, create_new_key_pair(), LOOPBACK, first.listen_addrs, config))
+        try:
+            yield nodes
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def wait_until(predicate: object, timeout: float, what: str) -> float:
+    """Poll `predicate()` until true; return the seconds it took."""
+    start = time.perf_counter()
+    with trio.move_on_after(timeout):
+        while not predicate():  # type: ignore[operator]
+            await trio.sleep(0.1)
+        return time.perf_counter() - start
+    pytest.fail(f"{what} not reached within {timeout} s")
+
+
+async def echo(peer: bytes, request: bytes) -> bytes:
+    return request[::-1]
+
+
+async def test_five_nodes_mesh_through_one_bootstrap_node_and_close_fast() -> None:
+    async with network(5) as nodes:
+        took = await wait_until(
+            lambda: all(len(node.connected_peers()) >= 2 for node in nodes), 20, "≥2 connections per node"
+        )
+        print(f"5 nodes: every node has ≥2 connections after {took:.2f} s; "
+              f"connections {[len(n.connected_peers()) for n in nodes]}, "
+              f"routing tables {[n.routing_table_size() for n in nodes]}")
+        members = {node.member_id for node in nodes}
+        for node in nodes:
+            assert set(node.connected_peers()) <= members - {node.member_id}
+            assert node.listen_addrs[0].startswith("/ip4/127.0.0.1/tcp/")
+            assert node.listen_addrs[0].endswith(f"/p2p/{node.peer_id}")
+        start = time.perf_counter()
+    closed = time.perf_counter() - start
+    print(f"5 nodes closed concurrently in {closed:.2f} s")
+    assert closed < 5.0
+
+
+async def test_gossip_reaches_all_nodes_and_validators_stop_delivery() -> None:
+    topic = "village/test/announce"
+
+    def no_bad(sender: bytes, data: bytes) -> bool:
+        return not data.startswith(b"bad")
+
+    async with network(5) as nodes:
+        inboxes = [await node.subscribe(topic, no_bad) for node in nodes]
+        await wait_until(lambda: all(len(n.connected_peers()) >= 2 for n in nodes), 20, "mesh")
+        # Gossipsub grafts on its 1 s heartbeat; probe until one message reaches everyone.
+        got: list[set[bytes]] = [set() for _ in nodes]
+
+        async def collect(i: int) -> None:
+            async for sender, data in inboxes[i]:
+                assert sender == nodes[1].member_id
+                got[i].add(data)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(nodes)):
+                nursery.start_soon(collect, i)
+            start = time.perf_counter()
+            with trio.move_on_after(15):
+                while not any(await_all(got, data) for data in got[1]):
+                    await nodes[1].publish(topic, b"probe %.2f" % (time.perf_counter() - start))
+                    await trio.sleep(0.1)
+            assert any(await_all(got, data) for data in got[1]), "no probe reached all nodes"
+            print(f"gossip reached all 5 nodes {time.perf_counter() - start:.2f} s after meshing")
+            await nodes[1].publish(topic, b"bad news")
+            await nodes[1].publish(topic, b"good news")
+            await wait_until(lambda: await_all(got, b"good news"), 10, "good news everywhere")
+            await trio.sleep(0.5)
+            assert not any(b"bad news" in g for g in got)
+            with pytest.raises(ValueError, match="exceeds the limit"):
+                await nodes[1].publish(topic, b"x" * (FAST.max_gossip_size + 1))
+            nursery.cancel_scope.cancel()
+        assert nodes[1].statistics().events["gossip_rejected"] >= 1
+
+
+def await_all(got: list[set[bytes]], data: bytes) -> bool:
+    return all(data in g for g in got)
+
+
+async def test_request_response_round_trips_and_failures() -> None:
+    release = trio.Event()
+
+    async def boom(peer: bytes, request: bytes) -> bytes:
+        raise LookupError("no such round 7")
+
+    async def silent(peer: bytes, request: bytes) -> bytes:
+        await release.wait()
+        return b""
+
+    async with network(2) as (server, client):
+        server.serve(ECHO, echo, max_request=10 * MIB)
+        server.serve("/village/test/boom/1", boom)
+        server.serve("/village/test/silent/1", silent)
+        await wait_until(lambda: client.connected_peers() == [server.member_id], 10, "connection")
+
+        for size in (1_000_000, 8_000_000):
+            payload = os.urandom(size)
+            start = time.perf_counter()
+            reply = await client.request(server.member_id, ECHO, payload, timeout=10)
+            print(f"request/response of {size} B each way: {1000 * (time.perf_counter() - start):.0f} ms")
+            assert reply == payload[::-1]
+
+        with pytest.raises(TransportError, match="exceeds the limit of 10485760") as oversize:
+            await client.request(server.member_id, ECHO, b"x" * (11 * MIB), timeout=10)
+        assert oversize.value.peer == server.member_id
+        with pytest.raises(TransportError, match="remote error: no such round 7"):
+            await client.request(server.member_id, "/village/test/boom/1", b"", timeout=10)
+        start = time.perf_counter()
+        with pytest.raises(TransportError, match="no reply within 0.5 s"):
+            await client.request(server.member_id, "/village/test/silent/1", b"", timeout=0.5)
+        assert time.perf_counter() - start < 1.5
+        with pytest.raises(TransportError, match="exceeds the limit of 99"):
+            await client.request(server.member_id, ECHO, b"x" * 100, timeout=10, max_reply=99)
+
+        # The server kept serving through all of that.
+        assert await client.request(server.member_id, ECHO, b"still here", timeout=10) == b"ereh llits"
+        release.set()
+
+        events = server.statistics().events
+        assert events["inbound_oversize"] == 1 and events["handler_error"] == 1
+        sent = client.statistics().bytes_sent[ECHO]
+        assert sent >= 9_000_000 + 10
+        assert server.statistics().bytes_received[ECHO] == sent
+
+
+async def test_request_to_a_closed_peer_fails_fast() -> None:
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(open_node(create_new_key_pair(), LOOPBACK, [], FAST))
+        async with open_node(create_new_key_pair(), LOOPBACK, client.listen_addrs, FAST) as gone:
+            gone.serve(ECHO, echo)
+            gone_id = gone.member_id
+            await wait_until(lambda: gone_id in client.connected_peers(), 10, "connection")
+            assert await client.request(gone_id, ECHO, b"ab", timeout=5) == b"ba"
+        start = time.perf_counter()
+        with pytest.raises(TransportError):
+            await client.request(gone_id, ECHO, b"ab", timeout=5)
+        took = time.perf_counter() - start
+        print(f"request to a closed peer failed after {1000 * took:.0f} ms")
+        assert took < 2.0
+        with pytest.raises(TransportError, match="no known address"):
+            await client.request(b"\x05" * 32, ECHO, b"ab", timeout=5)
+
+
+async def test_per_peer_concurrency_limit_and_connect_hook() -> None:
+    connected: list[bytes] = []
+    release = trio.Event()
+
+    async def hold(peer: bytes, request: bytes) -> bytes:
+        await release.wait()
+        return b"done"
+
+    async def on_connect(member: bytes) -> None:
+        connected.append(member)
+
+    config = TransportConfig(max_inbound_streams_per_peer=1, dial_timeout=5.0)
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(
+            open_node(create_new_key_pair(), LOOPBACK, [], config, on_peer_connected=on_connect)
+        )
+        client = await stack.enter_async_context(open_node(create_new_key_pair(), LOOPBACK, server.listen_addrs, config))
+        server.serve("/village/test/hold/1", hold)
+        await wait_until(lambda: connected == [client.member_id], 10, "connect hook")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(client.request, server.member_id, "/village/test/hold/1", b"", timeout=10))
+            await wait_until(lambda: server.statistics().bytes_received, 5, "first request in")
+            with pytest.raises(TransportError, match="too many concurrent streams"):
+                await client.request(server.member_id, "/village/test/hold/1", b"", timeout=5)
+            release.set()
+        assert server.statistics().events["inbound_refused"] == 1
