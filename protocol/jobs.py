@@ -8,14 +8,16 @@ filled in here so every node derives the same round parameters from the same spe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from protocol.dp import NoisePlan, PrivacySpec, plan_noise
 from protocol.errors import ParameterError
+from protocol.kinds import KINDS
 from protocol.params import MAX_DIMENSION, MAX_PARTICIPANTS, RoundParams
 from protocol.quantize import Quantizer
 
-JOB_KINDS = ("vector",)  # each has an entry in protocol.kinds.KINDS
+JOB_KINDS = ("vector", "routing-priors")  # each has an entry in protocol.kinds.KINDS
 AGGREGATES = ("sum", "mean")
 
 
@@ -31,7 +33,7 @@ class QuantizationSpec:
 class JobSpec:
     kind: str
     data: str  # name of the local input each member contributes
-    dimension: int
+    dimension: int = 0  # 0 only while parsing a kind that computes it (routing-priors)
     name: str = ""
     aggregate: str = "sum"
     rounds: int = 1
@@ -43,6 +45,8 @@ class JobSpec:
     threshold: int | None = None  # None: a strict majority of each secret's holders
     phase_timeout: float = 10.0
     quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
+    priors: dict[str, Any] | None = None  # routing-priors key space (protocol/priors.py)
+    privacy: PrivacySpec | None = None  # distributed DP (protocol/dp.py); None: no noise
 
     @classmethod
     def from_dict(cls, raw: Any) -> JobSpec:
@@ -52,10 +56,14 @@ class JobSpec:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ParameterError(unknown[0], f"unknown field (known: {', '.join(sorted(known))})")
-        for required in ("kind", "data", "dimension"):
+        for required in ("kind", "data"):
             if required not in raw:
                 raise ParameterError(required, "is required")
+        kind = KINDS.get(raw["kind"]) if isinstance(raw["kind"], str) else None
+        if "dimension" not in raw and not (kind is not None and kind.computes_dimension):
+            raise ParameterError("dimension", "is required")
         values = dict(raw)
+        privacy = values.pop("privacy", None)
         quantization = values.pop("quantization", {})
         if not isinstance(quantization, dict):
             raise ParameterError("quantization", "must be an object")
@@ -69,7 +77,10 @@ class JobSpec:
         for key in ("clip", "scale"):
             if type(quantization.get(key)) is int:
                 quantization[key] = float(quantization[key])
-        spec = cls(**values, quantization=QuantizationSpec(**quantization))
+        spec = cls(**values, quantization=QuantizationSpec(**quantization),
+                   privacy=None if privacy is None else PrivacySpec.from_dict(privacy))
+        if "dimension" not in raw and kind is not None:
+            spec = replace(spec, dimension=kind.dimension(spec))
         spec.validate()
         return spec
 
@@ -82,6 +93,7 @@ class JobSpec:
         _text("data", self.data, 1, 128)
         _text("name", self.name, 0, 200)
         _int("dimension", self.dimension, 1, MAX_DIMENSION)
+        KINDS[self.kind].check_spec(self)
         _int("rounds", self.rounds, 1, 1_000_000)
         _seconds("round_interval", self.round_interval, 0.0, 86_400 * 365)
         _seconds("start_delay", self.start_delay, 0.0, 86_400)
@@ -90,6 +102,10 @@ class JobSpec:
         if self.threshold is not None:
             _int("threshold", self.threshold, 2, self.neighbours + 1)
         self.round_params(self.min_participants).check_for(self.min_participants)
+        if self.privacy is not None:
+            self.privacy.validate()
+            if self.privacy.colluders >= self.min_participants:
+                raise ParameterError("privacy.colluders", f"must be below min_participants ({self.min_participants})")
         self.quantizer()
 
     def threshold_for(self, participants: int) -> int:
@@ -112,9 +128,25 @@ class JobSpec:
             renamed = {"min_survivors": "min_participants", "bits": "quantization.bits"}
             raise ParameterError(renamed.get(exc.field, exc.field), exc.reason) from None
 
-    def quantizer(self) -> Quantizer:
+    def noise_plan(self) -> NoisePlan | None:
+        """Scale, per-client noise and accounting of a job with `privacy`; None without."""
+        if self.privacy is None:
+            return None
         q = self.quantization
         try:
+            return plan_noise(self.privacy, q.clip, q.scale, self.dimension, self.min_participants,
+                              self.max_participants, q.bits)
+        except ParameterError as exc:
+            field_name = {"clip": "quantization.clip", "bits": "quantization.bits"}.get(exc.field, exc.field)
+            raise ParameterError(field_name, exc.reason) from None
+
+    def quantizer(self) -> Quantizer:
+        q = self.quantization
+        plan = self.noise_plan()
+        try:
+            if plan is not None:
+                return Quantizer(q.clip, plan.scale, self.max_participants, q.bits, q.rounding,  # type: ignore[arg-type]
+                                 noise_std=plan.noise_std_max)
             if q.scale is None:
                 return Quantizer.for_range(q.clip, self.max_participants, q.bits, q.rounding)  # type: ignore[arg-type]
             return Quantizer(q.clip, q.scale, self.max_participants, q.bits, q.rounding)  # type: ignore[arg-type]

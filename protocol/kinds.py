@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from protocol import priors
 from protocol.errors import ParameterError
 
 
@@ -21,6 +22,10 @@ class InputError(ParameterError):
 
 class JobKind(Protocol):
     name: str
+    computes_dimension: bool  # True: `dimension` follows from the spec's kind section, not given
+
+    def check_spec(self, spec: Any) -> None:
+        """Raise ParameterError naming the field if the spec's kind-specific parts do not fit the kind."""
 
     def dimension(self, spec: Any) -> int:
         """Length of the vector every member contributes (the same on every node)."""
@@ -36,6 +41,11 @@ class VectorKind:
     """Generic numeric vectors: a JSON list (or {"values": [...]}) of `dimension` finite numbers."""
 
     name = "vector"
+    computes_dimension = False
+
+    def check_spec(self, spec: Any) -> None:
+        if spec.priors is not None:
+            raise ParameterError("priors", "only applies to kind routing-priors")
 
     def dimension(self, spec: Any) -> int:
         return int(spec.dimension)
@@ -56,4 +66,45 @@ class VectorKind:
         return {"aggregate": spec.aggregate, "count": survivors, "values": values.tolist()}
 
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (VectorKind(),)}
+class RoutingPriorsKind:
+    """Federated routing priors (spec "Aggregation Units"): layout, encoding and decoding in protocol/priors.py.
+
+    The spec's `priors` section declares the key space; `dimension` follows from it. Slots are
+    pre-scaled to [0, 1], so the quantization clip must stay 1 and the aggregate is a sum.
+    """
+
+    name = "routing-priors"
+    computes_dimension = True
+
+    def check_spec(self, spec: Any) -> None:
+        layout = priors.parse_layout(spec.priors)
+        if spec.dimension != layout.dimension:
+            raise ParameterError("dimension", f"is {spec.dimension}, the priors key space gives {layout.dimension} "
+                                              "(leave it out to have it computed)")
+        if spec.aggregate != "sum":
+            raise ParameterError("aggregate", "must be sum for routing-priors (the decoder forms the ratios)")
+        if spec.quantization.clip != 1.0:
+            raise ParameterError("quantization.clip", "must be 1 for routing-priors (every slot is pre-scaled to [0, 1])")
+
+    def dimension(self, spec: Any) -> int:
+        return priors.parse_layout(spec.priors).dimension
+
+    def encode(self, spec: Any, payload: Any) -> np.ndarray:
+        try:
+            return priors.encode(priors.parse_layout(spec.priors), payload, where=spec.data)
+        except ParameterError as exc:
+            raise InputError(exc.field, exc.reason) from None
+
+    def decode(self, spec: Any, total: np.ndarray, survivors: int) -> dict[str, Any]:
+        layout = priors.parse_layout(spec.priors)
+        quantizer = spec.quantizer()
+        floor = 2.0 * quantizer.error_bound(survivors)  # a slot nobody filled sums to 0 within this
+        plan = spec.noise_plan()
+        if plan is not None:
+            floor += 4.0 * plan.noise_std(survivors)
+        result = priors.decode(layout, total, floor)
+        result.update({"aggregate": "sum", "count": survivors})
+        return result
+
+
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (VectorKind(), RoutingPriorsKind())}

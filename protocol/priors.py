@@ -1,0 +1,384 @@
+"""Routing priors: the layout of the vector a node contributes, its encoding, the decoding of the sum,
+and the spec's validation metrics (prior stability, model diversity, round quality).
+
+Layout: the key space is declared in the job spec (`priors` section), never discovered from data:
+    models            list of model ids                   (M)
+    regions           list of region names                (R)
+    tiers             list of quality tiers               (T)
+    request_patterns  list of request hashes, or an int:  (P)
+                      P hash buckets, bucket = SHA-256(hash) mod P
+    carbon_regions    list of region names (default: regions)  (C)
+Every node builds the identical layout from the spec, so masked vectors line up coordinate by
+coordinate; data a node lacks is zeros, and entries outside the key space are skipped (they never
+leave the node). With explicit hashes there are no collisions. With buckets, patterns that collide
+share their per-model score slots (scores add), so a bucket's optimal model is the argmax over the
+merged patterns: a collision policy of "merge", documented and visible (the result is keyed by
+bucket). Dimension d = 6 M R T + P M + 3 C:
+
+    cells     (model, region, tier), 6 slots: w p50, w p95, w p99, w, success, total
+              w = min(sample_count / 1000, 1) (the spec's node weight)
+    patterns  (pattern, model), 1 slot: confidence x sample_count x recency_factor
+    carbon    region, 3 slots: intensity, routing_penalty_factor, 1 (a reporting node)
+
+So 20 models x 5 regions x 3 tiers + 1,000 patterns + 5 carbon regions: 1,800 + 20,000 + 15 = 21,815.
+
+From the sums the decoder computes exactly the spec's formulas: weighted percentiles
+sum(w p)/sum(w), success rate sum(success)/sum(total), per pattern argmax over models of the summed
+scores, carbon priors as the mean over reporting nodes. Nothing else leaves a node.
+
+Privacy consequences: the layout reveals the key space (which models, regions, tiers and request
+patterns the federation tracks) to every member, since it is in the spec; it reveals nothing about
+which node holds which key, because a node's zeros and non-zeros are masked alike. The released
+sums reveal, per cell, the total weight sum(w) (roughly how many nodes have >= 1000 samples there)
+and the success/total counts; per carbon region, how many nodes reported it. A cell held by a single
+node releases that node's numbers exactly (a sum of one): secure aggregation hides who, not what,
+unless the job adds distributed DP noise (`privacy`, protocol/dp.py). Request hashes in the spec
+are public: use salted hashes if the raw hash of a request would identify it.
+
+Quantization: every slot is pre-scaled by the kind to [0, 1] with caps from the spec
+(`max_latency_ms` default 60 000, `max_count` default 10^6 for success/total, `max_score` default
+10^6, `max_carbon` default 2 000 gCO2/kWh, penalty factors in [0, 1]), so one Quantizer with clip 1
+fits all (the spec's quantization.clip is forced to 1.0 for this kind). Values above a cap are
+clipped: latencies and scores to the cap; success and total together by the same factor, so the
+node's success rate is kept while its weight shrinks. Error of a released sum per slot, in the
+slot's units: < survivors x cap / scale (stochastic rounding), e.g. scale 2^31/1000 ~ 2.1e6 with
+1000 max participants gives < 0.03 ms per client for latencies and < 0.5 counts per client for
+counts; the ratios the decoder forms inherit these bounds over sum(w) and sum(total).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from protocol.errors import ParameterError
+
+CELL_SLOTS = ("w_p50", "w_p95", "w_p99", "w", "success", "total")
+CARBON_SLOTS = ("intensity", "penalty", "reports")
+WEIGHT_SAMPLES = 1000.0  # node weight = min(sample_count / 1000, 1), the spec's formula
+MAX_KEYS = 100_000  # per list in the spec; keeps a spec announcement small
+
+
+@dataclass(frozen=True, slots=True)
+class PriorsLayout:
+    models: tuple[str, ...]
+    regions: tuple[str, ...]
+    tiers: tuple[str, ...]
+    patterns: tuple[str, ...] | None  # explicit hashes, or None for buckets
+    buckets: int  # P
+    carbon_regions: tuple[str, ...]
+    max_latency_ms: float = 60_000.0
+    max_count: float = 1e6
+    max_score: float = 1e6
+    max_carbon: float = 2_000.0
+
+    @property
+    def cells(self) -> int:
+        return len(self.models) * len(self.regions) * len(self.tiers)
+
+    @property
+    def pattern_offset(self) -> int:
+        return len(CELL_SLOTS) * self.cells
+
+    @property
+    def carbon_offset(self) -> int:
+        return self.pattern_offset + self.buckets * len(self.models)
+
+    @property
+    def dimension(self) -> int:
+        return self.carbon_offset + len(CARBON_SLOTS) * len(self.carbon_regions)
+
+    def cell_index(self, model: int, region: int, tier: int) -> int:
+        return len(CELL_SLOTS) * ((model * len(self.regions) + region) * len(self.tiers) + tier)
+
+    def pattern_index(self, request_hash: str) -> int | None:
+        """The pattern slot of a hash: its position when listed, its bucket otherwise (None: not tracked)."""
+        if self.patterns is not None:
+            return _positions(self.patterns).get(request_hash)
+        digest = hashlib.sha256(request_hash.encode()).digest()
+        return int.from_bytes(digest[:8], "big") % self.buckets
+
+    def pattern_name(self, index: int) -> str:
+        return self.patterns[index] if self.patterns is not None else f"bucket-{index}"
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(names: tuple[str, ...]) -> dict[str, int]:
+    return {name: i for i, name in enumerate(names)}
+
+
+# --- the spec's `priors` section ------------------------------------------------------------------
+
+
+def parse_layout(raw: Any) -> PriorsLayout:
+    """The layout from a spec's `priors` section; ParameterError names the field (`priors.models[2]`)."""
+    if not isinstance(raw, dict):
+        raise ParameterError("priors", "is required for kind routing-priors: {models, regions, tiers, request_patterns}")
+    return _parse_layout(json.dumps(raw, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_layout(text: str) -> PriorsLayout:
+    raw = json.loads(text)
+    known = {"models", "regions", "tiers", "request_patterns", "carbon_regions", "max_latency_ms", "max_count",
+             "max_score", "max_carbon"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ParameterError(f"priors.{unknown[0]}", f"unknown field (known: {', '.join(sorted(known))})")
+    models = _names(raw, "models", required=True)
+    regions = _names(raw, "regions", required=True)
+    tiers = _names(raw, "tiers", required=True)
+    patterns_raw = raw.get("request_patterns", 0)
+    if isinstance(patterns_raw, list):
+        patterns: tuple[str, ...] | None = _names(raw, "request_patterns", required=False)
+        buckets = len(patterns_raw)
+    elif type(patterns_raw) is int and 0 <= patterns_raw <= MAX_KEYS:
+        patterns, buckets = None, patterns_raw
+    else:
+        raise ParameterError("priors.request_patterns", f"must be a list of request hashes or a bucket count in [0, {MAX_KEYS}]")
+    carbon = _names(raw, "carbon_regions", required=False) if "carbon_regions" in raw else regions
+    caps = {}
+    for key in ("max_latency_ms", "max_count", "max_score", "max_carbon"):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 1e15):
+                raise ParameterError(f"priors.{key}", f"must be a positive number below 1e15, got {value!r}")
+            caps[key] = float(value)
+    return PriorsLayout(models, regions, tiers, patterns, buckets, carbon, **caps)
+
+
+def _names(raw: dict[str, Any], key: str, required: bool) -> tuple[str, ...]:
+    value = raw.get(key)
+    if value is None and not required:
+        return ()
+    if not isinstance(value, list) or (required and not value) or len(value) > MAX_KEYS:
+        raise ParameterError(f"priors.{key}", f"must be a list of 1 to {MAX_KEYS} distinct names")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not 0 < len(name) <= 200:
+            raise ParameterError(f"priors.{key}[{i}]", f"must be a string of 1 to 200 characters, got {name!r}")
+        if name in seen:
+            raise ParameterError(f"priors.{key}[{i}]", f"{name!r} repeats priors.{key}[{seen[name]}]")
+        seen[name] = i
+    return tuple(value)
+
+
+# --- encoding a node's local statistics -------------------------------------------------------------
+
+
+def encode(layout: PriorsLayout, payload: Any, where: str = "data") -> np.ndarray:
+    """This node's vector (pre-scaled to [0, 1] per slot); ParameterError names the exact field at fault.
+
+    Payload (JSON): {"models": [...], "request_patterns": [...], "carbon": [...]}, each list optional:
+      models[i]:           {model_id, region, quality_tier, latency_percentile: {p50, p95, p99},
+                            success_count, total_count, sample_count}
+      request_patterns[i]: {request_hash, optimal_model, confidence (0..1), sample_count,
+                            recency_factor (0..1, default 1)}
+      carbon[i]:           {region, carbon_intensity_gco2_per_kwh, routing_penalty_factor (0..1, default 0)}
+    Other fields in an entry (energy_savings_pct, last_updated, success_rate, ...) are ignored: they
+    never leave the node.
+    """
+    if not isinstance(payload, dict):
+        raise ParameterError(where, "must be a JSON object with models, request_patterns and/or carbon lists")
+    unknown = sorted(set(payload) - {"models", "request_patterns", "carbon"})
+    if unknown:
+        raise ParameterError(f"{where}.{unknown[0]}", "unknown field (known: carbon, models, request_patterns)")
+    vector = np.zeros(layout.dimension, dtype=np.float64)
+    model_at = _positions(layout.models)
+    region_at = _positions(layout.regions)
+    tier_at = _positions(layout.tiers)
+    carbon_at = _positions(layout.carbon_regions)
+    seen: dict[tuple[str, ...], int] = {}
+
+    for i, entry in enumerate(_entries(payload, "models", where)):
+        at = f"{where}.models[{i}]"
+        model = _string(entry, "model_id", at)
+        region = _string(entry, "region", at)
+        tier = _string(entry, "quality_tier", at)
+        latency = entry.get("latency_percentile")
+        if not isinstance(latency, dict):
+            raise ParameterError(f"{at}.latency_percentile", "must be an object {p50, p95, p99} in milliseconds")
+        p50, p95, p99 = (_number(latency, p, f"{at}.latency_percentile") for p in ("p50", "p95", "p99"))
+        success = _number(entry, "success_count", at)
+        total = _number(entry, "total_count", at)
+        samples = _number(entry, "sample_count", at)
+        if success > total:
+            raise ParameterError(f"{at}.success_count", f"{success:g} exceeds total_count {total:g}")
+        _unique(seen, ("model", model, region, tier), i, at, "models", "same model_id, region and quality_tier")
+        if model not in model_at or region not in region_at or tier not in tier_at:
+            continue
+        w = min(samples / WEIGHT_SAMPLES, 1.0)
+        cap = layout.max_latency_ms
+        shrink = min(1.0, layout.max_count / total) if total > 0 else 1.0
+        base = layout.cell_index(model_at[model], region_at[region], tier_at[tier])
+        vector[base:base + 6] = (w * min(p50, cap) / cap, w * min(p95, cap) / cap, w * min(p99, cap) / cap, w,
+                                 success * shrink / layout.max_count, total * shrink / layout.max_count)
+
+    for i, entry in enumerate(_entries(payload, "request_patterns", where)):
+        at = f"{where}.request_patterns[{i}]"
+        request_hash = _string(entry, "request_hash", at)
+        model = _string(entry, "optimal_model", at)
+        confidence = _number(entry, "confidence", at, high=1.0)
+        samples = _number(entry, "sample_count", at)
+        recency = _number(entry, "recency_factor", at, high=1.0) if "recency_factor" in entry else 1.0
+        _unique(seen, ("pattern", request_hash), i, at, "request_patterns", "same request_hash")
+        slot = layout.pattern_index(request_hash)
+        if slot is None or model not in model_at:
+            continue
+        score = min(confidence * samples * recency, layout.max_score) / layout.max_score
+        index = layout.pattern_offset + slot * len(layout.models) + model_at[model]
+        vector[index] = min(1.0, vector[index] + score)  # buckets: colliding patterns merge
+
+    for i, entry in enumerate(_entries(payload, "carbon", where)):
+        at = f"{where}.carbon[{i}]"
+        region = _string(entry, "region", at)
+        intensity = _number(entry, "carbon_intensity_gco2_per_kwh", at)
+        penalty = _number(entry, "routing_penalty_factor", at, high=1.0) if "routing_penalty_factor" in entry else 0.0
+        _unique(seen, ("carbon", region), i, at, "carbon", "same region")
+        if region not in carbon_at:
+            continue
+        base = layout.carbon_offset + 3 * carbon_at[region]
+        vector[base:base + 3] = (min(intensity, layout.max_carbon) / layout.max_carbon, penalty, 1.0)
+    return vector
+
+
+def _entries(payload: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    value = payload.get(key, [])
+    if not isinstance(value, list):
+        raise ParameterError(f"{where}.{key}", "must be a list of objects")
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise ParameterError(f"{where}.{key}[{i}]", f"must be an object, got {type(entry).__name__}")
+    return value
+
+
+def _string(entry: dict[str, Any], key: str, at: str) -> str:
+    value = entry.get(key)
+    if not isinstance(value, str) or not value:
+        raise ParameterError(f"{at}.{key}", "is required: a non-empty string" if value is None else
+                             f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _number(entry: dict[str, Any], key: str, at: str, high: float = math.inf) -> float:
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= high:
+        limit = "a non-negative number" if high == math.inf else f"a number in [0, {high:g}]"
+        raise ParameterError(f"{at}.{key}", f"must be {limit}, got {value!r}")
+    return float(value)
+
+
+def _unique(seen: dict[tuple[str, ...], int], key: tuple[str, ...], i: int, at: str, listing: str, what: str) -> None:
+    if key in seen:
+        raise ParameterError(at, f"duplicate of {listing}[{seen[key]}] ({what})")
+    seen[key] = i
+
+
+# --- decoding the sum --------------------------------------------------------------------------------
+
+
+def decode(layout: PriorsLayout, total: np.ndarray, floor: float = 1e-9) -> dict[str, Any]:
+    """Aggregated priors from the dequantized sum. `floor` is the absolute error of one slot of the
+    sum (quantization plus noise): weights or counts at or below it are treated as absent."""
+    cap = layout.max_latency_ms
+    cells = []
+    for m, model in enumerate(layout.models):
+        for r, region in enumerate(layout.regions):
+            for t, tier in enumerate(layout.tiers):
+                base = layout.cell_index(m, r, t)
+                w_p50, w_p95, w_p99, w, success, count = (float(x) for x in total[base:base + 6])
+                has_latency, has_counts = w > floor, count > floor
+                if not (has_latency or has_counts):
+                    continue
+                cells.append({
+                    "model_id": model, "region": region, "quality_tier": tier,
+                    "latency_percentile": None if not has_latency else {
+                        "p50": _clamp(w_p50 / w * cap, 0, cap), "p95": _clamp(w_p95 / w * cap, 0, cap),
+                        "p99": _clamp(w_p99 / w * cap, 0, cap)},
+                    "weight": w,
+                    "success_rate": None if not has_counts else _clamp(success / count, 0.0, 1.0),
+                    "success_count": success * layout.max_count, "total_count": count * layout.max_count,
+                })
+    patterns = {}
+    m_count = len(layout.models)
+    if m_count:
+        scores = total[layout.pattern_offset:layout.carbon_offset].reshape(layout.buckets, m_count)
+        for p in range(layout.buckets):
+            row = np.maximum(scores[p], 0.0)
+            best = int(np.argmax(row))
+            if row[best] <= floor:
+                continue
+            patterns[layout.pattern_name(p)] = {
+                "optimal_model": layout.models[best], "score": float(row[best]) * layout.max_score,
+                "share": float(row[best] / row.sum()),
+            }
+    carbon = {}
+    for c, region in enumerate(layout.carbon_regions):
+        intensity, penalty, reports = (float(x) for x in total[layout.carbon_offset + 3 * c:layout.carbon_offset + 3 * c + 3])
+        if reports <= max(floor, 0.5):
+            continue
+        carbon[region] = {"carbon_intensity_gco2_per_kwh": _clamp(intensity / reports * layout.max_carbon, 0, layout.max_carbon),
+                          "routing_penalty_factor": _clamp(penalty / reports, 0.0, 1.0), "reports": round(reports)}
+    return {"models": cells, "request_patterns": patterns, "carbon": carbon}
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
+
+
+# --- validation metrics (spec "Convergence Metrics" / "Validation Protocol") -------------------------
+
+
+def routing_decisions(priors: dict[str, Any]) -> dict[str, str]:
+    """The decisions the priors drive: each request pattern's optimal model, and per (region, tier)
+    the model with the highest success rate (ties: lower p95)."""
+    decisions = {f"pattern:{name}": entry["optimal_model"] for name, entry in priors.get("request_patterns", {}).items()}
+    best: dict[str, tuple[float, float, str]] = {}
+    for cell in priors.get("models", []):
+        if cell.get("success_rate") is None:
+            continue
+        p95 = (cell.get("latency_percentile") or {}).get("p95", math.inf)
+        key = f"cell:{cell['region']}/{cell['quality_tier']}"
+        candidate = (-cell["success_rate"], p95, cell["model_id"])
+        if key not in best or candidate < best[key]:
+            best[key] = candidate
+    decisions.update({key: value[2] for key, value in best.items()})
+    return decisions
+
+
+def prior_stability(previous: dict[str, Any] | None, current: dict[str, Any]) -> float:
+    """1 - the fraction of routing decisions that changed (appeared, vanished or switched model), 0..1.
+    The first round has nothing to change from: 1.0. The spec's target is > 0.95 (< 5 % change)."""
+    if previous is None:
+        return 1.0
+    before, after = routing_decisions(previous), routing_decisions(current)
+    keys = set(before) | set(after)
+    if not keys:
+        return 1.0
+    changed = sum(1 for k in keys if before.get(k) != after.get(k))
+    return 1.0 - changed / len(keys)
+
+
+def model_diversity(current: dict[str, Any], models: int | None = None) -> float:
+    """Normalized entropy (0..1) of how request patterns' optimal models spread over the `models`
+    of the key space: 0 = every pattern routes to one model (collapse), 1 = evenly spread."""
+    chosen = [entry["optimal_model"] for entry in current.get("request_patterns", {}).values()]
+    total = len(chosen)
+    k = models if models is not None else len(set(chosen))
+    if total == 0 or k <= 1:
+        return 0.0
+    counts = np.unique(np.asarray(chosen), return_counts=True)[1].astype(np.float64) / total
+    return float(-np.sum(counts * np.log(counts)) / math.log(k))
+
+
+def validate_round(previous: dict[str, Any] | None, current: dict[str, Any], models: int | None = None) -> dict[str, float]:
+    """The spec's validate_aggregation_round without performance_delta (needs live traffic)."""
+    stability = prior_stability(previous, current)
+    diversity = model_diversity(current, models)
+    return {"stability_score": stability, "diversity_score": diversity, "round_quality": (stability + diversity) / 2}
