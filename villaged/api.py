@@ -174,6 +174,10 @@ async def _results(api: ControlApi, params: Params, body: Any) -> Response:
     return json_response(200, await api.control.results(params["id"]))
 
 
+async def _priors(api: ControlApi, params: Params, body: Any) -> Response:
+    return json_response(200, await api.control.priors(params["id"]))
+
+
 async def _put_data(api: ControlApi, params: Params, body: Any) -> Response:
     return json_response(200, await api.control.put_data(params["name"], body))
 
@@ -228,6 +232,11 @@ ROUTES: Final[tuple[Route, ...]] = (
         errors=(404,),
     ),
     Route("GET", "/v1/jobs/{id}/results", "listResults", "Committed results", _results, _OBJECT_LIST, errors=(404,)),
+    Route(
+        "GET", "/v1/jobs/{id}/priors", "getPriors",
+        "Routing priors this node applies (latest round) with stability, diversity and round quality", _priors,
+        _OBJECT, errors=(404, 409),
+    ),
     Route(
         "PUT",
         "/v1/data/{name}",

@@ -110,6 +110,12 @@ class NodeControl(Protocol):
         """Committed results of a job, one per round. Raises NotFound."""
         ...
 
+    async def priors(self, job_id: str) -> dict[str, JSON]:
+        """A routing-priors job's applied priors: ``round`` (None before the first result), ``priors``
+        ({models, request_patterns, carbon}), ``validation`` ({stability_score, diversity_score,
+        round_quality}), ``error_bound``. Raises NotFound, or Conflict for another kind of job."""
+        ...
+
     async def put_data(self, name: str, payload: JSON) -> dict[str, JSON]:
         """Store this node's local input ``name``. Raises InvalidRequest naming the bad field."""
         ...

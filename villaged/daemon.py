@@ -30,6 +30,7 @@ from protocol.events import RoundResult
 from protocol.jobs import JobSpec
 from protocol.kinds import KINDS, InputError
 from protocol.membership import MemberRegistry, decode_certificate
+from protocol.priors import validate_round
 from protocol.wire import RoundContext
 from villaged.api import serve_api
 from villaged.config import DaemonConfig
@@ -165,6 +166,8 @@ class Daemon:
         if outcome != "completed":
             self.metrics.rounds_aborted.labels(reason="gave_up").inc()
             log.warning("round_given_up", job=job.id, round=round_number, reason=outcome)
+            if outcome.startswith("gave up: sent unmasking shares"):
+                self.book.record_release(job.id)  # the sum may be out even though it never reached us
 
     async def _track_peers(self) -> None:
         assert self._node is not None
@@ -252,15 +255,37 @@ class Daemon:
         await self._node.publish(f"{self._topic}/results", record)
 
     def _store_result(self, announcement: ResultAnnouncement, coordinator: bytes, words: bytes, record: bytes) -> None:
-        self.store.put_result(ResultRecord(
+        stored = self.store.put_result(ResultRecord(
             job_id=announcement.job_id, round=announcement.round, attempt=announcement.attempt, coordinator=coordinator,
             aggregate=words, participants=announcement.survivors, dropped=announcement.dropped, signature=record,
             received_at=time.time(),
         ))
+        if stored == "stored":
+            self.book.record_release(announcement.job_id)
+            self._export_prior_metrics(announcement.job_id)
         if self._driver is not None:
             tracker = self._driver.tracker(announcement.job_id, announcement.round)
             tracker.result = True
             tracker.changed()
+
+    def _export_prior_metrics(self, job_id: str) -> None:
+        """After a routing-priors round: the spec's validation metrics as gauges."""
+        job = self.book.jobs.get(job_id)
+        if job is None or job.spec.kind != "routing-priors":
+            return
+        validation = self._prior_validation(job)
+        if validation is not None:
+            self.metrics.prior_stability.set(validation["stability_score"])
+            self.metrics.model_diversity.set(validation["diversity_score"])
+
+    def _prior_validation(self, job: Job) -> dict[str, float] | None:
+        results = self.store.get_results(job.id)
+        if not results:
+            return None
+        current = self._result_view(job, results[-1])
+        previous = self._result_view(job, results[-2]) if len(results) > 1 else None
+        models = len((job.spec.priors or {}).get("models", []))
+        return validate_round(previous, current, models)
 
     async def _handle_result_fetch(self, peer: bytes, request: bytes) -> bytes:
         if not self._is_member(peer):
@@ -481,6 +506,22 @@ class Daemon:
         job = self._job(job_id)
         return [self._result_view(job, r) for r in self.store.get_results(job_id)]
 
+    async def priors(self, job_id: str) -> dict[str, object]:
+        """The routing priors this node applies: the latest round's decoded aggregate, with the
+        spec's validation metrics against the round before."""
+        job = self._job(job_id)
+        if job.spec.kind != "routing-priors":
+            raise Conflict(f"job {job_id} is a {job.spec.kind} job, not routing-priors")
+        results = self.store.get_results(job_id)
+        if not results:
+            return {"job": job_id, "state": job.state, "round": None, "priors": None, "validation": None}
+        view = self._result_view(job, results[-1])
+        return {
+            "job": job_id, "state": job.state, "round": view["round"], "participants": len(results[-1].participants),
+            "error_bound": view["error_bound"], "validation": self._prior_validation(job),
+            "priors": {key: view[key] for key in ("models", "request_patterns", "carbon")},
+        }
+
     async def put_data(self, name: str, payload: object) -> dict[str, object]:
         if not (0 < len(name) <= 128):
             raise InvalidRequest("name", "must be 1 to 128 characters")
@@ -504,6 +545,7 @@ class Daemon:
             "id": job.id, "state": job.state, "spec": job.spec.to_dict(), "creator": job.creator.hex(),
             "created_at": job.created_at, "start_at": job.start_at, "members": sorted(m.hex() for m in job.members),
             "joined": self.me in job.members, "results": len(self.store.get_results(job.id)),
+            "privacy": self.book.privacy_view(job), "end_reason": self.book.end_reason(job.id),
         }
 
     def _result_view(self, job: Job, record: ResultRecord) -> dict[str, object]:
@@ -516,6 +558,7 @@ class Daemon:
             "round": record.round, "attempt": record.attempt, "coordinator": record.coordinator.hex(),
             "participants": [p.hex() for p in record.participants], "dropped": [d.hex() for d in record.dropped],
             "error_bound": quantizer.error_bound(survivors) / per_input,
+            "noise_std": 0.0 if (plan := job.spec.noise_plan()) is None else plan.noise_std(survivors) / per_input,
             "digest": aggregate_digest(record.aggregate).hex(), "received_at": record.received_at,
         })
         return view

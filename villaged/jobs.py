@@ -19,6 +19,7 @@ import numpy as np
 import structlog
 import trio
 
+from protocol.dp import add_noise, clip_l2, sample_discrete_gaussian
 from protocol.election import coordinator_for
 from protocol.errors import ParameterError, ProtocolError
 from protocol.jobs import JobSpec
@@ -117,7 +118,43 @@ class JobBook:
         except InputError as exc:
             log.warning("input_unusable", job=job_id, reason=str(exc))
             return None
-        return job.spec.quantizer().quantize(values, rounding_seed=os.urandom(32))
+        plan = job.spec.noise_plan()
+        if plan is not None:
+            values = clip_l2(values, plan.l2_clip)
+        words = job.spec.quantizer().quantize(values, rounding_seed=os.urandom(32))
+        if plan is not None:  # this client's share of the distributed DP noise, fresh per attempt
+            noise = sample_discrete_gaussian(plan.sigma, len(words), os.urandom)
+            words = add_noise(words, noise, job.spec.quantization.bits)
+        return words
+
+    # --- privacy budget (jobs with a `privacy` section) --------------------------------------------
+    # A release is a sum this node helped unmask: a stored result, or unmasking shares sent for a
+    # round whose result never arrived. The count is kept in the store's meta table per job.
+
+    def privacy_releases(self, job_id: str) -> int:
+        return int(self._store.get_meta(f"privacy_releases/{job_id}") or 0)
+
+    def record_release(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None and job.spec.privacy is not None:
+            self._store.set_meta(f"privacy_releases/{job_id}", str(self.privacy_releases(job_id) + 1))
+
+    def privacy_view(self, job: Job) -> dict[str, object] | None:
+        plan = job.spec.noise_plan()
+        return None if plan is None else plan.view(self.privacy_releases(job.id))
+
+    def budget_allows_round(self, job: Job) -> bool:
+        """False when one more release would spend more than the job's privacy budget."""
+        plan = job.spec.noise_plan()
+        return plan is None or plan.spent(self.privacy_releases(job.id) + 1) <= plan.budget_epsilon
+
+    def end_reason(self, job_id: str) -> str | None:
+        return self._store.get_meta(f"job_end_reason/{job_id}")
+
+    def finish(self, job_id: str, reason: str) -> None:
+        """End a running job as completed, remembering why it ended before its last round."""
+        self._store.set_meta(f"job_end_reason/{job_id}", reason)
+        self.set_state(job_id, "completed")
 
     def round_params(self, job_id: str, participants: int) -> RoundParams:
         return self.jobs[job_id].spec.round_params(participants)
@@ -147,6 +184,12 @@ async def run_job(
             return
         if has_result(job.id, round_number):
             continue
+        if not book.budget_allows_round(job):
+            log.info("privacy_budget_used", job=job.id, round=round_number)
+            view = book.privacy_view(job) or {}
+            book.finish(job.id, f"privacy budget used: epsilon {view.get('epsilon_spent')} of {view.get('budget_epsilon')} "
+                                f"spent, round {round_number} of {job.spec.rounds} not started")
+            return
         await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
         outcome = await _run_round(job, round_number, book, driver, store, live_peers, has_result)
         await on_round_end(job, round_number, outcome)

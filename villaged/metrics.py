@@ -65,10 +65,14 @@ class Metrics:
             "village_bytes_received", "Payload bytes received, by libp2p protocol id.", ["protocol"], registry=r
         )
         self.prior_stability = Gauge(
-            "federation_prior_stability", "Similarity (0..1) of the aggregate to the previous round's.", registry=r
+            "federation_prior_stability",
+            "1 - fraction (0..1) of routing decisions that changed from the previous routing-priors round.",
+            registry=r
         )
         self.model_diversity = Gauge(
-            "federation_model_diversity", "Number of models in the last aggregate.", registry=r
+            "federation_model_diversity",
+            "Normalized entropy (0..1) of the request patterns' optimal models in the last routing-priors aggregate.",
+            registry=r
         )
 
     def render(self) -> bytes:

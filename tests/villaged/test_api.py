@@ -272,7 +272,7 @@ async def test_openapi_document_lists_every_route(server: Server) -> None:
         ("GET", "/v1/status"), ("GET", "/v1/peers"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"),
         ("GET", "/v1/jobs/{id}"), ("POST", "/v1/jobs/{id}/cancel"), ("GET", "/v1/jobs/{id}/rounds"),
         ("POST", "/v1/jobs/{id}/join"), ("GET", "/v1/jobs/{id}/progress"),
-        ("GET", "/v1/jobs/{id}/results"), ("PUT", "/v1/data/{name}"), ("GET", "/v1/data/{name}"),
+        ("GET", "/v1/jobs/{id}/results"), ("GET", "/v1/jobs/{id}/priors"), ("PUT", "/v1/data/{name}"), ("GET", "/v1/data/{name}"),
         ("GET", "/v1/members"), ("GET", "/v1/health"), ("GET", "/metrics"), ("GET", "/v1/openapi.json"),
     }  # fmt: skip
     assert documented == expected
@@ -322,3 +322,11 @@ async def test_incomplete_request_times_out_with_408(server: Server, mock_clock:
         reply = await receive_reply(h11_client_after_request(), stream)
     assert reply.status == 408 and error_of(reply)["code"] == "request_timeout"
     assert trio.current_time() - started >= 60
+
+
+async def test_priors_route_returns_the_applied_priors(server: Server) -> None:
+    job = await server.control.create_job({"kind": "routing-priors", "data": "x", "rounds": 1})
+    reply = await server.get(f"/v1/jobs/{job['id']}/priors")
+    assert reply.status == 200
+    assert reply.json()["validation"]["round_quality"] == 0.5
+    assert (await server.get("/v1/jobs/nope/priors")).status == 404
