@@ -52,3 +52,38 @@ def bench_core(n: int, dimension: int, neighbours: int, threshold: int | None, d
     line["client_overhead_bytes_per_neighbour"] = round((line["client_bytes_sent"]["median"] - vector_bytes) / k, 1)  # type: ignore[index]
     line["prg"] = prg_throughput(dimension)
     return line
+
+
+#: The standard networked workloads: real villaged processes on loopback (netsim/scenario.py).
+NET_WORKLOADS: dict[str, dict[str, object]] = {
+    "net-16": {"n": 16, "d": 100_000, "rounds": 3, "per_process": 1, "phase_timeout": 30.0},
+    "net-100": {"n": 100, "d": 100_000, "rounds": 2, "per_process": 5, "dropout": 0.1, "drop_phase": "masked",
+                "phase_timeout": 60.0},
+    "net-300": {"n": 300, "d": 10_000, "rounds": 2, "per_process": 20, "phase_timeout": 60.0},
+}
+
+
+def bench_net(name: str, seed: int = 1, report_dir: object = None, **overrides: object) -> dict[str, object]:
+    """Run one networked workload; one JSON-able line of figures (see netsim/report.py round_summary)."""
+    from pathlib import Path
+
+    from netsim.report import round_summary, write_report
+    from netsim.scenario import RunConfig, run_scenario
+
+    settings = {**NET_WORKLOADS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    started = time.perf_counter()
+    report = run_scenario(RunConfig(seed=seed, **settings))  # type: ignore[arg-type]
+    report["bench"] = name
+    if report_dir is not None:
+        write_report(Path(str(report_dir)) / name, [report])
+    rounds = report["rounds"]
+    return {
+        "bench": name, "ok": report["ok"], "n": settings["n"], "d": settings["d"], "per_process": settings["per_process"],
+        "processes": report["config"]["processes"], "rounds": settings["rounds"], "dropout": settings.get("dropout", 0.0),
+        "startup_s": report["startup_seconds"], "mesh": report["mesh"],
+        "participants": [len(r["participants"]) for r in rounds], "dropped": [len(r["dropped"]) for r in rounds],
+        "attempts": [len(r["attempts"]) for r in rounds],
+        **round_summary(report),
+        "total_wall_s": round(time.perf_counter() - started, 1),
+        "final_check": {k: v for k, v in report["final_check"].items() if k != "offending"},
+    }

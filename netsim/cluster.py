@@ -78,6 +78,7 @@ class Process:
     popen: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra environment, e.g. VILLAGE_FAILPOINT
     starts: int = 0
+    started_at: float = 0.0  # wall time of the latest start
     noted_death: int = 0  # the start whose death is already in `deaths`
     deaths: list[dict[str, Any]] = field(default_factory=list)
 
@@ -260,6 +261,7 @@ class Cluster:
                 start_new_session=True,  # Ctrl-C reaches netsim only; netsim stops the children itself
             )
         process.starts += 1
+        process.started_at = time.time()
 
     def wait_ready(self, processes: list[Process], timeout: float = START_TIMEOUT) -> None:
         """Block until every peer of `processes` serves its control API."""

@@ -118,6 +118,43 @@ def _summary_line(result: dict[str, Any]) -> dict[str, Any]:
             "final_check": {k: v for k, v in result["final_check"].items() if k != "offending"}}
 
 
+def _bench_net(name: str, seed: int, report: Path | None, per_process: int | None) -> None:
+    from netsim.bench import bench_net
+
+    install_signal_handlers()
+    try:
+        line = bench_net(name, seed=seed, report_dir=report, per_process=per_process)
+    except KeyboardInterrupt:
+        typer.echo("netsim: interrupted; every process stopped", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(json.dumps(line))
+    if not line["ok"]:
+        raise typer.Exit(1)
+
+
+_SEED = typer.Option(1, "--seed", help="seed for inputs and dropouts")
+_REPORT = typer.Option(None, "--report", help="directory for report.json/report.html")
+_PER_PROCESS = typer.Option(None, "--per-process", help="override peers per OS process")
+
+
+@bench_app.command("net-16")
+def net_16(seed: int = _SEED, report: Path = _REPORT, per_process: int = _PER_PROCESS) -> None:
+    """16 villaged processes, d=100,000, 3 rounds."""
+    _bench_net("net-16", seed, report, per_process)
+
+
+@bench_app.command("net-100")
+def net_100(seed: int = _SEED, report: Path = _REPORT, per_process: int = _PER_PROCESS) -> None:
+    """100 peers (5 per process), d=100,000, 10% SIGKILLed in the masked phase of each round."""
+    _bench_net("net-100", seed, report, per_process)
+
+
+@bench_app.command("net-300")
+def net_300(seed: int = _SEED, report: Path = _REPORT, per_process: int = _PER_PROCESS) -> None:
+    """300 peers (20 per process), d=10,000."""
+    _bench_net("net-300", seed, report, per_process)
+
+
 @bench_app.command("core")
 def core(
     n: int = typer.Option(100, help="clients in the round"),

@@ -186,38 +186,78 @@ class Scenario:
         assert peer is not None
         return peer
 
-    def arm(self, r: int) -> None:
-        """Restart this round's victims with their failpoint set (see faults.py)."""
+    def _plans(self, r: int, up: set[int]) -> dict[int, str]:
+        """Failpoint per process for round r; `up` = processes that will be running when it opens."""
         assert self.cluster is not None
         c = self.config
         coordinator = self.coordinator_peer(r)
         coordinator_process = self.cluster.process_of(coordinator.index)
         plans: dict[int, str] = {}
         for kill in c.plan.kills_in(r):
-            if kill.peer is None:
-                plans[coordinator_process.index] = kill.failpoint
-            elif self.cluster.process_of(kill.peer) is coordinator_process:
+            target = coordinator_process if kill.peer is None else self.cluster.process_of(kill.peer)
+            if target.index not in up:
+                self.event(r, "kill_skipped", process=target.index, reason="that process is down")
+            elif kill.peer is not None and target is coordinator_process:
                 self.event(r, "kill_skipped", peer=kill.peer, reason="peer shares the process of this round's coordinator")
             else:
-                plans[self.cluster.process_of(kill.peer).index] = kill.failpoint
+                plans[target.index] = kill.failpoint
         if c.dropout > 0 and (c.drop_rounds is None or r in c.drop_rounds):
-            candidates = [p.index for p in self.live_peers
-                          if self.cluster.process_of(p.index) is not coordinator_process
+            candidates = [p.index for p in self.cluster.peers
+                          if self.cluster.process_of(p.index).index in up
+                          and self.cluster.process_of(p.index) is not coordinator_process
                           and self.cluster.process_of(p.index).index not in plans]
             share = c.dropout * c.n / max(1, len(candidates))
             for victim in pick_victims(self.rng, candidates, min(1.0, share), c.per_process):
                 plans[self.cluster.process_of(victim).index] = f"client:{c.drop_phase}"
-        if not plans:
+        return plans
+
+    def transition(self, done: int | None, upcoming: int | None) -> None:
+        """Between rounds: disarm, restart the killed, churn, and arm the next round, with at most
+        one restart per process (restarts cost seconds: import libp2p, dial, certificates)."""
+        assert self.cluster is not None
+        c = self.config
+        starts: dict[int, str | None] = {}
+        reasons: dict[int, str] = {}
+        if done is not None:
+            for index in list(self.armed):
+                process = self.cluster.processes[index]
+                del self.armed[index]
+                if process.alive():  # the fault never fired: take the failpoint away again
+                    self.cluster.kill(process, reason="disarm")
+                    starts[index], reasons[index] = None, "disarmed"
+                elif c.plan.restart:
+                    starts[index], reasons[index] = None, "restarted"
+            if c.plan.churn and upcoming is not None:
+                back = list(self.churned)
+                candidates = [p for p in self.cluster.processes if p.alive() and p.index not in starts and p.index != 0]
+                leaving = self.rng.sample(candidates, min(c.plan.churn, len(candidates)))
+                for process in leaving:
+                    self.cluster.kill(process, sig=15, reason="churn: leaves")
+                    self.down[process.index] = time.time()
+                    self.event(done, "churn_leave", process=process.index, peers=process.peers)
+                self.churned = [p.index for p in leaving]
+                for index in back:
+                    starts[index], reasons[index] = None, "churn_join"
+        if upcoming is not None and self._round_has_faults(upcoming):
+            up = {p.index for p in self.cluster.processes if p.alive()} | set(starts)
+            for index, failpoint in self._plans(upcoming, up).items():
+                process = self.cluster.processes[index]
+                if process.alive():
+                    self.cluster.kill(process, reason=f"armed for round {upcoming}")
+                starts[index] = failpoint
+                reasons[index] = f"armed {failpoint}"
+        if not starts:
             return
-        processes = [self.cluster.processes[i] for i in sorted(plans)]
+        coordinator = self.coordinator_peer(upcoming).index if upcoming is not None else None
+        processes = [self.cluster.processes[i] for i in sorted(starts)]
         for process in processes:
-            if process.alive():
-                self.cluster.kill(process, reason=f"re-armed for round {r}")
-            self.cluster.start_process(process, env={"VILLAGE_FAILPOINT": plans[process.index]})
-            self.armed[process.index] = plans[process.index]
+            failpoint = starts[process.index]
+            self.cluster.start_process(process, env={"VILLAGE_FAILPOINT": failpoint} if failpoint else None)
+            if failpoint:
+                self.armed[process.index] = failpoint
             self.down.pop(process.index, None)
-            self.event(r, "armed", process=process.index, peers=process.peers, failpoint=plans[process.index],
-                       coordinator=process is coordinator_process)
+            self.event(upcoming if failpoint else done, reasons[process.index], process=process.index, peers=process.peers,
+                       **({"coordinator": coordinator in process.peers} if failpoint else {}))
         self.cluster.wait_ready(processes)
         self._wait_reconnected(processes)
 
@@ -236,40 +276,6 @@ class Scenario:
     def event(self, r: int | None, kind: str, **fields: Any) -> None:
         self.events.append({"at": time.time(), "round": r, "event": kind, **fields})
         self.log(f"round {r}: {kind} {json.dumps(fields, default=str)}")
-
-    def after_round(self, r: int) -> None:
-        """Disarm, restart the killed, churn."""
-        assert self.cluster is not None
-        c = self.config
-        restart: list[Process] = []
-        for index, failpoint in list(self.armed.items()):
-            process = self.cluster.processes[index]
-            del self.armed[index]
-            if process.alive():  # the fault never fired: take the failpoint away again
-                self.cluster.kill(process, reason="disarm")
-                restart.append(process)
-            elif c.plan.restart:
-                restart.append(process)
-        if c.plan.churn and r < c.rounds - 1:
-            back = [self.cluster.processes[i] for i in self.churned]
-            candidates = [p for p in self.cluster.processes if p.alive() and p not in restart and p.index != 0]
-            leaving = self.rng.sample(candidates, min(c.plan.churn, len(candidates)))
-            for process in leaving:
-                self.cluster.kill(process, sig=15, reason="churn: leaves")
-                self.down[process.index] = time.time()
-                self.event(r, "churn_leave", process=process.index, peers=process.peers)
-            self.churned = [p.index for p in leaving]
-            for process in back:
-                self.event(r, "churn_join", process=process.index, peers=process.peers)
-            restart.extend(back)
-        for process in restart:
-            if not process.alive():
-                self.cluster.start_process(process)
-                self.down.pop(process.index, None)
-                self.event(r, "restarted", process=process.index, peers=process.peers)
-        if restart:
-            self.cluster.wait_ready(restart)
-            self._wait_reconnected(restart)
 
     # --- the run -----------------------------------------------------------------------------------
 
@@ -290,16 +296,18 @@ class Scenario:
         self._wait_joined(job_id, self.job["start_at"])
         prev = self._snapshot()
         verdicts = []
+        self.transition(None, 0)
+        if self.armed:
+            prev = self._snapshot()
         for r in range(c.rounds):
-            if self._round_has_faults(r):
-                self.arm(r)
-                prev = self._snapshot()
             opens_at = self.job["start_at"] + r * round_interval
             record = self._run_round(r, opens_at, prev)
             prev = record.pop("_snapshot")
             self.rounds.append(record)
             verdicts.append(record["check"]["verdict"])
-            self.after_round(r)
+            self.transition(r, r + 1 if r + 1 < c.rounds else None)
+            if self.armed:
+                prev = self._snapshot()
         results = self._final_check()
         ok = all(v in ("exact", "aborted") for v in verdicts) and results["mismatches"] == 0
         return {
@@ -376,7 +384,7 @@ class Scenario:
         time.sleep(2.2)
         after = self._snapshot()
         attempts = self._attempts(r)
-        check = self._check_round(r, have, alive_at_open)
+        check = self._check_round(r, have, alive_at_open, opens_at)
         completed = [a for a in attempts if a["state"] == "completed"]
         coordinator = completed[0]["coordinator"] if completed else None
         coordinator_peer = self.cluster.by_member(coordinator) if coordinator else None
@@ -418,16 +426,17 @@ class Scenario:
     def _attempts(self, r: int) -> list[dict[str, Any]]:
         """Every attempt of round r as recorded by its coordinator (or by the peers that waited for it)."""
         job_id = self.job["id"]
-        views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/rounds")), self.live_peers)
+        live = self.live_peers
+        views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/rounds")), live)
         by_attempt: dict[int, dict[str, Any]] = {}
-        for view in views:
+        for peer, view in zip(live, views):
             for x in view or []:
                 if x["round"] != r:
                     continue
                 known = by_attempt.get(x["attempt"])
-                own = x["state"] == "completed" or (known is None)
-                if own or (known and known["state"] == "running"):
-                    by_attempt[x["attempt"]] = x
+                own = x["coordinator"] == peer.member_id.hex()  # the coordinator's record beats the waiters'
+                if known is None or (own and x["state"] != "running") or x["state"] == "completed":
+                    by_attempt[x["attempt"]] = {**x, "reported_by": peer.index}
         out = []
         for attempt in sorted(by_attempt):
             x = by_attempt[attempt]
@@ -435,7 +444,7 @@ class Scenario:
             out.append({"attempt": attempt, "coordinator": x["coordinator"], "coordinator_peer": peer.index if peer else None,
                         "state": x["state"], "abort_reason": x["abort_reason"], "participants": x["participants"],
                         "dropped": x["dropped"], "phase_timings": x["phase_timings"], "started_at": x["started_at"],
-                        "ended_at": x["ended_at"]})
+                        "ended_at": x["ended_at"], "reported_by": x["reported_by"]})
         return out
 
     def expected(self, participants: list[str]) -> tuple[np.ndarray, str]:
@@ -458,7 +467,7 @@ class Scenario:
             problems.append(f"max error {error} > bound {result['error_bound']}")
         return problems
 
-    def _check_round(self, r: int, have: dict[int, dict[str, Any]], alive_at_open: set[int]) -> dict[str, Any]:
+    def _check_round(self, r: int, have: dict[int, dict[str, Any]], alive_at_open: set[int], opens_at: float) -> dict[str, Any]:
         assert self.cluster is not None
         mismatches = {}
         for index, result in have.items():
@@ -466,7 +475,7 @@ class Scenario:
             if problems:
                 mismatches[str(index)] = problems
         missing = sorted(i for i in alive_at_open if self.cluster.process_of(i).alive() and i not in have
-                         and self.cluster.process_of(i).index not in self.down)
+                         and self.cluster.process_of(i).started_at < opens_at)
         digests = sorted({res["digest"] for res in have.values()})
         if mismatches:
             verdict = "mismatch"
