@@ -1,0 +1,217 @@
+"""Routing priors: layout size, encode/decode against the spec's formulas in plaintext, field-named
+input errors, spec validation, and the validation metrics."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import priors
+from protocol.errors import ParameterError
+from protocol.jobs import JobSpec
+from protocol.kinds import KINDS, InputError
+
+MODELS = ["gpt-4", "distilbert", "llama-3-8b"]
+REGIONS = ["us-west", "eu-west"]
+TIERS = ["high", "low"]
+HASHES = [f"h{i:02d}" for i in range(6)]
+SECTION = {"models": MODELS, "regions": REGIONS, "tiers": TIERS, "request_patterns": HASHES}
+
+
+def spec(**extra: Any) -> JobSpec:
+    return JobSpec.from_dict({"kind": "routing-priors", "data": "stats", "priors": SECTION, **extra})
+
+
+def node_payload(rng: random.Random) -> dict[str, Any]:
+    cells = [(m, r, t) for m in MODELS for r in REGIONS for t in TIERS]
+    models = []
+    for m, r, t in rng.sample(cells, rng.randint(1, len(cells))):
+        total = rng.randint(0, 5000)
+        p50 = rng.uniform(10, 2000)
+        models.append({"model_id": m, "region": r, "quality_tier": t, "sample_count": rng.randint(0, 3000),
+                       "latency_percentile": {"p50": p50, "p95": p50 * 1.5, "p99": p50 * 2.2},
+                       "success_count": rng.randint(0, total), "total_count": total, "success_rate": 0.5})
+    patterns = [{"request_hash": h, "optimal_model": rng.choice(MODELS), "confidence": rng.random(),
+                 "sample_count": rng.randint(0, 900), "recency_factor": rng.random(), "energy_savings_pct": 9.0}
+                for h in rng.sample(HASHES, rng.randint(0, len(HASHES)))]
+    carbon = [{"region": r, "carbon_intensity_gco2_per_kwh": rng.uniform(50, 800),
+               "routing_penalty_factor": rng.uniform(0, 0.01), "last_updated": 1634567890}
+              for r in rng.sample(REGIONS, rng.randint(0, 2))]
+    return {"models": models, "request_patterns": patterns, "carbon": carbon}
+
+
+def plaintext(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The spec's Aggregation Functions computed directly on every node's raw statistics."""
+    cells: dict[tuple[str, str, str], dict[str, float]] = {}
+    for node in nodes:
+        for e in node["models"]:
+            c = cells.setdefault((e["model_id"], e["region"], e["quality_tier"]),
+                                 {"w": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0, "s": 0.0, "t": 0.0})
+            w = min(e["sample_count"] / 1000, 1.0)
+            c["w"] += w
+            for p in ("p50", "p95", "p99"):
+                c[p] += e["latency_percentile"][p] * w
+            c["s"] += e["success_count"]
+            c["t"] += e["total_count"]
+    scores: dict[str, dict[str, float]] = {}
+    for node in nodes:
+        for e in node["request_patterns"]:
+            row = scores.setdefault(e["request_hash"], dict.fromkeys(MODELS, 0.0))
+            row[e["optimal_model"]] += e["confidence"] * e["sample_count"] * e.get("recency_factor", 1.0)
+    carbon: dict[str, list[float]] = {}
+    for node in nodes:
+        for e in node["carbon"]:
+            carbon.setdefault(e["region"], []).append(e["carbon_intensity_gco2_per_kwh"])
+    return {"cells": cells, "scores": scores, "carbon": carbon}
+
+
+def check_against_plaintext(result: dict[str, Any], nodes: list[dict[str, Any]], tol: float) -> None:
+    expected = plaintext(nodes)
+    got = {(c["model_id"], c["region"], c["quality_tier"]): c for c in result["models"]}
+    for key, c in expected["cells"].items():
+        if c["w"] > 1e-3:
+            for p in ("p50", "p95", "p99"):
+                assert got[key]["latency_percentile"][p] == pytest.approx(c[p] / c["w"], rel=tol, abs=tol * 100)
+        if c["t"] > 0:
+            assert got[key]["success_rate"] == pytest.approx(c["s"] / c["t"], abs=tol * 10)
+    for h, row in expected["scores"].items():
+        best = max(row.values())
+        if best > 5:  # above the decoder floor (~n steps), with a clear winner (ties are not decidable)
+            ranked = sorted(row.values())
+            if len(ranked) < 2 or ranked[-1] - ranked[-2] > 1.0:
+                assert result["request_patterns"][h]["optimal_model"] == max(row, key=row.__getitem__)
+    for region, values in expected["carbon"].items():
+        assert result["carbon"][region]["carbon_intensity_gco2_per_kwh"] == pytest.approx(np.mean(values), rel=1e-4)
+        assert result["carbon"][region]["reports"] == len(values)
+
+
+def test_layout_size_for_20_models_5_regions_3_tiers_1000_patterns() -> None:
+    section = {"models": [f"m{i}" for i in range(20)], "regions": [f"r{i}" for i in range(5)],
+               "tiers": ["high", "medium", "low"], "request_patterns": 1000}
+    job = JobSpec.from_dict({"kind": "routing-priors", "data": "stats", "priors": section})
+    assert job.dimension == 6 * 300 + 1000 * 20 + 3 * 5 == 21_815
+    explicit = dict(section, request_patterns=[f"{i:064x}" for i in range(1000)])
+    assert priors.parse_layout(explicit).dimension == 21_815
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32), n=st.integers(1, 6))
+def test_sum_of_encodings_decodes_to_the_spec_formulas(seed: int, n: int) -> None:
+    rng = random.Random(seed)
+    nodes = [node_payload(rng) for _ in range(n)]
+    job = spec()
+    kind = KINDS["routing-priors"]
+    total = np.sum([kind.encode(job, node) for node in nodes], axis=0)
+    check_against_plaintext(kind.decode(job, total, n), nodes, tol=1e-9)
+
+
+def test_quantized_secure_sum_decodes_within_the_error_bound() -> None:
+    rng = random.Random(7)
+    nodes = [node_payload(rng) for _ in range(5)]
+    job = spec(max_participants=50)
+    q = job.quantizer()
+    kind = KINDS["routing-priors"]
+    words = [q.quantize(kind.encode(job, node), rounding_seed=bytes([i]) * 32) for i, node in enumerate(nodes)]
+    total = np.sum([w.astype(np.uint64) for w in words], axis=0) % (1 << 32)
+    decoded = kind.decode(job, q.dequantize_sum(total.astype(np.uint32)), len(nodes))
+    check_against_plaintext(decoded, nodes, tol=1e-3)
+
+
+def test_entries_outside_the_key_space_never_leave_the_node() -> None:
+    job = spec()
+    payload = {"models": [{"model_id": "secret-model", "region": "us-west", "quality_tier": "high", "sample_count": 5,
+                           "latency_percentile": {"p50": 1, "p95": 2, "p99": 3}, "success_count": 1, "total_count": 2}],
+               "request_patterns": [{"request_hash": "unlisted", "optimal_model": "gpt-4", "confidence": 1, "sample_count": 9}]}
+    assert not KINDS["routing-priors"].encode(job, payload).any()
+
+
+def test_bucket_layout_merges_colliding_patterns() -> None:
+    layout = priors.parse_layout(dict(SECTION, request_patterns=1))  # one bucket: everything collides
+    payload = {"request_patterns": [
+        {"request_hash": "a", "optimal_model": "gpt-4", "confidence": 1.0, "sample_count": 10},
+        {"request_hash": "b", "optimal_model": "distilbert", "confidence": 1.0, "sample_count": 30}]}
+    result = priors.decode(layout, priors.encode(layout, payload))
+    assert result["request_patterns"]["bucket-0"]["optimal_model"] == "distilbert"
+    assert result["request_patterns"]["bucket-0"]["share"] == pytest.approx(0.75)
+
+
+CELL = {"model_id": "gpt-4", "region": "us-west", "quality_tier": "high", "sample_count": 100,
+        "latency_percentile": {"p50": 1, "p95": 2, "p99": 3}, "success_count": 1, "total_count": 2}
+
+
+@pytest.mark.parametrize(("payload", "field"), [
+    ([1, 2], "stats"),
+    ({"model": []}, "stats.model"),
+    ({"models": {}}, "stats.models"),
+    ({"models": [CELL, CELL, CELL, 7]}, "stats.models[3]"),
+    ({"models": [CELL, CELL]}, "stats.models[1]"),
+    ({"models": [CELL, dict(CELL, region="eu-west", latency_percentile={"p50": 1, "p95": -2, "p99": 3})]},
+     "stats.models[1].latency_percentile.p95"),
+    ({"models": [dict(CELL, latency_percentile={"p50": 1, "p95": "fast", "p99": 3})]},
+     "stats.models[0].latency_percentile.p95"),
+    ({"models": [dict(CELL, latency_percentile=None)]}, "stats.models[0].latency_percentile"),
+    ({"models": [dict(CELL, success_count=3)]}, "stats.models[0].success_count"),
+    ({"models": [{k: v for k, v in CELL.items() if k != "quality_tier"}]}, "stats.models[0].quality_tier"),
+    ({"models": [dict(CELL, sample_count=float("nan"))]}, "stats.models[0].sample_count"),
+    ({"request_patterns": [{"request_hash": "h00", "optimal_model": "gpt-4", "confidence": 1.5, "sample_count": 1}]},
+     "stats.request_patterns[0].confidence"),
+    ({"carbon": [{"region": "us-west", "carbon_intensity_gco2_per_kwh": True}]},
+     "stats.carbon[0].carbon_intensity_gco2_per_kwh"),
+])
+def test_bad_local_statistics_name_the_field(payload: Any, field: str) -> None:
+    with pytest.raises(InputError) as info:
+        KINDS["routing-priors"].encode(spec(), payload)
+    assert info.value.field == field, str(info.value)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"priors": None}, "priors"),
+    ({"priors": dict(SECTION, models=["a", "b", "a"])}, "priors.models[2]"),
+    ({"priors": dict(SECTION, tiers=[])}, "priors.tiers"),
+    ({"priors": dict(SECTION, request_patterns=-1)}, "priors.request_patterns"),
+    ({"priors": dict(SECTION, colour="red")}, "priors.colour"),
+    ({"dimension": 7}, "dimension"),
+    ({"aggregate": "mean"}, "aggregate"),
+    ({"quantization": {"clip": 2.0}}, "quantization.clip"),
+])
+def test_bad_priors_spec_names_the_field(change: dict[str, Any], field: str) -> None:
+    raw = {"kind": "routing-priors", "data": "stats", "priors": SECTION, **change}
+    with pytest.raises(ParameterError) as info:
+        JobSpec.from_dict(raw)
+    assert info.value.field == field, str(info.value)
+
+
+def test_vector_jobs_still_need_a_dimension_and_take_no_priors() -> None:
+    with pytest.raises(ParameterError, match="dimension"):
+        JobSpec.from_dict({"kind": "vector", "data": "x"})
+    with pytest.raises(ParameterError) as info:
+        JobSpec.from_dict({"kind": "vector", "data": "x", "dimension": 2, "priors": SECTION})
+    assert info.value.field == "priors"
+    job = spec()
+    assert JobSpec.from_dict(job.to_dict()) == job
+
+
+def _result(decisions: dict[str, str]) -> dict[str, Any]:
+    return {"models": [], "request_patterns": {h: {"optimal_model": m} for h, m in decisions.items()}, "carbon": {}}
+
+
+def test_stability_counts_changed_routing_decisions() -> None:
+    before = _result({"a": "m1", "b": "m2", "c": "m1", "d": "m3"})
+    assert priors.prior_stability(None, before) == 1.0
+    assert priors.prior_stability(before, before) == 1.0
+    after = _result({"a": "m1", "b": "m1", "c": "m1", "d": "m3"})
+    assert priors.prior_stability(before, after) == pytest.approx(0.75)
+    assert priors.prior_stability(before, _result({"e": "m1"})) == 0.0
+
+
+def test_diversity_is_normalized_entropy_over_the_key_space() -> None:
+    assert priors.model_diversity(_result({"a": "m1", "b": "m1"}), models=3) == 0.0
+    assert priors.model_diversity(_result({"a": "m1", "b": "m2", "c": "m3"}), models=3) == pytest.approx(1.0)
+    assert 0 < priors.model_diversity(_result({"a": "m1", "b": "m2"}), models=3) < 1
+    report = priors.validate_round(None, _result({"a": "m1", "b": "m2", "c": "m3"}), models=3)
+    assert report["round_quality"] == pytest.approx(1.0)
