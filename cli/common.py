@@ -59,7 +59,9 @@ DataDir = Annotated[
 ApiUrl = Annotated[str | None, typer.Option("--api", envvar="VILLAGE_API", help="API address http://HOST:PORT.")]
 Token = Annotated[str | None, typer.Option("--token", envvar="VILLAGE_API_TOKEN", help="API bearer token.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-JobId = Annotated[str, typer.Argument(help="Job id (see: villagectl jobs list).", autocompletion=_complete_job_id)]
+JobId = Annotated[
+    str, typer.Argument(metavar="JOB", help="Job id (see: villagectl jobs list).", autocompletion=_complete_job_id)
+]
 
 
 def job_request(client: ApiClient, method: str, job_id: str, suffix: str = "") -> Any:

@@ -25,7 +25,7 @@ __all__ = ["data_app", "load_input_file", "load_json_file"]
 
 data_app = typer.Typer(help="This node's local inputs: the data it contributes to jobs.", no_args_is_help=True)
 
-Name = Annotated[str, typer.Argument(help="Input name; a job's spec names the input it takes (field 'data').")]
+Name = Annotated[str, typer.Argument(metavar="NAME", help="Input name; a job's spec names the input it takes (field 'data').")]
 
 
 def _reject_constant(name: str) -> Any:
@@ -109,7 +109,7 @@ def load_input_file(path: Path) -> Any:
 @friendly_errors
 def data_put(
     name: Name,
-    file: Annotated[Path, typer.Argument(help="A .json file (any JSON), or a numeric vector as .npy or .csv.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A .json file (any JSON), or a numeric vector as .npy or .csv.")],
     data_dir: DataDir = None,
     api: ApiUrl = None,
     token: Token = None,

@@ -68,7 +68,7 @@ def jobs_create(
     min_participants: Annotated[int | None, typer.Option(help="Fewest participants a round may finish with.")] = None,
     phase_timeout: Annotated[float | None, typer.Option(help="Seconds each protocol phase waits.")] = None,
     settings: Annotated[
-        list[str] | None, typer.Option("--set", help="Any other spec field as KEY=VALUE (JSON value; dotted keys nest).")
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Any other spec field as KEY=VALUE (JSON value; dotted keys nest).")
     ] = None,
     data_dir: DataDir = None,
     api: ApiUrl = None,

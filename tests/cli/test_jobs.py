@@ -110,3 +110,14 @@ async def test_watch_a_cancelled_job_exits_4(data_dir: Path) -> None:
     await villagectl("jobs", "cancel", "job-1", "--data-dir", str(data_dir))
     watched = await villagectl("jobs", "watch", "job-1", "--data-dir", str(data_dir))
     assert_one_line_error(watched, 4, "error: job job-1 ended cancelled after 0/2 rounds; see: villagectl rounds job-1")
+
+
+async def test_daemon_not_running_and_bad_token(data_dir: Path, tmp_path: Path) -> None:
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    for command in (("jobs", "list"), ("jobs", "watch", "j"), ("jobs", "create", "--rounds", "1"), ("rounds", "j"),
+                    ("data", "show", "x"), ("village", "members")):  # fmt: skip
+        result = await villagectl(*command, "--data-dir", str(stopped))
+        assert_one_line_error(result, 3, f"villaged is not running for {stopped} (no api.json); start it with: villaged start")
+    wrong = await villagectl("jobs", "create", "--rounds", "1", "--data-dir", str(data_dir), "--token", "x" * 43)
+    assert_one_line_error(wrong, 1, "(401 unauthorized): invalid bearer token; use the token in DATA_DIR/api.token")
