@@ -20,6 +20,7 @@ from cli.client import ApiClient
 from cli.common import ApiUrl, AsJson, DataDir, Token, friendly_errors, iso, print_json, print_record, print_rows
 from cli.data import data_app
 from cli.jobs import jobs_app, rounds
+from cli.priors import priors
 from protocol.membership import issue_certificate
 
 __all__ = ["app"]
@@ -36,6 +37,7 @@ app.add_typer(village_app, name="village")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(data_app, name="data")
 app.command("rounds")(rounds)
+app.command("priors")(priors)
 
 AdminDir = Annotated[
     Path,

@@ -115,7 +115,7 @@ def _commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[st
 def test_every_command_has_help_with_an_example() -> None:
     commands = _commands(app)
     expected = {
-        ("status",), ("peers",), ("rounds",), ("village", "init"), ("village", "admit"), ("village", "members"),
+        ("status",), ("peers",), ("rounds",), ("priors",), ("village", "init"), ("village", "admit"), ("village", "members"),
         ("jobs", "create"), ("jobs", "list"), ("jobs", "show"), ("jobs", "result"), ("jobs", "cancel"),
         ("jobs", "join"), ("jobs", "watch"), ("data", "put"), ("data", "show"),
     }  # fmt: skip

@@ -97,7 +97,7 @@ class FakeControl:
 
     async def priors(self, job_id: str) -> dict[str, Any]:
         await self.get_job(job_id)
-        return {"job": job_id, "round": 0, "priors": {"models": [], "request_patterns": {"h1": {"optimal_model": "m1"}},
+        return {"job": job_id, "round": 0, "priors": {"models": [], "request_patterns": {"h1": {"optimal_model": "m1", "share": 0.8}},
                 "carbon": {}}, "validation": {"stability_score": 1.0, "diversity_score": 0.0, "round_quality": 0.5}}
 
     async def put_data(self, name: str, payload: Any) -> dict[str, Any]:
