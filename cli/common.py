@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, NoReturn, ParamSpec, TypeVar
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
@@ -67,9 +68,9 @@ JobId = Annotated[
 def job_request(client: ApiClient, method: str, job_id: str, suffix: str = "") -> Any:
     """A request about one job; an unknown job becomes one line that says where to look."""
     try:
-        return client.request(method, f"/v1/jobs/{job_id}{suffix}")
+        return client.request(method, f"/v1/jobs/{quote(job_id, safe='')}{suffix}")
     except ApiError as exc:
-        if exc.status == 404:
+        if exc.code == "not_found":
             raise CliError(f"{exc.message} on this node; list the jobs it knows with: villagectl jobs list") from None
         if exc.status == 409:
             raise CliError(exc.message) from None

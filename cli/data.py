@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import numpy as np
 import typer
@@ -124,7 +125,7 @@ def data_put(
     payload = load_input_file(file)
     client = ApiClient.discover(data_dir, api, token)
     try:
-        reply = client.put(f"/v1/data/{name}", payload)
+        reply = client.put(f"/v1/data/{quote(name, safe='')}", payload)
     except ApiError as exc:
         if exc.status == 422:
             raise CliError(f"villaged refused {file} as input {name!r}: {exc.message.removeprefix('request body: ')}") from None
@@ -147,9 +148,9 @@ def data_show(name: Name, data_dir: DataDir = None, api: ApiUrl = None, token: T
     """
     client = ApiClient.discover(data_dir, api, token)
     try:
-        item = client.get(f"/v1/data/{name}")
+        item = client.get(f"/v1/data/{quote(name, safe='')}")
     except ApiError as exc:
-        if exc.status == 404:
+        if exc.code == "not_found":
             raise CliError(f"{exc.message} on this node; store one with: villagectl data put {name} FILE") from None
         raise
     if as_json:

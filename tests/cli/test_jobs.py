@@ -121,3 +121,10 @@ async def test_daemon_not_running_and_bad_token(data_dir: Path, tmp_path: Path) 
         assert_one_line_error(result, 3, f"villaged is not running for {stopped} (no api.json); start it with: villaged start")
     wrong = await villagectl("jobs", "create", "--rounds", "1", "--data-dir", str(data_dir), "--token", "x" * 43)
     assert_one_line_error(wrong, 1, "(401 unauthorized): invalid bearer token; use the token in DATA_DIR/api.token")
+
+
+async def test_odd_job_ids_and_names_stay_in_their_path_segment(data_dir: Path) -> None:
+    result = await villagectl("jobs", "show", "../status", "--data-dir", str(data_dir))
+    assert_one_line_error(result, 1, "path parameter 'id' = '../status' must match")
+    result = await villagectl("data", "show", "a/b", "--data-dir", str(data_dir))
+    assert_one_line_error(result, 1, "path parameter 'name' = 'a/b' must match")
