@@ -186,6 +186,7 @@ class Cluster:
         """Identities, certificates and fixed listen addresses for every peer."""
         from villaged.identity import load_or_create_identity, member_id, peer_id_from_member_id  # imports libp2p
 
+        self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "admin.seed").write_bytes(self.admin.seed)
         ports = free_ports(self.n) if self._addresses is None else [4001] * self.n
         now = int(time.time())

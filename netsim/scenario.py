@@ -287,7 +287,7 @@ class Scenario:
         faults = any(self._round_has_faults(r) for r in range(c.rounds)) or c.plan.churn or c.plan.partition_round is not None
         round_interval = c.round_interval if c.round_interval is not None else (
             2 * c.phase_timeout + 12 + 0.1 * c.n if faults else 0.0)
-        start_delay = 4 + 0.05 * c.n + (8 + 0.2 * c.n if self._round_has_faults(0) else 0)
+        start_delay = 6 + 0.15 * c.n + (8 + 0.2 * c.n if self._round_has_faults(0) else 0)
         spec = self.spec(start_delay, round_interval)
         assert self.cluster is not None
         self.job = api_call(self.cluster.peers[0], "POST", "/v1/jobs", spec)
