@@ -40,6 +40,8 @@ Sampler: Canonne-Kamath-Steinke (NeurIPS '20) with exact integer arithmetic only
 decision), driven by a random-bytes source: `os.urandom` in the daemon, `protocol.crypto.
 DeterministicRandom` in tests. Vectorised over numpy uint64 lanes (every Bernoulli decision is an
 integer comparison against uniform integers drawn by rejection), see `sample_discrete_gaussian`.
+Measured on the 2-core dev box with os.urandom: 4-5 x 10^5 samples/s at sigma ~ 4 x 10^6 (10^5
+coordinates in 0.2 s; 0.4 s under heavy load), so noise is drawn inline in `client_input`.
 Skellam is not offered: it needs an exact CSPRNG-driven Poisson sampler (notes §6), not written.
 """
 

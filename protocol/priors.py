@@ -38,7 +38,7 @@ are public: use salted hashes if the raw hash of a request would identify it.
 Quantization: every slot is pre-scaled by the kind to [0, 1] with caps from the spec
 (`max_latency_ms` default 60 000, `max_count` default 10^6 for success/total, `max_score` default
 10^6, `max_carbon` default 2 000 gCO2/kWh, penalty factors in [0, 1]), so one Quantizer with clip 1
-fits all (the spec's quantization.clip is forced to 1.0 for this kind). Values above a cap are
+fits all (a spec with quantization.clip other than 1 is rejected for this kind). Values above a cap are
 clipped: latencies and scores to the cap; success and total together by the same factor, so the
 node's success rate is kept while its weight shrinks. Error of a released sum per slot, in the
 slot's units: < survivors x cap / scale (stochastic rounding), e.g. scale 2^31/1000 ~ 2.1e6 with
