@@ -6,7 +6,12 @@ stream and check it against the digest. Each announcement is signed with the aut
 member key in addition to libp2p's own message signature, so it can be stored, relayed and
 re-verified later by anyone.
 
-    record = msgpack [version, kind, author, fields, signature over msgpack [version, kind, author, fields]]
+    record = msgpack [version, kind, author, fields, certificate,
+                      signature over msgpack [version, kind, author, fields, certificate]]
+
+The author's membership certificate rides along, so a node learns the certificate of every member
+it hears from, not only of the peers it happens to be connected to: a participant list then never
+names someone this node cannot check.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import nacl.signing
 from protocol.crypto import sign, verify
 from protocol.errors import ParameterError, RemoteProtocolError
 from protocol.jobs import JobSpec
+from protocol.membership import MAX_CERTIFICATE_BYTES
 from protocol.messages import MAX_REASON
 from protocol.params import MAX_PARTICIPANTS
 
@@ -66,6 +72,24 @@ class JoinAnnouncement:
 
 
 @dataclass(frozen=True, slots=True)
+class RosterAnnouncement:
+    """The job creator's frozen list of members at the job's start: every election uses it, so all
+    nodes name the same coordinator even when join announcements reached them unevenly."""
+
+    KIND: ClassVar[str] = "roster"
+    job_id: str
+    members: tuple[bytes, ...]
+
+    def fields(self) -> Any:
+        return [self.job_id, list(self.members)]
+
+    @classmethod
+    def parse(cls, value: Any) -> RosterAnnouncement:
+        job_id, members = _list(value, 2)
+        return cls(_job_id(job_id), _ids(members, "members"))
+
+
+@dataclass(frozen=True, slots=True)
 class CancelAnnouncement:
     KIND: ClassVar[str] = "cancel"
     job_id: str
@@ -107,16 +131,16 @@ class ResultAnnouncement:
         timings = {}
         for item in phases:
             name, seconds = _list(item, 2)
-            if type(name) is not str or len(name) > 32 or type(seconds) is not float:
+            if type(name) is not str or len(name) > 32 or type(seconds) is not float or not 0 <= seconds <= 86_400:
                 raise ValueError("phase_seconds entries must be [name, seconds]")
             timings[name] = seconds
         return cls(_job_id(job_id), _count(round_number, "round"), _count(attempt, "attempt"),
                    _ids(survivors, "survivors"), _ids(dropped, "dropped"), digest, timings)
 
 
-Announcement = JobAnnouncement | JoinAnnouncement | CancelAnnouncement | ResultAnnouncement
+Announcement = JobAnnouncement | JoinAnnouncement | RosterAnnouncement | CancelAnnouncement | ResultAnnouncement
 _TYPES: dict[str, type[Announcement]] = {
-    c.KIND: c for c in (JobAnnouncement, JoinAnnouncement, CancelAnnouncement, ResultAnnouncement)
+    c.KIND: c for c in (JobAnnouncement, JoinAnnouncement, RosterAnnouncement, CancelAnnouncement, ResultAnnouncement)
 }
 
 
@@ -124,6 +148,7 @@ _TYPES: dict[str, type[Announcement]] = {
 class SignedAnnouncement:
     author: bytes
     body: Announcement
+    certificate: bytes  # the author's membership certificate, still to be verified by the caller
     record: bytes
 
 
@@ -131,10 +156,12 @@ def aggregate_digest(aggregate_words: bytes) -> bytes:
     return hashlib.sha256(aggregate_words).digest()
 
 
-def sign_announcement(body: Announcement, signing_key: nacl.signing.SigningKey) -> bytes:
+def sign_announcement(body: Announcement, signing_key: nacl.signing.SigningKey, certificate: bytes) -> bytes:
     author = bytes(signing_key.verify_key)
-    signed = msgpack.packb([VERSION, body.KIND, author, body.fields()], use_bin_type=True)
-    record = msgpack.packb([VERSION, body.KIND, author, body.fields(), sign(signing_key, signed)], use_bin_type=True)
+    signed = msgpack.packb([VERSION, body.KIND, author, body.fields(), certificate], use_bin_type=True)
+    record = msgpack.packb(
+        [VERSION, body.KIND, author, body.fields(), certificate, sign(signing_key, signed)], use_bin_type=True
+    )
     if len(record) > MAX_ANNOUNCEMENT_BYTES:
         raise ParameterError("announcement", f"{len(record)} bytes exceeds the gossip limit of {MAX_ANNOUNCEMENT_BYTES}")
     return record
@@ -150,9 +177,9 @@ def open_announcement(record: bytes) -> SignedAnnouncement:
                                 max_ext_len=0)
     except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
         raise RemoteProtocolError(None, "announcement", f"not valid msgpack ({type(exc).__name__})") from None
-    if type(value) is not list or len(value) != 5:
-        raise RemoteProtocolError(None, "announcement", "not a list of 5 fields")
-    version, kind, author, fields, signature = value
+    if type(value) is not list or len(value) != 6:
+        raise RemoteProtocolError(None, "announcement", "not a list of 6 fields")
+    version, kind, author, fields, certificate, signature = value
     if type(author) is not bytes or len(author) != 32:
         raise RemoteProtocolError(None, "announcement", "author is not a 32-byte member id")
     if version != VERSION or type(version) is not int:
@@ -162,12 +189,14 @@ def open_announcement(record: bytes) -> SignedAnnouncement:
         raise RemoteProtocolError(author, "announcement", f"unknown kind {kind!r}")
     if type(signature) is not bytes or len(signature) != 64:
         raise RemoteProtocolError(author, kind, "signature is not 64 bytes")
-    verify(author, msgpack.packb([version, kind, author, fields], use_bin_type=True), signature, kind)
+    if type(certificate) is not bytes or len(certificate) > MAX_CERTIFICATE_BYTES:
+        raise RemoteProtocolError(author, kind, "certificate missing or too large")
+    verify(author, msgpack.packb([version, kind, author, fields, certificate], use_bin_type=True), signature, kind)
     try:
         body = body_type.parse(fields)
     except (ValueError, TypeError) as exc:
         raise RemoteProtocolError(author, kind, f"malformed: {exc}") from None
-    return SignedAnnouncement(author, body, record)
+    return SignedAnnouncement(author, body, certificate, record)
 
 
 def _list(value: Any, count: int) -> list[Any]:

@@ -68,13 +68,14 @@ def _shuffle(items: list[bytes], seed: bytes) -> list[bytes]:
     """Fisher–Yates with unbiased draws (rejection sampling) from an AES-CTR stream."""
     out = list(items)
     stream = memoryview(keystream(seed, 16 * max(len(out), 1) + 4096))
-    offset = 0
+    offset, refills = 0, 0
     for i in range(len(out) - 1, 0, -1):
         bound = i + 1
         limit = (1 << 64) - ((1 << 64) % bound)
         while True:
-            if offset + 8 > len(stream):
-                stream = memoryview(keystream(sha256(seed, offset.to_bytes(8, "big")), 4096))
+            if offset + 8 > len(stream):  # practically never: rejections are rare
+                refills += 1
+                stream = memoryview(keystream(sha256(seed, refills.to_bytes(8, "big")), 4096))
                 offset = 0
             draw = int.from_bytes(stream[offset : offset + 8], "big")
             offset += 8

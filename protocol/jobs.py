@@ -38,7 +38,7 @@ class JobSpec:
     aggregate: str = "sum"
     rounds: int = 1
     round_interval: float = 10.0  # seconds between round starts
-    start_delay: float = 3.0  # seconds after creation for members to join
+    start_delay: float = 10.0  # seconds after creation for members to learn the job and join
     min_participants: int = 3
     max_participants: int = 1000
     neighbours: int = 14

@@ -10,6 +10,7 @@ closed within its close timeout.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import secrets
 import time
@@ -21,7 +22,8 @@ import structlog
 import trio
 
 from protocol.announcements import (
-    CancelAnnouncement, JobAnnouncement, JoinAnnouncement, ResultAnnouncement, SignedAnnouncement,
+    Announcement, CancelAnnouncement, JobAnnouncement, JoinAnnouncement, ResultAnnouncement, RosterAnnouncement,
+    SignedAnnouncement,
     aggregate_digest, open_announcement, sign_announcement,
 )
 from protocol.election import coordinator_for
@@ -49,6 +51,10 @@ log = structlog.get_logger("villaged")
 MEMBERSHIP_PROTOCOL = "/village/membership/1.0.0"
 RESULT_PROTOCOL = "/village/result/1.0.0"
 _RESULT_FETCH_TIMEOUT = 30.0
+_MAX_EARLY_JOBS = 256
+#: Running jobs are re-announced this many announce intervals apart (pending ones every interval),
+#: so members that missed a message, or came up late, converge on the same job and member list.
+_RUNNING_ANNOUNCE_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self._running_jobs: set[str] = set()
         self._byte_totals: dict[tuple[str, str], int] = {}  # transport counters already exported
+        self._early_joins: dict[str, set[bytes]] = {}  # joins for jobs not announced to us yet
 
     def _load_certificate(self) -> bytes:
         path = self.config.certificate_path
@@ -155,7 +162,7 @@ class Daemon:
         node = self._node
         try:
             await run_job(job, self.book, self._driver, self.store, lambda: set(node.connected_peers()),
-                          self._has_result, self._on_round_end)
+                          self._has_result, self._on_round_end, self._announce_roster)
         finally:
             self._running_jobs.discard(job.id)
 
@@ -239,7 +246,7 @@ class Daemon:
         words = result.aggregate.astype("<u4").tobytes()
         announcement = ResultAnnouncement(context.job_id, context.round, context.attempt, result.survivors, result.dropped,
                                           aggregate_digest(words), {k: float(v) for k, v in result.phase_seconds.items()})
-        record = sign_announcement(announcement, self._key)
+        record = sign_announcement(announcement, self._key, self._certificate)
         self._store_result(announcement, self.me, words, record)
         participants = len(result.survivors) + len(result.dropped)
         self.metrics.rounds_completed.inc()
@@ -302,16 +309,31 @@ class Daemon:
 
     # --- gossip -----------------------------------------------------------------------------------
 
+    async def _announce_roster(self, job: Job) -> None:
+        assert job.roster is not None
+        log.info("roster_announced", job=job.id, members=len(job.roster))
+        await self._announce("jobs", RosterAnnouncement(job.id, job.roster))
+
+    async def _announce(self, topic: str, body: Announcement) -> None:
+        assert self._node is not None
+        await self._node.publish(f"{self._topic}/{topic}", sign_announcement(body, self._key, self._certificate))
+
     def _validate_gossip(self, sender: bytes, data: bytes) -> bool:
-        if not self._is_member(sender):
-            self.metrics.failed_authentications.inc()
-            return False
+        """Relay only well-formed announcements signed by their originator, a member with a valid certificate."""
         try:
             announcement = open_announcement(data)
         except RemoteProtocolError:
             self.metrics.malformed_messages.labels(kind="announcement").inc()
             return False
-        return announcement.author == sender
+        if announcement.author != sender:
+            self.metrics.failed_authentications.inc()
+            return False
+        if not self._is_member(sender):
+            try:
+                self._admit(announcement.certificate, sender)
+            except RemoteProtocolError:
+                return False
+        return True
 
     async def _consume_gossip(self, channel: trio.MemoryReceiveChannel[tuple[bytes, bytes]]) -> None:
         async for sender, data in channel:
@@ -327,11 +349,21 @@ class Daemon:
             job = self.book.add_job(body.job_id, body.spec, author, body.created_at)
             if job is not None:
                 log.info("job_learned", job=job.id, creator=author.hex()[:16], kind=job.spec.kind)
+                for member in self._early_joins.pop(job.id, set()):
+                    self.book.add_member(job.id, member)
                 await self._maybe_join(job)
                 self._start_job(job)
         elif isinstance(body, JoinAnnouncement):
-            if self.book.add_member(body.job_id, author):
+            if body.job_id not in self.book.jobs:
+                # Joins and jobs travel on different topics: a join may overtake its job.
+                if body.job_id in self._early_joins or len(self._early_joins) < _MAX_EARLY_JOBS:
+                    self._early_joins.setdefault(body.job_id, set()).add(author)
+            elif self.book.add_member(body.job_id, author):
                 log.info("member_joined", job=body.job_id, member=author.hex()[:16])
+        elif isinstance(body, RosterAnnouncement):
+            job = self.book.jobs.get(body.job_id)
+            if job is not None and job.creator == author and self.book.set_roster(job.id, body.members):
+                log.info("roster_fixed", job=job.id, members=len(body.members), in_roster=self.me in body.members)
         elif isinstance(body, CancelAnnouncement):
             job = self.book.jobs.get(body.job_id)
             if job is not None and job.creator == author and job.state in ("pending", "running"):
@@ -344,7 +376,8 @@ class Daemon:
         members = self.book.round_members(body.job_id)
         if members is None or self._has_result(body.job_id, body.round) or author == self.me:
             return
-        if coordinator_for(body.job_id, body.round, body.attempt, members) != author:
+        electorate = set(members) | {m for m in body.survivors + body.dropped if self._is_member(m)}
+        if coordinator_for(body.job_id, body.round, body.attempt, electorate) != author:
             self.metrics.failed_authentications.inc()
             log.warning("result_from_wrong_coordinator", job=body.job_id, round=body.round, author=author.hex()[:16])
             return
@@ -385,22 +418,26 @@ class Daemon:
     async def _join(self, job: Job) -> None:
         assert self._node is not None
         self.book.add_member(job.id, self.me)
-        await self._node.publish(f"{self._topic}/joins", sign_announcement(JoinAnnouncement(job.id), self._key))
+        await self._announce("joins", JoinAnnouncement(job.id))
 
     async def _announce_pending(self) -> None:
-        """Gossip is best effort: repeat job announcements and joins until each job has started."""
+        """Gossip is best effort: repeat job announcements and joins, often before a job starts, then rarely."""
         assert self._node is not None
-        while True:
+        for tick in itertools.count(1):
             await trio.sleep(self.config.announce_interval)
             now = time.time()
             for job in list(self.book.jobs.values()):
-                if job.state != "pending" or now > job.start_at:
+                pending = job.state == "pending" and now <= job.start_at
+                running = job.state in ("pending", "running") and tick % _RUNNING_ANNOUNCE_FACTOR == 0
+                if not (pending or running):
                     continue
                 if job.creator == self.me:
                     announcement = JobAnnouncement(job.id, job.spec, job.created_at)
-                    await self._node.publish(f"{self._topic}/jobs", sign_announcement(announcement, self._key))
+                    await self._announce("jobs", announcement)
+                    if job.roster is not None:
+                        await self._announce("jobs", RosterAnnouncement(job.id, job.roster))
                 if self.me in job.members:
-                    await self._node.publish(f"{self._topic}/joins", sign_announcement(JoinAnnouncement(job.id), self._key))
+                    await self._announce("joins", JoinAnnouncement(job.id))
 
     # --- NodeControl (the control API) ---------------------------------------------------------------
 
@@ -441,7 +478,7 @@ class Daemon:
         job_id = secrets.token_hex(8)
         job = self.book.add_job(job_id, parsed, self.me, time.time())
         assert job is not None and self._node is not None
-        await self._node.publish(f"{self._topic}/jobs", sign_announcement(JobAnnouncement(job_id, parsed, job.created_at), self._key))
+        await self._announce("jobs", JobAnnouncement(job_id, parsed, job.created_at))
         await self._maybe_join(job)
         self._start_job(job)
         log.info("job_created", job=job_id, kind=parsed.kind, rounds=parsed.rounds)
@@ -490,7 +527,7 @@ class Daemon:
             raise Conflict(f"job {job_id} is already {job.state}")
         self.book.set_state(job_id, "cancelled")
         if job.creator == self.me and self._node is not None:
-            await self._node.publish(f"{self._topic}/jobs", sign_announcement(CancelAnnouncement(job_id, "cancelled by its creator"), self._key))
+            await self._announce("jobs", CancelAnnouncement(job_id, "cancelled by its creator"))
         return self._job_view(job)
 
     async def rounds(self, job_id: str) -> list[dict[str, object]]:

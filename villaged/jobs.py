@@ -1,11 +1,17 @@
 """Jobs on one node: what it knows of each job, who joined, what it contributes, and when rounds run.
 
 `JobBook` is the node's view (backed by the store) and answers the round driver's questions
-(`RoundDirectory`). `run_job` is the per-job loop: every round opens at the same wall-clock time
-on every node (created_at + start_delay + r * round_interval, or when the previous round ends);
-the elected coordinator of attempt 0 invites, and when an attempt fails (coordinator silent,
-aborted, or no invite within one phase timeout) every node moves to the next attempt, whose
-coordinator is the next member in the election ranking.
+(`RoundDirectory`). `run_job` is the per-job loop. Members join until the job's start; then the
+job's creator freezes the **roster** (the members that joined) and announces it, and every
+election of every round ranks that roster, so all nodes name the same coordinator however
+unevenly the join announcements reached them. The creator matters only at that moment: a job
+whose creator is gone before the start never gets a roster and fails with that reason.
+
+Every round opens at the same wall-clock time on every node (start + roster grace +
+r * round_interval, or when the previous round ends); the elected coordinator of attempt 0
+invites, and when an attempt fails (coordinator silent, aborted, or no invite within one phase
+timeout) every node moves to the next attempt, whose coordinator is the next roster member in
+the election ranking.
 """
 
 from __future__ import annotations
@@ -31,8 +37,11 @@ from villaged.store import JobRecord, RoundRecord, Store
 
 log = structlog.get_logger("villaged.jobs")
 
-#: After this many failed attempts a round is given up (each attempt has its own coordinator).
-MAX_ATTEMPTS = 5
+#: A round is given up after this many attempt windows without a result. Attempts that fail fast
+#: (no invite, a coordinator that aborts) cost less than a window, so more of them fit.
+ROUND_WINDOWS = 5
+#: Rounds open this long after the roster is announced, so that it reaches every member first.
+ROSTER_GRACE = 1.0
 
 
 @dataclass
@@ -43,13 +52,15 @@ class Job:
     created_at: float
     state: str
     members: set[bytes] = field(default_factory=set)  # who joined
+    roster: tuple[bytes, ...] | None = None  # the creator's frozen member list, once known
+    roster_known: trio.Event = field(default_factory=trio.Event)
 
     @property
     def start_at(self) -> float:
         return self.created_at + self.spec.start_delay
 
     def round_opens_at(self, round_number: int) -> float:
-        return self.start_at + round_number * self.spec.round_interval
+        return self.start_at + ROSTER_GRACE + round_number * self.spec.round_interval
 
 
 class JobBook:
@@ -63,6 +74,10 @@ class JobBook:
         for record in store.list_jobs():
             job = self._from_record(record)
             job.members = set(store.job_members(record.id))
+            roster = store.get_meta(f"roster/{record.id}")
+            if roster is not None:
+                job.roster = tuple(bytes.fromhex(m) for m in roster.split(",") if m)
+                job.roster_known.set()
             self.jobs[record.id] = job
 
     @staticmethod
@@ -86,6 +101,16 @@ class JobBook:
         self._store.add_job_member(job_id, member, time.time())
         return True
 
+    def set_roster(self, job_id: str, members: tuple[bytes, ...]) -> bool:
+        """Fix a job's roster (first announcement wins; it is signed by the creator). True if new."""
+        job = self.jobs.get(job_id)
+        if job is None or job.roster is not None:
+            return False
+        self._store.set_meta(f"roster/{job_id}", ",".join(m.hex() for m in members))
+        job.roster = members
+        job.roster_known.set()
+        return True
+
     def set_state(self, job_id: str, state: str) -> None:
         job = self.jobs[job_id]
         job.state = state
@@ -104,10 +129,11 @@ class JobBook:
         return self._is_member(member)
 
     def round_members(self, job_id: str) -> list[bytes] | None:
+        """The job's roster members whose certificates are valid; None until the roster is known."""
         job = self.jobs.get(job_id)
-        if job is None:
+        if job is None or job.roster is None:
             return None
-        return sorted(m for m in job.members if self._is_member(m))
+        return sorted(m for m in job.roster if self._is_member(m))
 
     def client_input(self, job_id: str) -> np.ndarray | None:
         job = self.jobs.get(job_id)
@@ -151,10 +177,10 @@ class JobBook:
     def end_reason(self, job_id: str) -> str | None:
         return self._store.get_meta(f"job_end_reason/{job_id}")
 
-    def finish(self, job_id: str, reason: str) -> None:
-        """End a running job as completed, remembering why it ended before its last round."""
+    def finish(self, job_id: str, reason: str, state: str = "completed") -> None:
+        """End a job, remembering why it ended before its last round."""
         self._store.set_meta(f"job_end_reason/{job_id}", reason)
-        self.set_state(job_id, "completed")
+        self.set_state(job_id, state)
 
     def round_params(self, job_id: str, participants: int) -> RoundParams:
         return self.jobs[job_id].spec.round_params(participants)
@@ -173,12 +199,26 @@ async def run_job(
     live_peers: Callable[[], set[bytes]],
     has_result: Callable[[str, int], bool],
     on_round_end: Callable[[Job, int, str], Awaitable[None]],
+    announce_roster: Callable[[Job], Awaitable[None]],
 ) -> None:
     """Run every remaining round of `job` on this node until done or cancelled."""
     if job.state == "pending":
         await trio.sleep_until(wall_deadline(job.start_at))
-        if job.state == "pending":
-            book.set_state(job.id, "running")
+        if job.creator == book.me and job.roster is None:
+            book.set_roster(job.id, tuple(sorted(m for m in job.members if book.is_member(m))))
+            await announce_roster(job)
+        with trio.move_on_at(wall_deadline(job.start_at + job.spec.attempt_window)):
+            await job.roster_known.wait()
+        if job.state != "pending":
+            return
+        if job.roster is None:
+            book.finish(job.id, "no roster from the job's creator by the start (is the creator down?)", "failed")
+            return
+        if len(job.roster) < job.spec.min_participants:
+            book.finish(job.id, f"only {len(job.roster)} members joined before the start, "
+                                f"the job needs {job.spec.min_participants}", "failed")
+            return
+        book.set_state(job.id, "running")
     for round_number in range(job.spec.rounds):
         if job.state != "running":
             return
@@ -193,9 +233,12 @@ async def run_job(
         await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
         outcome = await _run_round(job, round_number, book, driver, store, live_peers, has_result)
         await on_round_end(job, round_number, outcome)
-        driver.forget_round(job.id, round_number)
+        # Keep this round's machines until the next one ends: stragglers' late frames get an answer.
+        driver.forget_round(job.id, round_number - 1)
     if job.state == "running":
         book.set_state(job.id, "completed")
+    await trio.sleep(job.spec.phase_timeout)
+    driver.forget_round(job.id, job.spec.rounds - 1)
 
 
 async def _run_round(
@@ -211,16 +254,14 @@ async def _run_round(
     tracker = driver.tracker(job.id, round_number)
     spec = job.spec
     attempt, last_reason = 0, "no attempt made"
-    while attempt < MAX_ATTEMPTS and job.state == "running":
+    round_deadline = trio.current_time() + ROUND_WINDOWS * spec.attempt_window
+    while job.state == "running" and trio.current_time() < round_deadline:
         if has_result(job.id, round_number):
             return "completed"
         tracker.attempt = attempt
         members = book.round_members(job.id) or []
         if len(members) < spec.min_participants:
-            last_reason = f"only {len(members)} members joined, the job needs {spec.min_participants}"
-            await tracker.wait_until(trio.current_time() + spec.phase_timeout)
-            attempt += 1
-            continue
+            return f"only {len(members)} roster members hold valid certificates, the job needs {spec.min_participants}"
         coordinator = coordinator_for(job.id, round_number, attempt, members)
         context = RoundContext(job.id, round_number, attempt)
         started = time.time()

@@ -37,7 +37,8 @@ from protocol.election import coordinator_for
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.events import ClientFinished, Output, RoundAborted, RoundFinished, RoundResult, Send, StartTimer
 from protocol.params import RoundParams
-from protocol.wire import RoundContext, peek
+from protocol.messages import Invite
+from protocol.wire import RoundContext, decode, peek
 from villaged.errors import TransportError
 
 ROUND_PROTOCOL = "/village/round/1.0.0"
@@ -256,6 +257,8 @@ class RoundDriver:
         current = self._clients.get(key)
         if kind != "invite":
             if current is None or current[0] != context.attempt:
+                if kind == "abort" and self._directory.round_members(context.job_id) is not None:
+                    return  # this node already left that attempt of a job it knows: nothing to stop
                 raise RemoteProtocolError(sender, kind, f"no client machine for {context} on this node")
             await self._feed_client(current[1], context, frame)
             return
@@ -268,7 +271,12 @@ class RoundDriver:
         tracker = self.tracker(*key)
         if tracker.unmasked_in is not None:
             raise RemoteProtocolError(sender, kind, f"already unmasked round {context.round} in attempt {tracker.unmasked_in}")
-        expected = coordinator_for(context.job_id, context.round, context.attempt, members)
+        invite = decode(frame).message
+        assert isinstance(invite, Invite)
+        # The electorate is every joined member this node knows plus every member invited: a
+        # coordinator that left out a better-ranked member this node knows of is not elected.
+        electorate = set(members) | {p for p in invite.participants if self._directory.is_member(p)}
+        expected = coordinator_for(context.job_id, context.round, context.attempt, electorate)
         if sender != expected:
             raise RemoteProtocolError(sender, kind, f"not the elected coordinator of attempt {context.attempt}")
         if current is not None:

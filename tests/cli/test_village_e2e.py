@@ -22,7 +22,7 @@ from tests.villaged.village import running_village, village_configs, wait_for
 pytestmark = pytest.mark.slow
 
 SPEC = {
-    "kind": "vector", "data": "stats", "dimension": 4, "rounds": 2, "round_interval": 0.5, "start_delay": 2.0,
+    "kind": "vector", "data": "stats", "dimension": 4, "rounds": 2, "round_interval": 0.5, "start_delay": 4.0,
     "min_participants": 3, "neighbours": 2, "phase_timeout": 3.0,
     "quantization": {"clip": 1000.0, "scale": 100.0, "rounding": "nearest"},
 }

@@ -17,7 +17,7 @@ from villaged.daemon import Daemon
 from villaged.jobs import Job, JobBook, run_job
 from villaged.store import Store
 
-TIMING = {"round_interval": 0.5, "start_delay": 2.0, "min_participants": 3, "neighbours": 4, "phase_timeout": 3.0}
+TIMING = {"round_interval": 0.5, "start_delay": 4.0, "min_participants": 3, "neighbours": 4, "phase_timeout": 3.0}
 
 
 async def result_count(daemon: Daemon, job_id: str) -> int:
@@ -111,6 +111,6 @@ async def test_round_over_budget_is_not_started_and_the_count_survives_a_restart
         async def never(*args: object) -> None:
             raise AssertionError("no round may start")
 
-        await run_job(job2, book, None, store, set, lambda j, r: False, never)  # type: ignore[arg-type]
+        await run_job(job2, book, None, store, set, lambda j, r: False, never, never)  # type: ignore[arg-type]
         assert job2.state == "completed" and store.get_job("j1").state == "completed"  # type: ignore[union-attr]
         assert (book.end_reason("j1") or "").startswith("privacy budget used")

@@ -7,9 +7,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 import trio
+
+from protocol import messages, wire
+from protocol.wire import RoundContext
+from villaged.errors import TransportError
+from villaged.rounds import ROUND_PROTOCOL
 
 from protocol.announcements import ResultAnnouncement, sign_announcement
 from protocol.election import coordinator_for
@@ -24,7 +30,7 @@ from tests.villaged.village import running_village, village_configs, wait_for
 pytestmark = pytest.mark.slow
 
 SPEC = {
-    "kind": "vector", "data": "stats", "dimension": 8, "rounds": 3, "round_interval": 0.5, "start_delay": 2.0,
+    "kind": "vector", "data": "stats", "dimension": 8, "rounds": 3, "round_interval": 0.5, "start_delay": 4.0,
     "min_participants": 3, "neighbours": 4, "phase_timeout": 3.0,
     "quantization": {"clip": 1000.0, "scale": 100.0, "rounding": "nearest"},
 }
@@ -126,7 +132,7 @@ async def test_a_node_without_a_valid_certificate_cannot_join_contribute_or_publ
         await intruder.join_job(job["id"])
         fake = ResultAnnouncement(job["id"], 0, 0, (intruder.me,), (), b"\0" * 32, {})
         assert intruder._node is not None
-        await intruder._node.publish(intruder._topic + "/results", sign_announcement(fake, intruder._key))
+        await intruder._node.publish(intruder._topic + "/results", sign_announcement(fake, intruder._key, intruder._certificate))
 
         async def done() -> bool:
             return min([await result_count(d, job["id"]) for d in honest]) == 1
@@ -162,3 +168,60 @@ async def test_jobs_and_results_survive_a_restart(tmp_path: Path) -> None:
         assert await restarted.results(job["id"]) == before
         assert (await restarted.get_data("stats"))["payload"] == [2.0] * 8
         nursery.cancel_scope.cancel()
+
+
+async def test_bad_frames_are_refused_counted_and_the_daemon_keeps_serving(tmp_path: Path) -> None:
+    configs = village_configs(tmp_path, 3)
+    async with running_village(configs) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        sender, target = daemons[0], daemons[1]
+
+        async def admitted() -> bool:
+            return min([len(await d.members()) for d in daemons]) == 3
+
+        await wait_for(admitted, timeout=20)
+        assert sender._node is not None
+        valid_but_unknown = wire.encode(RoundContext("no-such-job", 0, 0), messages.Abort("x"), sender._key)
+        tampered = bytearray(valid_but_unknown)
+        tampered[-1] ^= 1
+        bad_frames = {
+            "garbage": b"\x93\x01\x02",
+            "truncated": valid_but_unknown[:-7],
+            "bad signature": bytes(tampered),
+            "unknown job": valid_but_unknown,
+            "unknown kind": msgpack.packb([b"x", b"y", b"z" * 64]),
+        }
+        for name, frame in bad_frames.items():
+            with pytest.raises(TransportError, match="remote error"):
+                await sender._node.request(target.me, ROUND_PROTOCOL, frame, timeout=5.0)
+        assert target.metrics.malformed_messages.collect()  # counted per kind
+        for i, daemon in enumerate(daemons):
+            await daemon.put_data("stats", [float(i)] * 8)
+        job = await daemons[2].create_job(dict(SPEC, rounds=1))
+
+        async def done() -> bool:
+            return min([await result_count(d, job["id"]) for d in daemons]) == 1
+
+        await wait_for(done, timeout=60)
+        total = sum(sample.value for metric in target.metrics.malformed_messages.collect() for sample in metric.samples
+                    if sample.name.endswith("_total"))
+        assert total >= len(bad_frames)
+
+
+async def test_a_node_runs_two_jobs_at_once(tmp_path: Path) -> None:
+    configs = village_configs(tmp_path, 4)
+    async with running_village(configs) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        for i, daemon in enumerate(daemons):
+            await daemon.put_data("stats", [float(i)] * 8)
+            await daemon.put_data("other", [float(10 * i)] * 4)
+        first = await daemons[0].create_job(dict(SPEC, rounds=2))
+        second = await daemons[3].create_job(dict(SPEC, rounds=2, data="other", dimension=4))
+
+        async def done() -> bool:
+            counts = [await result_count(d, j["id"]) for d in daemons for j in (first, second)]
+            return min(counts) == 2
+
+        await wait_for(done, timeout=90)
+        (result, *_) = await daemons[1].results(second["id"])
+        assert np.allclose(result["values"], [60.0] * 4, atol=result["error_bound"])
