@@ -39,7 +39,7 @@ from villaged.config import DaemonConfig
 from villaged.control import Conflict, InvalidRequest, NotFound
 from villaged.errors import ConfigError, TransportError
 from villaged.identity import load_or_create_identity, member_id, peer_id_from_member_id, signing_key
-from villaged.jobs import Job, JobBook, run_job
+from villaged.jobs import Job, JobBook, JobHooks, run_job
 from villaged.logging import log_round
 from villaged.metrics import Metrics
 from villaged.rounds import ROUND_PROTOCOL, RoundDriver
@@ -52,6 +52,8 @@ MEMBERSHIP_PROTOCOL = "/village/membership/1.0.0"
 RESULT_PROTOCOL = "/village/result/1.0.0"
 _RESULT_FETCH_TIMEOUT = 30.0
 _MAX_EARLY_JOBS = 256
+#: How long a coordinator waits for a roster member it is not connected to before leaving it out.
+_PROBE_TIMEOUT = 2.0
 #: Running jobs are re-announced this many announce intervals apart (pending ones every interval),
 #: so members that missed a message, or came up late, converge on the same job and member list.
 _RUNNING_ANNOUNCE_FACTOR = 10
@@ -158,13 +160,35 @@ class Daemon:
         self._nursery.start_soon(self._run_job, job)
 
     async def _run_job(self, job: Job) -> None:
-        assert self._driver is not None and self._node is not None
-        node = self._node
+        assert self._driver is not None
         try:
-            await run_job(job, self.book, self._driver, self.store, lambda: set(node.connected_peers()),
-                          self._has_result, self._on_round_end, self._announce_roster)
+            hooks = JobHooks(reachable=self._reachable, has_result=self._has_result, fetch_result=self._fetch_result,
+                             on_round_end=self._on_round_end, announce_roster=self._announce_roster)
+            await run_job(job, self.book, self._driver, self.store, hooks)
         finally:
             self._running_jobs.discard(job.id)
+
+    async def _reachable(self, members: list[bytes]) -> set[bytes]:
+        """Members connected now, plus those that answer a certificate exchange within a few seconds."""
+        assert self._node is not None
+        connected = set(self._node.connected_peers())
+        answered = {m for m in members if m in connected}
+
+        async def probe(member: bytes) -> None:
+            assert self._node is not None
+            try:
+                reply = await self._node.request(member, MEMBERSHIP_PROTOCOL, self._certificate, timeout=_PROBE_TIMEOUT,
+                                                 max_reply=1024)
+                self._admit(reply, member)
+                answered.add(member)
+            except (TransportError, RemoteProtocolError):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            for member in members:
+                if member not in connected:
+                    nursery.start_soon(probe, member)
+        return answered
 
     def _has_result(self, job_id: str, round_number: int) -> bool:
         return any(r.round == round_number for r in self.store.get_results(job_id))
@@ -305,7 +329,8 @@ class Daemon:
             raise RemoteProtocolError(peer, "result", "request is not [job id, round]") from None
         if not results:
             raise RemoteProtocolError(peer, "result", "no such result here")
-        return results[0].aggregate
+        # The coordinator's signed announcement travels with the vector, so the asker can check both.
+        return msgpack.packb([results[0].signature, results[0].aggregate])
 
     # --- gossip -----------------------------------------------------------------------------------
 
@@ -373,37 +398,60 @@ class Daemon:
             await self._on_result_announcement(body, author, signed.record)
 
     async def _on_result_announcement(self, body: ResultAnnouncement, author: bytes, record: bytes) -> None:
-        members = self.book.round_members(body.job_id)
-        if members is None or self._has_result(body.job_id, body.round) or author == self.me:
+        if author == self.me or self._has_result(body.job_id, body.round) or not self._elected(body, author):
             return
-        electorate = set(members) | {m for m in body.survivors + body.dropped if self._is_member(m)}
-        if coordinator_for(body.job_id, body.round, body.attempt, electorate) != author:
+        await self._fetch_result_from([author, *[s for s in body.survivors if s != self.me]][:4], body.job_id, body.round)
+
+    def _elected(self, body: ResultAnnouncement, author: bytes) -> bool:
+        """The author coordinated that attempt by this node's roster; counted as an authentication failure if not."""
+        members = self.book.round_members(body.job_id)
+        if members is not None and coordinator_for(body.job_id, body.round, body.attempt, members) == author:
+            return True
+        if members is not None:
             self.metrics.failed_authentications.inc()
             log.warning("result_from_wrong_coordinator", job=body.job_id, round=body.round, author=author.hex()[:16])
-            return
+        return False
+
+    async def _fetch_result(self, job: Job, round_number: int) -> bool:
+        """Ask reachable roster members for a result this node missed (it was down, or the announcement was lost)."""
         assert self._node is not None
-        request = msgpack.packb([body.job_id, body.round])
-        for source in [author, *[s for s in body.survivors if s != self.me]][:4]:
+        connected = set(self._node.connected_peers())
+        sources = [m for m in (job.roster or ()) if m in connected and m != self.me][:8]
+        return await self._fetch_result_from(sources, job.id, round_number)
+
+    async def _fetch_result_from(self, sources: list[bytes], job_id: str, round_number: int) -> bool:
+        assert self._node is not None
+        request = msgpack.packb([job_id, round_number])
+        for source in sources:
             try:
-                words = await self._node.request(source, RESULT_PROTOCOL, request, timeout=_RESULT_FETCH_TIMEOUT)
-            except TransportError as exc:
-                log.info("result_fetch_failed", source=source.hex()[:16], reason=exc.reason)
+                reply = await self._node.request(source, RESULT_PROTOCOL, request, timeout=_RESULT_FETCH_TIMEOUT)
+                record, words = msgpack.unpackb(reply)
+                signed = open_announcement(record)
+            except (TransportError, RemoteProtocolError, ValueError, TypeError, msgpack.UnpackException) as exc:
+                log.info("result_fetch_failed", source=source.hex()[:16], reason=str(exc))
                 continue
-            if aggregate_digest(words) != body.aggregate_digest:
+            body = signed.body
+            if not isinstance(body, ResultAnnouncement) or (body.job_id, body.round) != (job_id, round_number):
+                continue
+            if not self._elected(body, signed.author) or type(words) is not bytes or aggregate_digest(words) != body.aggregate_digest:
                 self.metrics.malformed_messages.labels(kind="result").inc()
-                log.warning("result_digest_mismatch", source=source.hex()[:16], job=body.job_id, round=body.round)
+                log.warning("result_rejected", source=source.hex()[:16], job=job_id, round=round_number)
                 continue
-            self._store_result(body, author, words, record)
-            # The coordinator's round history, so `villagectl rounds` shows every round on every node
-            # (timings are the coordinator's word: keep only plausible ones, NaN would not even store).
-            timings = {phase: seconds for phase, seconds in body.phase_seconds.items() if 0.0 <= seconds <= 86_400.0}
-            ended = time.time()
-            self.store.record_round(RoundRecord(body.job_id, body.round, body.attempt, author, "completed",
-                                                ended - sum(timings.values()), participants=body.survivors,
-                                                dropped=body.dropped, phase_timings=timings, ended_at=ended))
-            log_round(log, "result_stored", job=body.job_id, round=body.round, attempt=body.attempt, coordinator=author,
-                      participants=body.survivors, phase_timings=body.phase_seconds, dropped=len(body.dropped))
-            return
+            self._store_fetched_result(body, signed.author, words, record)
+            return True
+        return False
+
+    def _store_fetched_result(self, body: ResultAnnouncement, author: bytes, words: bytes, record: bytes) -> None:
+        self._store_result(body, author, words, record)
+        # The coordinator's round history, so `villagectl rounds` shows every round on every node
+        # (timings are the coordinator's word: keep only plausible ones).
+        timings = {phase: seconds for phase, seconds in body.phase_seconds.items() if 0.0 <= seconds <= 86_400.0}
+        ended = time.time()
+        self.store.record_round(RoundRecord(body.job_id, body.round, body.attempt, author, "completed",
+                                            ended - sum(timings.values()), participants=body.survivors,
+                                            dropped=body.dropped, phase_timings=timings, ended_at=ended))
+        log_round(log, "result_stored", job=body.job_id, round=body.round, attempt=body.attempt, coordinator=author,
+                  participants=body.survivors, phase_timings=body.phase_seconds, dropped=len(body.dropped))
 
     async def _maybe_join(self, job: Job) -> None:
         if self.config.join_policy != "auto" or job.state not in ("pending", "running"):

@@ -191,22 +191,24 @@ def wall_deadline(wall_time: float) -> float:
     return trio.current_time() + max(0.0, wall_time - time.time())
 
 
-async def run_job(
-    job: Job,
-    book: JobBook,
-    driver: RoundDriver,
-    store: Store,
-    live_peers: Callable[[], set[bytes]],
-    has_result: Callable[[str, int], bool],
-    on_round_end: Callable[[Job, int, str], Awaitable[None]],
-    announce_roster: Callable[[Job], Awaitable[None]],
-) -> None:
+@dataclass(frozen=True)
+class JobHooks:
+    """What the job loop needs from the daemon (network and storage), as plain callables."""
+
+    reachable: Callable[[list[bytes]], Awaitable[set[bytes]]]  # which of these members answer now
+    has_result: Callable[[str, int], bool]
+    fetch_result: Callable[[Job, int], Awaitable[bool]]  # ask peers for a result this node missed
+    on_round_end: Callable[[Job, int, str], Awaitable[None]]
+    announce_roster: Callable[[Job], Awaitable[None]]
+
+
+async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, hooks: JobHooks) -> None:
     """Run every remaining round of `job` on this node until done or cancelled."""
     if job.state == "pending":
         await trio.sleep_until(wall_deadline(job.start_at))
         if job.creator == book.me and job.roster is None:
             book.set_roster(job.id, tuple(sorted(m for m in job.members if book.is_member(m))))
-            await announce_roster(job)
+            await hooks.announce_roster(job)
         with trio.move_on_at(wall_deadline(job.start_at + job.spec.attempt_window)):
             await job.roster_known.wait()
         if job.state != "pending":
@@ -222,8 +224,10 @@ async def run_job(
     for round_number in range(job.spec.rounds):
         if job.state != "running":
             return
-        if has_result(job.id, round_number):
+        if hooks.has_result(job.id, round_number):
             continue
+        if time.time() > job.round_opens_at(round_number) + job.spec.phase_timeout and await hooks.fetch_result(job, round_number):
+            continue  # this node was away when the round ran (a restart): the others have its result
         if not book.budget_allows_round(job):
             log.info("privacy_budget_used", job=job.id, round=round_number)
             view = book.privacy_view(job) or {}
@@ -231,8 +235,10 @@ async def run_job(
                                 f"spent, round {round_number} of {job.spec.rounds} not started")
             return
         await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
-        outcome = await _run_round(job, round_number, book, driver, store, live_peers, has_result)
-        await on_round_end(job, round_number, outcome)
+        outcome = await _run_round(job, round_number, book, driver, store, hooks)
+        if outcome != "completed" and await hooks.fetch_result(job, round_number):
+            outcome = "completed"  # the round ended without this node, and its result is here now
+        await hooks.on_round_end(job, round_number, outcome)
         # Keep this round's machines until the next one ends: stragglers' late frames get an answer.
         driver.forget_round(job.id, round_number - 1)
     if job.state == "running":
@@ -241,18 +247,11 @@ async def run_job(
     driver.forget_round(job.id, job.spec.rounds - 1)
 
 
-async def _run_round(
-    job: Job,
-    round_number: int,
-    book: JobBook,
-    driver: RoundDriver,
-    store: Store,
-    live_peers: Callable[[], set[bytes]],
-    has_result: Callable[[str, int], bool],
-) -> str:
+async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDriver, store: Store, hooks: JobHooks) -> str:
     """Attempts until a result is stored here; returns "completed" or the reason it was given up."""
     tracker = driver.tracker(job.id, round_number)
     spec = job.spec
+    has_result = hooks.has_result
     attempt, last_reason = 0, "no attempt made"
     round_deadline = trio.current_time() + ROUND_WINDOWS * spec.attempt_window
     while job.state == "running" and trio.current_time() < round_deadline:
@@ -266,7 +265,7 @@ async def _run_round(
         context = RoundContext(job.id, round_number, attempt)
         started = time.time()
         if coordinator == book.me:
-            last_reason = _start_coordinating(job, context, members, book, driver, store, live_peers) or last_reason
+            last_reason = await _start_coordinating(job, context, members, book, driver, store, hooks) or last_reason
         deadline = trio.current_time() + (spec.attempt_window if coordinator == book.me else spec.phase_timeout)
         next_attempt = await _await_attempt(tracker, attempt, deadline, spec, lambda: has_result(job.id, round_number))
         if next_attempt is None:
@@ -274,6 +273,8 @@ async def _run_round(
         outcome = tracker.outcomes.get(attempt, "no invite from the elected coordinator")
         if outcome == "client_done":
             return "gave up: sent unmasking shares but no result arrived; this node takes no other attempt of the round"
+        if await hooks.fetch_result(job, round_number):
+            return "completed"  # the round finished without this node (it missed the invite or the announcement)
         if coordinator != book.me:
             store.record_round(RoundRecord(job.id, round_number, attempt, coordinator, "aborted", started,
                                            ended_at=time.time(), abort_reason=outcome))
@@ -282,14 +283,14 @@ async def _run_round(
     return f"gave up after {attempt} attempts: {last_reason}"
 
 
-def _start_coordinating(
+async def _start_coordinating(
     job: Job, context: RoundContext, members: list[bytes], book: JobBook, driver: RoundDriver, store: Store,
-    live_peers: Callable[[], set[bytes]],
+    hooks: JobHooks,
 ) -> str | None:
-    live = live_peers() | {book.me}
+    live = await hooks.reachable([m for m in members if m != book.me]) | {book.me}
     participants = [m for m in members if m in live and (m != book.me or book.client_input(job.id) is not None)]
     if len(participants) < job.spec.min_participants:
-        return f"only {len(participants)} joined members reachable, the job needs {job.spec.min_participants}"
+        return f"only {len(participants)} roster members reachable, the job needs {job.spec.min_participants}"
     try:
         driver.coordinate(context, participants, job.spec.round_params(len(participants)))
     except (ParameterError, ProtocolError) as exc:

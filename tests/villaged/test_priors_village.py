@@ -14,7 +14,7 @@ from tests.protocol.test_priors import SECTION, check_against_plaintext, node_pa
 from tests.villaged.village import running_village, village_configs, wait_for
 from villaged.control import NotFound
 from villaged.daemon import Daemon
-from villaged.jobs import Job, JobBook, run_job
+from villaged.jobs import Job, JobBook, JobHooks, run_job
 from villaged.store import Store
 
 TIMING = {"round_interval": 0.5, "start_delay": 4.0, "min_participants": 3, "neighbours": 4, "phase_timeout": 3.0}
@@ -111,6 +111,11 @@ async def test_round_over_budget_is_not_started_and_the_count_survives_a_restart
         async def never(*args: object) -> None:
             raise AssertionError("no round may start")
 
-        await run_job(job2, book, None, store, set, lambda j, r: False, never, never)  # type: ignore[arg-type]
+        async def nobody_has_it(*args: object) -> bool:
+            return False
+
+        hooks = JobHooks(reachable=never, has_result=lambda j, r: False, fetch_result=nobody_has_it, on_round_end=never,  # type: ignore[arg-type]
+                         announce_roster=never)
+        await run_job(job2, book, None, store, hooks)  # type: ignore[arg-type]
         assert job2.state == "completed" and store.get_job("j1").state == "completed"  # type: ignore[union-attr]
         assert (book.end_reason("j1") or "").startswith("privacy budget used")

@@ -225,3 +225,36 @@ async def test_a_node_runs_two_jobs_at_once(tmp_path: Path) -> None:
         await wait_for(done, timeout=90)
         (result, *_) = await daemons[1].results(second["id"])
         assert np.allclose(result["values"], [60.0] * 4, atol=result["error_bound"])
+
+
+async def test_a_node_that_was_down_fetches_the_results_it_missed(tmp_path: Path) -> None:
+    configs = village_configs(tmp_path, 4)
+    async with running_village(configs) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        for i, daemon in enumerate(daemons):
+            await daemon.put_data("stats", [float(i)] * 8)
+        job = await daemons[0].create_job(dict(SPEC, rounds=3, round_interval=3.0))
+
+        async def first_round_everywhere() -> bool:
+            return min([await result_count(d, job["id"]) for d in daemons]) >= 1
+
+        await wait_for(first_round_everywhere, timeout=60)
+        nodes[3][2].cancel()  # node 3 goes down after round 0
+        others = daemons[:3]
+
+        async def rest_done() -> bool:
+            return min([await result_count(d, job["id"]) for d in others]) == 3
+
+        await wait_for(rest_done, timeout=90)
+        expected = await others[0].results(job["id"])
+        restarted = Daemon(replace(configs[3], bootstrap=(nodes[0][1].addresses[0],)))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(restarted.run)
+
+            async def caught_up() -> bool:
+                return await result_count(restarted, job["id"]) == 3
+
+            await wait_for(caught_up, timeout=60)
+            got = await restarted.results(job["id"])
+            assert [r["digest"] for r in got] == [r["digest"] for r in expected]
+            nursery.cancel_scope.cancel()
