@@ -25,7 +25,7 @@ class Kill:
     """Arm peer `peer` (its whole process) to SIGKILL itself in `phase` of `round` as `role`."""
 
     round: int
-    peer: int | None  # None: the round's attempt-0 coordinator (role "coordinator")
+    peer: int | None  # None: the round's attempt-0 coordinator (role "coordinator"), or any other process (role "client")
     role: str
     phase: str
 
@@ -51,7 +51,8 @@ class FaultPlan:
 
 
 def parse_kill(text: str) -> Kill:
-    """`PEER:PHASE[@ROUND]` (a client kill) or `coordinator:PHASE[@ROUND]`."""
+    """`PEER:PHASE[@ROUND]` (a client kill), `client:PHASE[@ROUND]` (a client chosen from the seed,
+    never in the process of that round's coordinator) or `coordinator:PHASE[@ROUND]`."""
     who, _, rest = text.partition(":")
     phase, _, round_text = rest.partition("@")
     if phase not in PHASES:
@@ -59,8 +60,10 @@ def parse_kill(text: str) -> Kill:
     round_number = int(round_text) if round_text else 0
     if who == "coordinator":
         return Kill(round_number, None, "coordinator", phase)
+    if who == "client":
+        return Kill(round_number, None, "client", phase)
     if not who.isdigit():
-        raise ValueError(f"--kill {text!r}: expected PEER_INDEX:PHASE[@ROUND] or coordinator:PHASE[@ROUND]")
+        raise ValueError(f"--kill {text!r}: expected PEER_INDEX:PHASE[@ROUND], client:PHASE[@ROUND] or coordinator:PHASE[@ROUND]")
     return Kill(round_number, int(who), "client", phase)
 
 

@@ -37,12 +37,13 @@ def install_signal_handlers() -> None:
 @app.command()
 def run(
     n: int = typer.Option(4, "--n", min=2, help="peers in the village"),
-    d: int = typer.Option(1000, "--d", min=1, help="vector length"),
+    workload: str = typer.Option("vector", "--workload", help="what the job computes: vector, routing-priors (netsim/workloads.py)"),
+    d: int = typer.Option(1000, "--d", min=1, help="vector length (workload vector)"),
     rounds: int = typer.Option(2, "--rounds", min=1, help="rounds of the job"),
     dropout: float = typer.Option(0.0, "--dropout", min=0.0, max=0.9, help="fraction of peers SIGKILLed in each faulty round"),
     drop_phase: str = typer.Option("masked", "--drop-phase", help=f"phase the dropouts die in: {', '.join(DROPOUT_PHASES)}"),
     drop_rounds: str = typer.Option("", "--drop-rounds", help="comma-separated rounds with dropouts (default: all)"),
-    kill: list[str] = typer.Option([], "--kill", help="PEER:PHASE[@ROUND] or coordinator:PHASE[@ROUND] (repeatable)"),
+    kill: list[str] = typer.Option([], "--kill", help="PEER:PHASE[@ROUND], client:PHASE[@ROUND] (any non-coordinator) or coordinator:PHASE[@ROUND] (repeatable)"),
     kill_coordinator: bool = typer.Option(False, "--kill-coordinator", help="same as --kill coordinator:masked@0"),
     restart: bool = typer.Option(True, "--restart/--no-restart", help="restart killed peers after their round"),
     churn: int = typer.Option(0, "--churn", min=0, help="peers that leave after each round (those who left before rejoin)"),
@@ -68,7 +69,10 @@ def run(
     from netsim.faults import FaultPlan, parse_kill
     from netsim.netns import LinkShape, NetnsUnavailable, check_available
     from netsim.scenario import RunConfig, run_scenario
+    from netsim.workloads import WORKLOADS
 
+    if workload not in WORKLOADS:
+        raise typer.BadParameter(f"--workload must be one of {', '.join(WORKLOADS)}")
     if drop_phase not in DROPOUT_PHASES:
         raise typer.BadParameter(f"--drop-phase must be one of {', '.join(DROPOUT_PHASES)}")
     try:
@@ -88,7 +92,7 @@ def run(
             typer.echo(f"netsim: {exc}", err=True)
             raise typer.Exit(3) from None
     config = RunConfig(
-        n=n, d=d, rounds=rounds, dropout=dropout, drop_phase=drop_phase,
+        n=n, workload=workload, d=d, rounds=rounds, dropout=dropout, drop_phase=drop_phase,
         drop_rounds=[int(x) for x in drop_rounds.split(",") if x.strip()] or None,
         plan=FaultPlan(kills=kills, restart=restart, churn=churn, partition_round=partition_round,
                        partition_seconds=partition_seconds),
@@ -113,9 +117,33 @@ def _summary_line(result: dict[str, Any]) -> dict[str, Any]:
     from netsim.report import round_summary
 
     c = result["config"]
-    return {"netsim": "run", "ok": result["ok"], "n": c["n"], "d": c["d"], "rounds": c["rounds"],
+    return {"netsim": "run", "ok": result["ok"], "workload": result["workload"], "n": c["n"], "d": result["dimension"],
+            "rounds": c["rounds"],
             "processes": c["processes"], "seed": result["seed"], **round_summary(result),
             "final_check": {k: v for k, v in result["final_check"].items() if k != "offending"}}
+
+
+@app.command()
+def demo(
+    seed: int = typer.Option(None, "--seed", help="seed for the nodes' statistics and the victim (default: random, printed)"),
+    keep: bool = typer.Option(False, "--keep", help="keep the data dirs and logs"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress lines on stderr"),
+) -> None:
+    """A real local village: 8 villaged processes, 3 rounds of routing priors, one peer SIGKILLed
+    mid-round in round 1 and restarted; prints each round, the aggregated priors and the check.
+
+    Exit status 0 only if every node's result of every round matched the plaintext exactly.
+    """
+    from netsim.demo import run_demo
+
+    install_signal_handlers()
+    try:
+        ok = run_demo(seed=seed, keep=keep, quiet=quiet)
+    except KeyboardInterrupt as exc:
+        typer.echo(f"netsim: interrupted ({exc or 'SIGINT'}); every process stopped", err=True)
+        raise typer.Exit(130) from None
+    if not ok:
+        raise typer.Exit(1)
 
 
 def _bench_net(name: str, seed: int, report: Path | None, per_process: int | None) -> None:

@@ -3,20 +3,20 @@
 Steps (each logged to stderr as it happens):
 1. `Cluster.prepare/start`: N peers with fresh identities and certificates from a fresh admin key,
    full-mesh bootstrap; wait until every peer knows every member.
-2. Local data: peer i gets integer-valued inputs in [-clip, clip]; netsim keeps them.
+2. Local data from the workload (netsim/workloads.py): `vector` gives peer i integer-valued inputs
+   in [-clip, clip], `routing-priors` plausible routing statistics; netsim keeps them.
 3. One job (spec below) created on peer 0; wait until every peer has seen every join.
 4. Per round: arm that round's faults (faults.py), snapshot bytes and CPU, wait until every live
    peer stores the round's result (or the round is given up), apply partitions, restart/churn.
-5. Check every stored result on every live peer: with `rounding = "nearest"`, integer inputs and
-   an integer scale, each quantized input is exactly v * scale, so the aggregate is known exactly:
-   its digest (SHA-256 of the little-endian uint32 words, `protocol/announcements.py`) must equal
-   the digest of sum(v * scale) mod 2^32 over exactly the result's `participants`, and the
-   dequantized values must be within `error_bound` of the plaintext sum.
+5. Check every stored result on every live peer: with `rounding = "nearest"` each quantized input
+   is a pure function of the input, so the aggregate is known exactly: its digest (SHA-256 of the
+   little-endian uint32 words, `protocol/announcements.py`) must equal the digest of
+   sum(quantize(encode(input))) mod 2^32 over exactly the result's `participants`, and the decoded
+   values must be within `error_bound` of the kind's decoding of the plaintext sum (workloads.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import sys
@@ -31,6 +31,7 @@ import numpy as np
 from netsim.cluster import ApiError, Cluster, Peer, Process, api_call, parse_bytes_metrics, process_cpu_seconds
 from netsim.faults import FaultPlan, Kill, pick_victims
 from netsim.netns import LinkShape, Netns
+from netsim.workloads import Workload, make_workload
 from protocol.election import coordinator_for
 
 DATA_NAME = "netsim"
@@ -41,6 +42,7 @@ MAX_ATTEMPTS = 5
 @dataclass
 class RunConfig:
     n: int = 4
+    workload: str = "vector"  # netsim/workloads.py: vector, routing-priors
     d: int = 1000
     rounds: int = 2
     dropout: float = 0.0
@@ -94,7 +96,7 @@ class Scenario:
         self.rng = random.Random(self.seed)
         self.netns: Netns | None = None
         self.cluster: Cluster | None = None
-        self.inputs: dict[str, np.ndarray] = {}  # member id hex -> integer inputs
+        self.workload: Workload = make_workload(config.workload, config)
         self.job: dict[str, Any] = {}
         self.members: list[bytes] = []
         self.rounds: list[dict[str, Any]] = []
@@ -154,23 +156,29 @@ class Scenario:
                 return {"min_connected": min(connected), "min_members": min(known), "full": False}
             time.sleep(0.5)
 
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """Member id hex -> the local input netsim put on that member."""
+        return self.workload.payloads
+
     def put_inputs(self) -> None:
         assert self.cluster is not None
-        rng = np.random.default_rng(self.seed)
-        for peer in self.cluster.peers:
-            self.inputs[peer.member_id.hex()] = rng.integers(-self.config.clip, self.config.clip + 1, self.config.d, dtype=np.int64)
-        _parallel(lambda p: api_call(p, "PUT", f"/v1/data/{DATA_NAME}", {"values": self.inputs[p.member_id.hex()].tolist()},
-                                     timeout=60), self.cluster.peers, workers=8)
+        payloads = self.workload.make_inputs([p.member_id.hex() for p in self.cluster.peers], self.seed)
+        _parallel(lambda p: api_call(p, "PUT", f"/v1/data/{DATA_NAME}", payloads[p.member_id.hex()], timeout=60),
+                  self.cluster.peers, workers=8)
 
     def spec(self, start_delay: float, round_interval: float) -> dict[str, Any]:
+        """The job spec (and the workload bound to it, so it quantizes exactly as the daemons will)."""
         c = self.config
-        return {
-            "kind": "vector", "name": "netsim", "data": DATA_NAME, "dimension": c.d, "rounds": c.rounds,
+        spec = {
+            "name": f"netsim {c.workload}", "data": DATA_NAME, "rounds": c.rounds,
             "round_interval": float(round_interval), "start_delay": float(start_delay),
             "min_participants": c.min_participants or max(2, min(c.n, 3)), "max_participants": max(c.n, 3),
             "neighbours": c.neighbours, "phase_timeout": float(c.phase_timeout),
-            "quantization": {"clip": float(c.clip), "scale": float(c.scale), "rounding": "nearest"},
+            **self.workload.spec_fields(),
         }
+        self.workload.bind(spec)
+        return spec
 
     # --- faults ------------------------------------------------------------------------------------
 
@@ -194,6 +202,14 @@ class Scenario:
         coordinator_process = self.cluster.process_of(coordinator.index)
         plans: dict[int, str] = {}
         for kill in c.plan.kills_in(r):
+            if kill.peer is None and kill.role == "client":  # any client: one not sharing the coordinator's process
+                choices = sorted({self.cluster.process_of(p.index).index for p in self.cluster.peers} & up
+                                 - {coordinator_process.index} - set(plans))
+                if not choices:
+                    self.event(r, "kill_skipped", reason="no process left to kill a client in")
+                    continue
+                plans[self.rng.choice(choices)] = kill.failpoint
+                continue
             target = coordinator_process if kill.peer is None else self.cluster.process_of(kill.peer)
             if target.index not in up:
                 self.event(r, "kill_skipped", process=target.index, reason="that process is down")
@@ -292,7 +308,7 @@ class Scenario:
         assert self.cluster is not None
         self.job = api_call(self.cluster.peers[0], "POST", "/v1/jobs", spec)
         job_id = self.job["id"]
-        self.log(f"job {job_id}: {c.rounds} rounds of d={c.d}, start_delay {start_delay:.1f} s, round_interval {round_interval:.1f} s")
+        self.log(f"job {job_id}: {c.rounds} rounds of {c.workload}, d={self.workload.dimension}, start_delay {start_delay:.1f} s, round_interval {round_interval:.1f} s")
         self._wait_joined(job_id, self.job["start_at"])
         prev = self._snapshot()
         verdicts = []
@@ -308,6 +324,7 @@ class Scenario:
             self.transition(r, r + 1 if r + 1 < c.rounds else None)
             if self.armed:
                 prev = self._snapshot()
+        self._wait_caught_up(job_id, timeout=15.0 + 0.2 * c.n)
         results = self._final_check()
         ok = all(v in ("exact", "aborted") for v in verdicts) and results["mismatches"] == 0
         return {
@@ -315,9 +332,26 @@ class Scenario:
             "config": {**{k: v for k, v in asdict(c).items() if k not in ("plan", "shape", "root", "report_dir")},
                        "plan": asdict(c.plan), "shape": asdict(c.shape) if c.shape else None,
                        "processes": len(self.cluster.processes)},
+            "workload": c.workload, "dimension": self.workload.dimension,
             "spec": spec, "job_id": job_id, "startup_seconds": round(self.startup_seconds, 2), "mesh": mesh,
             "rounds": self.rounds, "events": self.events, "final_check": results,
         }
+
+    def _wait_caught_up(self, job_id: str, timeout: float) -> None:
+        """Until every live peer holds every round some peer holds (restarted peers fetch the rounds
+        they missed from the others), or `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/results", timeout=30)), self.live_peers)
+            held = [{x["round"] for x in v or []} for v in views]
+            everywhere = set().union(*held) if held else set()
+            behind = [p.index for p, h in zip(self.live_peers, held) if h != everywhere]
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                self.log(f"peers {behind} still miss some of rounds {sorted(everywhere)} after {timeout:.0f} s")
+                return
+            time.sleep(0.5)
 
     def _wait_joined(self, job_id: str, start_at: float) -> None:
         n = self.config.n
@@ -449,23 +483,10 @@ class Scenario:
 
     def expected(self, participants: list[str]) -> tuple[np.ndarray, str]:
         """Plaintext sum over `participants` and the digest of its exact quantized aggregate."""
-        total = np.sum([self.inputs[m] for m in participants], axis=0)
-        words = ((total * self.config.scale) % (1 << 32)).astype("<u4")
-        return total, hashlib.sha256(words.tobytes()).hexdigest()
+        return self.workload.expected(participants)
 
     def check_result(self, result: dict[str, Any]) -> list[str]:
-        problems = []
-        unknown = [m for m in result["participants"] if m not in self.inputs]
-        if unknown:
-            return [f"participants not in this village: {unknown}"]
-        total, digest = self.expected(result["participants"])
-        if result["digest"] != digest:
-            problems.append(f"digest {result['digest'][:16]} != expected {digest[:16]}")
-        values = np.array([np.nan if v is None else v for v in result["values"]], dtype=np.float64)
-        error = float(np.max(np.abs(values - total))) if len(values) == len(total) else float("inf")
-        if not error <= result["error_bound"]:
-            problems.append(f"max error {error} > bound {result['error_bound']}")
-        return problems
+        return self.workload.check_result(result)
 
     def _check_round(self, r: int, have: dict[int, dict[str, Any]], alive_at_open: set[int], opens_at: float) -> dict[str, Any]:
         assert self.cluster is not None
