@@ -2,11 +2,11 @@
 
 Eight villaged processes on 127.0.0.1 with fresh identities and certificates run three rounds of a
 routing-priors job (netsim/workloads.py: every node holds part of the routing statistics of
-4 models x 2 regions x 2 tiers, 20 request patterns and 3 carbon regions). Before round 1 one
-participant, never that round's coordinator, is restarted with VILLAGE_FAILPOINT=client:masked: it
-SIGKILLs itself in round 1 as it is about to send its masked input, the round completes without it
-(its pairwise masks are removed with the survivors' shares), and it is restarted before round 2,
-fetches the round it missed and takes part again.
+4 models x 2 regions x 2 tiers, 20 request patterns and 3 carbon regions). Before round 1 (the
+daemon's round 0; the demo prints rounds from 1) one participant, never that round's coordinator,
+is restarted with VILLAGE_FAILPOINT=client:masked: it SIGKILLs itself in round 1 as it is about to
+send its masked input, the round completes without it (its pairwise masks are removed with the
+survivors' shares), and it is restarted before round 2 and takes part again.
 
 Printed: each round's wall time, attempts, participants, drops and phase timings; the aggregated
 priors node 0 applies (`GET /v1/jobs/{id}/priors`); and whether every node's stored result of
@@ -17,7 +17,9 @@ temp dir go away at the end, on Ctrl-C and on errors (netsim/cluster.py).
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -30,7 +32,11 @@ from netsim.scenario import Log, RunConfig, Scenario
 
 N = 8
 ROUNDS = 3
-KILL_ROUND = 1
+KILL_ROUND = 0  # the daemon numbers rounds from 0; the demo prints them from 1 ("round 1 of 3")
+#: Seconds between round starts: room for round 1 (which waits phase_timeout for the killed peer's
+#: masked input), netsim's check of it and the victim's restart before round 2 opens.
+ROUND_INTERVAL = 20.0
+PHASE_TIMEOUT = 5.0
 PHASES = ("advertise", "share", "masked", "consistency", "unmask")
 
 
@@ -43,22 +49,29 @@ class ConsoleLog(Log):
 
     def __call__(self, message: str) -> None:
         if not self.quiet:
+            message = re.sub(r"^round (\d+):", lambda m: f"round {int(m.group(1)) + 1}:", message)  # printed from 1
             self.console.print(Text(f"  [{time.monotonic() - self.started:5.1f}s] {message}", style="dim"), highlight=False)
 
 
 def demo_config(seed: int | None, keep: bool = False) -> RunConfig:
-    return RunConfig(n=N, workload="routing-priors", rounds=ROUNDS, seed=seed, keep=keep, phase_timeout=5.0,
+    return RunConfig(n=N, workload="routing-priors", rounds=ROUNDS, seed=seed, keep=keep, phase_timeout=PHASE_TIMEOUT,
+                     round_interval=ROUND_INTERVAL,
                      plan=FaultPlan(kills=[Kill(KILL_ROUND, None, "client", "masked")], restart=True))
 
 
-def run_demo(seed: int | None = None, keep: bool = False, quiet: bool = False,
+def _console(stderr: bool = False) -> Console:
+    probe = Console(stderr=stderr)
+    return Console(stderr=stderr, highlight=False, width=None if probe.is_terminal else 110)
+
+
+def run_demo(seed: int | None = None, keep: bool = False, quiet: bool = False, report_dir: Path | None = None,
              console: Console | None = None) -> bool:
-    out = console or Console(highlight=False)
-    err = Console(stderr=True, highlight=False)
+    out = console or _console()
+    err = _console(stderr=True)
     config = demo_config(seed, keep)
     scenario = Scenario(config, log=ConsoleLog(err, quiet))
     out.print(f"[bold]village demo[/bold]: {N} villaged processes on 127.0.0.1, {ROUNDS} rounds of a routing-priors job, "
-              f"one participant SIGKILLed in round {KILL_ROUND} (seed {scenario.seed})")
+              f"one participant SIGKILLed mid-round in round {KILL_ROUND + 1} (seed {scenario.seed})")
     started = time.monotonic()
     try:
         scenario.open()
@@ -67,6 +80,10 @@ def run_demo(seed: int | None = None, keep: bool = False, quiet: bool = False,
         priors = _priors_everywhere(scenario)
     finally:
         scenario.close()
+    if report_dir is not None:
+        from netsim.report import write_report
+
+        write_report(report_dir, [report])
     elapsed = time.monotonic() - started
     out.print()
     out.print(_rounds_table(scenario, report))
@@ -116,9 +133,10 @@ def _priors_everywhere(scenario: Scenario) -> dict[str, Any]:
 
 
 def _rounds_table(scenario: Scenario, report: dict[str, Any]) -> Table:
-    table = Table(title="rounds", title_justify="left")
+    table = Table(title="rounds (phase timings in seconds, from the coordinator of the completed attempt)",
+                  title_justify="left")
     for column in ("round", "wall s", "attempts", "coordinator", "participants", "dropped", *PHASES, "check"):
-        table.add_column(column, justify="right" if column not in ("check", "participants", "dropped") else "left")
+        table.add_column(column, justify="left" if column in ("check", "dropped", "coordinator") else "right")
     for r in report["rounds"]:
         attempts = r["attempts"]
         failed = [a for a in attempts if a["state"] != "completed"]
@@ -126,9 +144,9 @@ def _rounds_table(scenario: Scenario, report: dict[str, Any]) -> Table:
         phases = r["phase_seconds"] or {}
         verdict = r["check"]["verdict"]
         table.add_row(
-            str(r["round"]), "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.2f}", attempt_text,
+            f"{r['round'] + 1} of {len(report['rounds'])}", "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.2f}", attempt_text,
             "-" if r["coordinator"] is None else f"node {r['coordinator']}",
-            f"{len(r['participants'])} of {scenario.config.n}",
+            f"{len(r['participants'])}/{scenario.config.n}",
             ", ".join(f"node {i}" for i in r["dropped"]) or "none",
             *(f"{phases[p]:.2f}" if p in phases else "-" for p in PHASES),
             Text(verdict, style="green" if verdict == "exact" else "red"),
@@ -140,18 +158,19 @@ def _print_faults(out: Console, report: dict[str, Any]) -> None:
     for e in report["events"]:
         peers = ", ".join(f"node {i}" for i in e.get("peers", []))
         if e["event"] == "died":
-            out.print(f"  round {e['round']}: {peers} SIGKILLed itself at {e.get('failpoint')} (failpoint, mid-round)")
+            out.print(f"round {e['round'] + 1}: {peers} SIGKILLed itself mid-round ({e.get('failpoint')}: "
+                      f"entering the masked phase, before sending its masked input)")
         elif e["event"] == "restarted":
-            out.print(f"  after round {e['round']}: {peers} restarted (same identity and data dir)")
+            out.print(f"after round {e['round'] + 1}: {peers} restarted (same identity and data dir)")
         elif e["event"] in ("kill_skipped", "armed_late", "disarmed"):
-            out.print(f"  [yellow]round {e['round']}: {e['event']} {peers}[/yellow]")
+            out.print(f"[yellow]round {e['round'] + 1}: {e['event']} {peers}[/yellow]")
 
 
 def _print_priors(out: Console, view: dict[str, Any]) -> None:
     priors = view["priors"]
     out.print()
-    cells = Table(title=f"aggregated routing priors (round {view['round']}, {view['participants']} participants, "
-                        f"as node 0 applies them)", title_justify="left")
+    cells = Table(title=f"aggregated routing priors after round {view['round'] + 1} ({view['participants']} participants), "
+                        f"as node 0 applies them (GET /v1/jobs/{{id}}/priors)", title_justify="left")
     for column in ("model", "region", "tier", "p50 ms", "p95 ms", "p99 ms", "success rate", "requests", "weight"):
         cells.add_column(column, justify="left" if column in ("model", "region", "tier") else "right")
     for c in priors["models"]:
@@ -175,7 +194,7 @@ def _print_priors(out: Console, view: dict[str, Any]) -> None:
                 cells_row += ["", "", ""]
             else:
                 name, entry = item
-                cells_row += [name, entry["optimal_model"], f"{100 * entry['share']:.0f} %"]
+                cells_row += [name[:12], entry["optimal_model"], f"{100 * entry['share']:.0f} %"]
         patterns.add_row(*cells_row)
     out.print(patterns)
     carbon = Table(title="carbon priors", title_justify="left")
@@ -187,7 +206,7 @@ def _print_priors(out: Console, view: dict[str, Any]) -> None:
     out.print(carbon)
     v = view.get("validation") or {}
     if v:
-        out.print(f"prior stability {v['stability_score']:.3f} (vs round {view['round'] - 1}), model diversity "
+        out.print(f"prior stability {v['stability_score']:.3f} (vs round {view['round']}), model diversity "
                   f"{v['diversity_score']:.3f}, round quality {v['round_quality']:.3f}")
 
 

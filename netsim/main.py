@@ -128,6 +128,7 @@ def demo(
     seed: int = typer.Option(None, "--seed", help="seed for the nodes' statistics and the victim (default: random, printed)"),
     keep: bool = typer.Option(False, "--keep", help="keep the data dirs and logs"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines on stderr"),
+    report: Path = typer.Option(None, "--report", help="directory for report.json and report.html"),
 ) -> None:
     """A real local village: 8 villaged processes, 3 rounds of routing priors, one peer SIGKILLed
     mid-round in round 1 and restarted; prints each round, the aggregated priors and the check.
@@ -138,7 +139,7 @@ def demo(
 
     install_signal_handlers()
     try:
-        ok = run_demo(seed=seed, keep=keep, quiet=quiet)
+        ok = run_demo(seed=seed, keep=keep, quiet=quiet, report_dir=report)
     except KeyboardInterrupt as exc:
         typer.echo(f"netsim: interrupted ({exc or 'SIGINT'}); every process stopped", err=True)
         raise typer.Exit(130) from None
