@@ -122,3 +122,23 @@ def test_netem_latency_round_exact() -> None:
     _netns_or_skip(netem=True)
     report = run_scenario(RunConfig(n=4, d=200, rounds=1, seed=3, phase_timeout=5.0, shape=LinkShape(delay_ms=20, jitter_ms=5)))
     assert report["ok"]
+
+
+def test_routing_priors_workload_exact(tmp_path: Path) -> None:
+    """`netsim run --workload routing-priors`: every node's result of every round has the digest of
+    the exact quantized sum of the nodes' encoded statistics and decodes to the plaintext priors."""
+    import json
+
+    netsim = Path(sys.executable).with_name("netsim")
+    done = subprocess.run([str(netsim), "run", "--workload", "routing-priors", "--n", "4", "--rounds", "2",
+                           "--phase-timeout", "3", "--seed", "7", "--report", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert line["ok"] and line["workload"] == "routing-priors" and line["d"] == 6 * 16 + 20 * 4 + 3 * 3
+    assert line["verdicts"] == ["exact", "exact"]
+    assert line["final_check"] == {"results_checked": 8, "mismatches": 0}
+    report = json.loads((tmp_path / "r" / "report.json").read_text())[0]
+    assert report["spec"]["kind"] == "routing-priors" and report["spec"]["quantization"]["rounding"] == "nearest"
+    assert all(len(r["participants"]) == 4 for r in report["rounds"])
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]  # the village's temp dir is gone
