@@ -61,7 +61,7 @@ def demo_config(seed: int | None, keep: bool = False) -> RunConfig:
 
 def _console(stderr: bool = False) -> Console:
     probe = Console(stderr=stderr)
-    return Console(stderr=stderr, highlight=False, width=None if probe.is_terminal else 110)
+    return Console(stderr=stderr, highlight=False, width=None if probe.is_terminal else 120)
 
 
 def run_demo(seed: int | None = None, keep: bool = False, quiet: bool = False, report_dir: Path | None = None,
@@ -133,28 +133,39 @@ def _priors_everywhere(scenario: Scenario) -> dict[str, Any]:
 
 
 def _rounds_table(scenario: Scenario, report: dict[str, Any]) -> Table:
-    table = Table(title="rounds (phase timings in seconds, from the coordinator of the completed attempt)",
-                  title_justify="left")
-    for column in ("round", "wall s", "attempts", "coordinator", "participants", "dropped", *PHASES, "check"):
-        table.add_column(column, justify="left" if column in ("check", "dropped", "coordinator") else "right")
+    table = Table(title="rounds: wall time from the first attempt to the result, when the result was there (s after the "
+                        "job's start), phase timings (s) of the completed attempt", title_justify="left")
+    headers = ("round", "wall s", "done at", "attempts", "coordinator", "members", "dropped",
+               "advertise / share / masked / consistency / unmask", "check")
+    for column in headers:
+        table.add_column(column, justify="left" if column in ("check", "dropped", "coordinator") else "right", no_wrap=True)
+    start_at = scenario.job.get("start_at", 0.0)
     for r in report["rounds"]:
         attempts = r["attempts"]
         failed = [a for a in attempts if a["state"] != "completed"]
-        attempt_text = str(len(attempts)) + (f" ({len(failed)} aborted)" if failed else "")
+        attempt_text = str(len(attempts)) + (f" ({len(failed)} failed)" if failed else "")  # reasons printed below
+        completed = [a for a in attempts if a["state"] == "completed" and a["ended_at"]]
+        done_at = f"{completed[0]['ended_at'] - start_at:.1f}" if completed else "-"
         phases = r["phase_seconds"] or {}
         verdict = r["check"]["verdict"]
         table.add_row(
-            f"{r['round'] + 1} of {len(report['rounds'])}", "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.2f}", attempt_text,
+            f"{r['round'] + 1}/{len(report['rounds'])}", "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.2f}",
+            done_at, attempt_text,
             "-" if r["coordinator"] is None else f"node {r['coordinator']}",
             f"{len(r['participants'])}/{scenario.config.n}",
             ", ".join(f"node {i}" for i in r["dropped"]) or "none",
-            *(f"{phases[p]:.2f}" if p in phases else "-" for p in PHASES),
+            "  ".join(f"{phases[p]:5.2f}" if p in phases else "    -" for p in PHASES),
             Text(verdict, style="green" if verdict == "exact" else "red"),
         )
     return table
 
 
 def _print_faults(out: Console, report: dict[str, Any]) -> None:
+    for r in report["rounds"]:
+        for a in r["attempts"]:
+            if a["state"] != "completed":
+                who = "-" if a["coordinator_peer"] is None else f"node {a['coordinator_peer']}"
+                out.print(f"round {r['round'] + 1}, attempt {a['attempt']} (coordinator {who}) {a['state']}: {a['abort_reason']}")
     for e in report["events"]:
         peers = ", ".join(f"node {i}" for i in e.get("peers", []))
         if e["event"] == "died":
