@@ -61,7 +61,7 @@ def demo_config(seed: int | None, keep: bool = False) -> RunConfig:
 
 def _console(stderr: bool = False) -> Console:
     probe = Console(stderr=stderr)
-    return Console(stderr=stderr, highlight=False, width=None if probe.is_terminal else 120)
+    return Console(stderr=stderr, highlight=False, width=None if probe.is_terminal else 132)
 
 
 def run_demo(seed: int | None = None, keep: bool = False, quiet: bool = False, report_dir: Path | None = None,
@@ -136,7 +136,7 @@ def _rounds_table(scenario: Scenario, report: dict[str, Any]) -> Table:
     table = Table(title="rounds: wall time from the first attempt to the result, when the result was there (s after the "
                         "job's start), phase timings (s) of the completed attempt", title_justify="left")
     headers = ("round", "wall s", "done at", "attempts", "coordinator", "members", "dropped",
-               "advertise / share / masked / consistency / unmask", "check")
+               "advertise share masked consist. unmask", "check")
     for column in headers:
         table.add_column(column, justify="left" if column in ("check", "dropped", "coordinator") else "right", no_wrap=True)
     start_at = scenario.job.get("start_at", 0.0)
