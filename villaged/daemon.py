@@ -50,7 +50,7 @@ log = structlog.get_logger("villaged")
 
 MEMBERSHIP_PROTOCOL = "/village/membership/1.0.0"
 RESULT_PROTOCOL = "/village/result/1.0.0"
-_RESULT_FETCH_TIMEOUT = 30.0
+_RESULT_FETCH_TIMEOUT = 10.0
 _MAX_EARLY_JOBS = 256
 #: How long a coordinator waits for a roster member it is not connected to before leaving it out.
 _PROBE_TIMEOUT = 2.0
@@ -420,26 +420,36 @@ class Daemon:
         return await self._fetch_result_from(sources, job.id, round_number)
 
     async def _fetch_result_from(self, sources: list[bytes], job_id: str, round_number: int) -> bool:
-        assert self._node is not None
-        request = msgpack.packb([job_id, round_number])
-        for source in sources:
+        """Ask `sources` at once; the first verified answer is stored. Bounded by one fetch timeout."""
+        stored = False
+
+        async def ask(source: bytes, cancel_all: trio.CancelScope) -> None:
+            nonlocal stored
+            assert self._node is not None
             try:
-                reply = await self._node.request(source, RESULT_PROTOCOL, request, timeout=_RESULT_FETCH_TIMEOUT)
+                reply = await self._node.request(source, RESULT_PROTOCOL, msgpack.packb([job_id, round_number]),
+                                                 timeout=_RESULT_FETCH_TIMEOUT)
                 record, words = msgpack.unpackb(reply)
                 signed = open_announcement(record)
             except (TransportError, RemoteProtocolError, ValueError, TypeError, msgpack.UnpackException) as exc:
-                log.info("result_fetch_failed", source=source.hex()[:16], reason=str(exc))
-                continue
+                log.debug("result_fetch_failed", source=source.hex()[:16], reason=str(exc))
+                return
             body = signed.body
             if not isinstance(body, ResultAnnouncement) or (body.job_id, body.round) != (job_id, round_number):
-                continue
+                return
             if not self._elected(body, signed.author) or type(words) is not bytes or aggregate_digest(words) != body.aggregate_digest:
                 self.metrics.malformed_messages.labels(kind="result").inc()
                 log.warning("result_rejected", source=source.hex()[:16], job=job_id, round=round_number)
-                continue
-            self._store_fetched_result(body, signed.author, words, record)
-            return True
-        return False
+                return
+            if not stored and not self._has_result(job_id, round_number):
+                stored = True
+                self._store_fetched_result(body, signed.author, words, record)
+            cancel_all.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for source in sources:
+                nursery.start_soon(ask, source, nursery.cancel_scope)
+        return stored or self._has_result(job_id, round_number)
 
     def _store_fetched_result(self, body: ResultAnnouncement, author: bytes, words: bytes, record: bytes) -> None:
         self._store_result(body, author, words, record)

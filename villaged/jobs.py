@@ -41,7 +41,7 @@ log = structlog.get_logger("villaged.jobs")
 #: (no invite, a coordinator that aborts) cost less than a window, so more of them fit.
 ROUND_WINDOWS = 5
 #: Rounds open this long after the roster is announced, so that it reaches every member first.
-ROSTER_GRACE = 1.0
+ROSTER_GRACE = 2.0
 
 
 @dataclass
@@ -134,6 +134,14 @@ class JobBook:
         if job is None or job.roster is None:
             return None
         return sorted(m for m in job.roster if self._is_member(m))
+
+    async def wait_for_roster(self, job_id: str, timeout: float) -> bool:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return False
+        with trio.move_on_after(timeout):
+            await job.roster_known.wait()
+        return job.roster is not None
 
     def client_input(self, job_id: str) -> np.ndarray | None:
         job = self.jobs.get(job_id)

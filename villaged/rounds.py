@@ -47,6 +47,8 @@ ACK = b"ok"
 _CLIENT_KINDS = frozenset({"invite", "keys", "delivery", "survivors", "unmask_request", "abort"})
 #: Sends to an unreachable peer are retried this often within the phase timeout.
 _SEND_ATTEMPTS = 3
+#: An invite may arrive before the creator's roster announcement; wait this long for it.
+_ROSTER_WAIT = 5.0
 
 log = structlog.get_logger("villaged.rounds")
 
@@ -66,6 +68,9 @@ class RoundDirectory(Protocol):
 
     def round_members(self, job_id: str) -> list[bytes] | None:
         """Members that joined the job (the election's candidates); None for an unknown job."""
+
+    async def wait_for_roster(self, job_id: str, timeout: float) -> bool:
+        """Wait up to `timeout` for a known job's roster; False if the job is unknown or it did not come."""
 
     def client_input(self, job_id: str) -> np.ndarray | None:
         """This node's quantized input for the job, or None if it does not take part."""
@@ -263,8 +268,10 @@ class RoundDriver:
             await self._feed_client(current[1], context, frame)
             return
         members = self._directory.round_members(context.job_id)
+        if members is None and await self._directory.wait_for_roster(context.job_id, _ROSTER_WAIT):
+            members = self._directory.round_members(context.job_id)  # the invite overtook the roster gossip
         if members is None:
-            raise RemoteProtocolError(sender, kind, f"unknown job {context.job_id!r}")
+            raise RemoteProtocolError(sender, kind, f"unknown job {context.job_id!r} or no roster for it yet")
         vector = self._directory.client_input(context.job_id)
         if vector is None:
             raise RemoteProtocolError(sender, kind, "this node does not take part in that job")

@@ -100,6 +100,7 @@ class TransportConfig:
     gossip_max_rate_per_peer: float = 50.0  # libp2p's default 10/s drops bursts (§6)
     discovery_first_interval: float = 1.0
     discovery_interval: float = 15.0
+    discovery_stable_interval: float = 600.0  # Kademlia's usual refresh, once nobody new turns up
     small_routing_table: int = 20  # Kademlia's k: below this, keep looking for peers
     bootstrap_backoff_max: float = 60.0
     dial_timeout: float = 10.0
@@ -593,6 +594,7 @@ async def open_node(
         settings = DiscoverySettings(
             first_interval=config.discovery_first_interval,
             interval=config.discovery_interval,
+            stable_interval=config.discovery_stable_interval,
             small_table=config.small_routing_table,
             backoff_max=config.bootstrap_backoff_max,
             dial_timeout=config.dial_timeout,
