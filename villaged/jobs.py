@@ -243,7 +243,10 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
                                 f"spent, round {round_number} of {job.spec.rounds} not started")
             return
         await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
-        outcome = await _run_round(job, round_number, book, driver, store, hooks)
+        if book.me in (job.roster or ()):
+            outcome = await _run_round(job, round_number, book, driver, store, hooks)
+        else:
+            outcome = await _observe_round(job, round_number, hooks)
         if outcome != "completed" and await hooks.fetch_result(job, round_number):
             outcome = "completed"  # the round ended without this node, and its result is here now
         await hooks.on_round_end(job, round_number, outcome)
@@ -289,6 +292,18 @@ async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDr
         last_reason = outcome
         attempt = next_attempt
     return f"gave up after {attempt} attempts: {last_reason}"
+
+
+async def _observe_round(job: Job, round_number: int, hooks: JobHooks) -> str:
+    """A node outside the roster takes no part in the rounds; it only collects their results."""
+    deadline = trio.current_time() + ROUND_WINDOWS * job.spec.attempt_window
+    while trio.current_time() < deadline and job.state == "running":
+        with trio.move_on_after(job.spec.attempt_window):
+            while not hooks.has_result(job.id, round_number):
+                await trio.sleep(1.0)
+        if hooks.has_result(job.id, round_number) or await hooks.fetch_result(job, round_number):
+            return "completed"
+    return "no result seen (this node is not in the job's roster)"
 
 
 async def _start_coordinating(
