@@ -191,7 +191,7 @@ class Daemon:
         return answered
 
     def _has_result(self, job_id: str, round_number: int) -> bool:
-        return any(r.round == round_number for r in self.store.get_results(job_id))
+        return round_number in self.store.result_rounds(job_id)
 
     async def _on_round_end(self, job: Job, round_number: int, outcome: str) -> None:
         if outcome != "completed":
@@ -639,7 +639,7 @@ class Daemon:
         return {
             "id": job.id, "state": job.state, "spec": job.spec.to_dict(), "creator": job.creator.hex(),
             "created_at": job.created_at, "start_at": job.start_at, "members": sorted(m.hex() for m in job.members),
-            "joined": self.me in job.members, "results": len(self.store.get_results(job.id)),
+            "joined": self.me in job.members, "results": len(self.store.result_rounds(job.id)),
             "privacy": self.book.privacy_view(job), "end_reason": self.book.end_reason(job.id),
         }
 

@@ -461,6 +461,11 @@ class Store:
                 f"(attempt {existing.attempt}, coordinator {existing.coordinator.hex()[:16]})"
             )
 
+    def result_rounds(self, job_id: str) -> list[int]:
+        """Rounds of a job that have a stored result, without loading the aggregates."""
+        rows = self._db.execute("SELECT round FROM results WHERE job_id = ? ORDER BY round", (job_id,))
+        return [r for (r,) in rows]
+
     def get_results(self, job_id: str) -> list[ResultRecord]:
         rows = self._db.execute(_RESULT_SELECT + " WHERE job_id = ? ORDER BY round", (job_id,))
         return [_result_from_row(row) for row in rows]

@@ -107,6 +107,16 @@ def test_put_result_is_idempotent_and_detects_conflicts(db_path: Path) -> None:
         assert store.get_results("job-1") == [result()]
 
 
+def test_result_rounds_lists_stored_rounds_in_order(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.put_job(job())
+        assert store.result_rounds("job-1") == []
+        for r in (2, 0):
+            store.put_result(result(round_=r))
+        assert store.result_rounds("job-1") == [0, 2]
+        assert store.result_rounds("ghost") == []
+
+
 def test_local_input_replace_and_reject(db_path: Path) -> None:
     with Store.open(db_path) as store:
         store.put_local_input("x", [1], 1.0)
