@@ -24,7 +24,7 @@ import trio
 from protocol.announcements import (
     Announcement, CancelAnnouncement, JobAnnouncement, JoinAnnouncement, ResultAnnouncement, RosterAnnouncement,
     SignedAnnouncement,
-    aggregate_digest, open_announcement, sign_announcement,
+    MAX_ANNOUNCEMENT_BYTES, aggregate_digest, open_announcement, sign_announcement,
 )
 from protocol.election import coordinator_for
 from protocol.errors import ParameterError, RemoteProtocolError
@@ -50,6 +50,7 @@ log = structlog.get_logger("villaged")
 
 MEMBERSHIP_PROTOCOL = "/village/membership/1.0.0"
 RESULT_PROTOCOL = "/village/result/1.0.0"
+ANNOUNCE_PROTOCOL = "/village/announce/1.0.0"
 _RESULT_FETCH_TIMEOUT = 10.0
 _MAX_EARLY_JOBS = 256
 #: How long a coordinator waits for a roster member it is not connected to before leaving it out.
@@ -136,6 +137,7 @@ class Daemon:
                 node.serve(ROUND_PROTOCOL, self._handle_round_frame)
                 node.serve(MEMBERSHIP_PROTOCOL, self._handle_certificate, max_request=1024)
                 node.serve(RESULT_PROTOCOL, self._handle_result_fetch, max_request=1024)
+                node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
                 for kind in ("jobs", "joins", "results"):
                     channel = await node.subscribe(f"{self._topic}/{kind}", self._validate_gossip)
                     nursery.start_soon(self._consume_gossip, channel)
@@ -335,9 +337,31 @@ class Daemon:
     # --- gossip -----------------------------------------------------------------------------------
 
     async def _announce_roster(self, job: Job) -> None:
-        assert job.roster is not None
+        """Gossip the roster, and hand it to every roster member over a stream: round 0 cannot start
+        until members have it, and gossip may take seconds to reach everyone or drop it."""
+        assert job.roster is not None and self._node is not None
         log.info("roster_announced", job=job.id, members=len(job.roster))
-        await self._announce("jobs", RosterAnnouncement(job.id, job.roster))
+        record = sign_announcement(RosterAnnouncement(job.id, job.roster), self._key, self._certificate)
+        await self._node.publish(f"{self._topic}/jobs", record)
+
+        async def hand_to(member: bytes) -> None:
+            assert self._node is not None
+            try:
+                await self._node.request(member, ANNOUNCE_PROTOCOL, record, timeout=_PROBE_TIMEOUT * 2, max_reply=64)
+            except TransportError as exc:
+                log.debug("roster_push_failed", peer=member.hex()[:16], reason=exc.reason)
+
+        async with trio.open_nursery() as nursery:
+            for member in job.roster:
+                if member != self.me:
+                    nursery.start_soon(hand_to, member)
+
+    async def _handle_announcement(self, peer: bytes, record: bytes) -> bytes:
+        """ANNOUNCE_PROTOCOL: an announcement handed over directly, checked like a gossiped one."""
+        if not self._validate_gossip(peer, record):
+            raise RemoteProtocolError(peer, "announcement", "rejected: malformed, not signed by the sender, or not a member")
+        await self._on_announcement(open_announcement(record))
+        return b"ok"
 
     async def _announce(self, topic: str, body: Announcement) -> None:
         assert self._node is not None
