@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ from protocol.kinds import KINDS
 from protocol.quantize import Quantizer
 
 
-class Workload:
+class Workload(ABC):
     """The shared machinery: inputs per member id (hex), their quantized words, expected digests."""
 
     name = ""
@@ -55,16 +56,17 @@ class Workload:
 
     # --- what each workload defines -----------------------------------------------------------------
 
+    @abstractmethod
     def spec_fields(self) -> dict[str, Any]:
         """The kind-specific part of the job spec (kind, dimension or kind section, quantization)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def make_payload(self, rng: random.Random, np_rng: np.random.Generator, index: int) -> Any:
-        raise NotImplementedError
+        """The local input JSON of peer `index`."""
 
+    @abstractmethod
     def check_values(self, result: dict[str, Any], total: np.ndarray) -> list[str]:
         """Problems with the decoded part of a result, against the float plaintext sum `total`."""
-        raise NotImplementedError
 
     # --- shared ---------------------------------------------------------------------------------------
 
