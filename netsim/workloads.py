@@ -142,14 +142,10 @@ class VectorWorkload(Workload):
         return {"kind": "vector", "dimension": c.d,
                 "quantization": {"clip": float(c.clip), "scale": float(c.scale), "rounding": "nearest"}}
 
-    def make_inputs(self, members: list[str], seed: int) -> dict[str, Any]:
+    def make_payload(self, rng: random.Random, np_rng: np.random.Generator, index: int) -> Any:
         # The same draws as netsim always made: one numpy generator, d integers per peer in order.
-        np_rng = np.random.default_rng(seed)
         c = self.config
-        self.payloads = {m: {"values": np_rng.integers(-c.clip, c.clip + 1, c.d, dtype=np.int64).tolist()} for m in members}
-        self._vectors.clear()
-        self._words.clear()
-        return self.payloads
+        return {"values": np_rng.integers(-c.clip, c.clip + 1, c.d, dtype=np.int64).tolist()}
 
     def check_values(self, result: dict[str, Any], total: np.ndarray) -> list[str]:
         values = np.array([np.nan if v is None else v for v in result.get("values", [])], dtype=np.float64)
