@@ -171,9 +171,10 @@ class Daemon:
             self._running_jobs.discard(job.id)
 
     async def _reachable(self, members: list[bytes]) -> set[bytes]:
-        """Members connected now, plus those that answer a certificate exchange within a few seconds."""
+        """Members connected now with a known certificate, plus those that answer a certificate
+        exchange within a few seconds (which also teaches this node their certificates)."""
         assert self._node is not None
-        connected = set(self._node.connected_peers())
+        connected = {m for m in self._node.connected_peers() if self._is_member(m)}
         answered = {m for m in members if m in connected}
 
         async def probe(member: bytes) -> None:
@@ -413,6 +414,11 @@ class Daemon:
             job = self.book.jobs.get(body.job_id)
             if job is not None and job.creator == author and self.book.set_roster(job.id, body.members):
                 log.info("roster_fixed", job=job.id, members=len(body.members), in_roster=self.me in body.members)
+                # Elections rank roster members with a known certificate: learn the missing ones now,
+                # before the first round, or this node would rank a different set than the others.
+                unknown = [m for m in body.members if m != self.me and not self._is_member(m)]
+                if unknown and self._nursery is not None:
+                    self._nursery.start_soon(self._reachable, unknown)
         elif isinstance(body, CancelAnnouncement):
             job = self.book.jobs.get(body.job_id)
             if job is not None and job.creator == author and job.state in ("pending", "running"):

@@ -129,11 +129,14 @@ class JobBook:
         return self._is_member(member)
 
     def round_members(self, job_id: str) -> list[bytes] | None:
-        """The job's roster members whose certificates are valid; None until the roster is known."""
+        """The job's roster, the electorate of every round; None until the roster is known.
+
+        Every node ranks exactly this list, whatever certificates it has learned so far, so all name
+        the same coordinator. Who is *invited* is decided by reachability and valid certificates."""
         job = self.jobs.get(job_id)
         if job is None or job.roster is None:
             return None
-        return sorted(m for m in job.roster if self._is_member(m))
+        return sorted(job.roster)
 
     async def wait_for_roster(self, job_id: str, timeout: float) -> bool:
         job = self.jobs.get(job_id)
@@ -271,7 +274,7 @@ async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDr
         tracker.attempt = attempt
         members = book.round_members(job.id) or []
         if len(members) < spec.min_participants:
-            return f"only {len(members)} roster members hold valid certificates, the job needs {spec.min_participants}"
+            return f"the roster has only {len(members)} members, the job needs {spec.min_participants}"
         coordinator = coordinator_for(job.id, round_number, attempt, members)
         context = RoundContext(job.id, round_number, attempt)
         started = time.time()

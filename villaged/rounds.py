@@ -280,10 +280,10 @@ class RoundDriver:
             raise RemoteProtocolError(sender, kind, f"already unmasked round {context.round} in attempt {tracker.unmasked_in}")
         invite = decode(frame).message
         assert isinstance(invite, Invite)
-        # The electorate is every joined member this node knows plus every member invited: a
-        # coordinator that left out a better-ranked member this node knows of is not elected.
-        electorate = set(members) | {p for p in invite.participants if self._directory.is_member(p)}
-        expected = coordinator_for(context.job_id, context.round, context.attempt, electorate)
+        # The electorate is the job's roster, the same list on every node.
+        if not set(invite.participants) <= set(members):
+            raise RemoteProtocolError(sender, kind, "invites members outside the job's roster")
+        expected = coordinator_for(context.job_id, context.round, context.attempt, members)
         if sender != expected:
             raise RemoteProtocolError(sender, kind, f"not the elected coordinator of attempt {context.attempt}")
         if current is not None:
