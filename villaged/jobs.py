@@ -146,9 +146,22 @@ class JobBook:
             await job.roster_known.wait()
         return job.roster is not None
 
+    def _joined_and_active(self, job: Job) -> bool:
+        return self.me in job.members and job.state not in ("cancelled", "failed", "completed")
+
+    def contributes(self, job: Job) -> bool:
+        """Whether this node would put an input into the job's rounds (without computing it)."""
+        if not self._joined_and_active(job):
+            return False
+        try:
+            self.check_input(job)
+        except InputError:
+            return False
+        return True
+
     def client_input(self, job_id: str) -> np.ndarray | None:
         job = self.jobs.get(job_id)
-        if job is None or self.me not in job.members or job.state in ("cancelled", "failed", "completed"):
+        if job is None or not self._joined_and_active(job):
             return None
         try:
             values = self.check_input(job)
@@ -314,7 +327,7 @@ async def _start_coordinating(
     hooks: JobHooks,
 ) -> str | None:
     live = await hooks.reachable([m for m in members if m != book.me]) | {book.me}
-    participants = [m for m in members if m in live and (m != book.me or book.client_input(job.id) is not None)]
+    participants = [m for m in members if m in live and (m != book.me or book.contributes(job))]
     if len(participants) < job.spec.min_participants:
         return f"only {len(participants)} roster members reachable, the job needs {job.spec.min_participants}"
     try:

@@ -43,6 +43,15 @@ async def result_count(daemon: Daemon, job_id: str) -> int:
         return 0
 
 
+async def wait_for_results(daemons: list[Daemon], job_id: str, rounds: int, timeout: float) -> None:
+    """Until every daemon stores at least `rounds` results of the job."""
+
+    async def stored() -> bool:
+        return min([await result_count(d, job_id) for d in daemons]) >= rounds
+
+    await wait_for(stored, timeout=timeout)
+
+
 async def test_five_nodes_mesh_and_agree_on_three_rounds(tmp_path: Path) -> None:
     configs = village_configs(tmp_path, 5)
     async with running_village(configs) as nodes:
@@ -60,10 +69,7 @@ async def test_five_nodes_mesh_and_agree_on_three_rounds(tmp_path: Path) -> None
         await wait_for(meshed, timeout=30)
         job = await daemons[1].create_job(SPEC)
 
-        async def all_done() -> bool:
-            return min([await result_count(d, job["id"]) for d in daemons]) == 3
-
-        await wait_for(all_done, timeout=60)
+        await wait_for_results(daemons, job["id"], 3, timeout=60)
         expected = np.sum([inputs[i] for i in range(5)], axis=0)
         for daemon in daemons:
             results = await daemon.results(job["id"])
@@ -100,10 +106,7 @@ async def test_next_attempt_completes_after_the_coordinator_dies(tmp_path: Path)
         await wait_for(invites_out, timeout=20, interval=0.01)
         nodes[victim][2].cancel()
 
-        async def done() -> bool:
-            return min([await result_count(d, job["id"]) for d in survivors]) == 1
-
-        await wait_for(done, timeout=60)
+        await wait_for_results(survivors, job["id"], 1, timeout=60)
         for daemon in survivors:
             (result,) = await daemon.results(job["id"])
             assert result["attempt"] >= 1
@@ -134,10 +137,7 @@ async def test_a_node_without_a_valid_certificate_cannot_join_contribute_or_publ
         assert intruder._node is not None
         await intruder._node.publish(intruder._topic + "/results", sign_announcement(fake, intruder._key, intruder._certificate))
 
-        async def done() -> bool:
-            return min([await result_count(d, job["id"]) for d in honest]) == 1
-
-        await wait_for(done, timeout=60)
+        await wait_for_results(honest, job["id"], 1, timeout=60)
         for daemon in honest:
             (result,) = await daemon.results(job["id"])
             assert intruder.me.hex() not in result["participants"]
@@ -156,10 +156,7 @@ async def test_jobs_and_results_survive_a_restart(tmp_path: Path) -> None:
             await daemon.put_data("stats", [float(i)] * 8)
         job = await daemons[0].create_job(dict(SPEC, rounds=2))
 
-        async def done() -> bool:
-            return min([await result_count(d, job["id"]) for d in daemons]) == 2
-
-        await wait_for(done, timeout=60)
+        await wait_for_results(daemons, job["id"], 2, timeout=60)
         before = await daemons[2].results(job["id"])
     restarted = Daemon(configs[2])
     async with trio.open_nursery() as nursery:
@@ -199,10 +196,7 @@ async def test_bad_frames_are_refused_counted_and_the_daemon_keeps_serving(tmp_p
             await daemon.put_data("stats", [float(i)] * 8)
         job = await daemons[2].create_job(dict(SPEC, rounds=1))
 
-        async def done() -> bool:
-            return min([await result_count(d, job["id"]) for d in daemons]) == 1
-
-        await wait_for(done, timeout=60)
+        await wait_for_results(daemons, job["id"], 1, timeout=60)
         total = sum(sample.value for metric in target.metrics.malformed_messages.collect() for sample in metric.samples
                     if sample.name.endswith("_total"))
         assert total >= len(bad_frames)
@@ -235,17 +229,11 @@ async def test_a_node_that_was_down_fetches_the_results_it_missed(tmp_path: Path
             await daemon.put_data("stats", [float(i)] * 8)
         job = await daemons[0].create_job(dict(SPEC, rounds=3, round_interval=3.0))
 
-        async def first_round_everywhere() -> bool:
-            return min([await result_count(d, job["id"]) for d in daemons]) >= 1
-
-        await wait_for(first_round_everywhere, timeout=60)
+        await wait_for_results(daemons, job["id"], 1, timeout=60)
         nodes[3][2].cancel()  # node 3 goes down after round 0
         others = daemons[:3]
 
-        async def rest_done() -> bool:
-            return min([await result_count(d, job["id"]) for d in others]) == 3
-
-        await wait_for(rest_done, timeout=90)
+        await wait_for_results(others, job["id"], 3, timeout=90)
         expected = await others[0].results(job["id"])
         restarted = Daemon(replace(configs[3], bootstrap=(nodes[0][1].addresses[0],)))
         async with trio.open_nursery() as nursery:
