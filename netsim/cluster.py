@@ -218,7 +218,7 @@ class Cluster:
             'join_policy = "auto"',
             f'log_level = "{self.log_level}"',
             "discovery_interval = 5.0",
-            "announce_interval = 0.5",
+            "announce_interval = 1.0",
         ]
         path = peer.data_dir / "node.toml"
         path.write_text("\n".join(lines) + "\n")

@@ -1,4 +1,7 @@
-"""Small signed announcements that travel over gossip: jobs, joins, cancellations, round results.
+"""Small signed announcements: jobs, joins, rosters, cancellations, round results.
+
+Jobs, rosters, cancellations and results travel over gossip (and rosters also over streams);
+a join goes over a stream to the job's creator, who alone freezes the roster from them.
 
 Gossip is for small things only (py-libp2p drops large or bursty messages silently), so a result
 announcement carries the aggregate's SHA-256, not the aggregate; nodes fetch the vector over a
@@ -31,10 +34,12 @@ from protocol.messages import MAX_REASON
 from protocol.params import MAX_PARTICIPANTS
 
 VERSION = 1
-#: Gossip messages stay far below py-libp2p's silent 1 MiB drop; 300 participants x 2 lists x 32 B
-#: fit comfortably.
-MAX_ANNOUNCEMENT_BYTES = 64 * 1024
+#: Announcements stay far below py-libp2p's silent 1 MiB gossip drop. The largest is a roster:
+#: about 240 B per member (id, 160-byte certificate, an address), so 256 KiB hold 1,000 members.
+MAX_ANNOUNCEMENT_BYTES = 256 * 1024
 MAX_JOB_ID = 64
+MAX_ROSTER_ADDRESSES = 4
+MAX_ADDRESS_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,21 +77,58 @@ class JoinAnnouncement:
 
 
 @dataclass(frozen=True, slots=True)
+class RosterEntry:
+    """One member of a roster: its id, its membership certificate (self-authenticating, signed by
+    the admin) and the addresses the creator reached it at (hints: Noise checks whom a dial reaches)."""
+
+    member: bytes
+    certificate: bytes
+    addresses: tuple[str, ...]
+
+    def fields(self) -> Any:
+        return [self.member, self.certificate, list(self.addresses)]
+
+    @classmethod
+    def parse(cls, value: Any) -> RosterEntry:
+        member, certificate, addresses = _list(value, 3)
+        if type(member) is not bytes or len(member) != 32:
+            raise ValueError("roster member must be a 32-byte id")
+        if type(certificate) is not bytes or not 0 < len(certificate) <= MAX_CERTIFICATE_BYTES:
+            raise ValueError(f"certificate of roster member {member.hex()[:16]} missing or too large")
+        if (type(addresses) is not list or len(addresses) > MAX_ROSTER_ADDRESSES
+                or any(type(a) is not str or not 0 < len(a) <= MAX_ADDRESS_CHARS for a in addresses)):
+            raise ValueError(f"addresses of roster member {member.hex()[:16]} must be at most "
+                             f"{MAX_ROSTER_ADDRESSES} short strings")
+        return cls(member, certificate, tuple(addresses))
+
+
+@dataclass(frozen=True, slots=True)
 class RosterAnnouncement:
     """The job creator's frozen list of members at the job's start: every election uses it, so all
-    nodes name the same coordinator even when join announcements reached them unevenly."""
+    nodes name the same coordinator even when announcements reached them unevenly. It carries each
+    member's certificate and addresses, so a node can check and reach every participant of a round
+    without having met it first (no full mesh of connections is needed)."""
 
     KIND: ClassVar[str] = "roster"
     job_id: str
-    members: tuple[bytes, ...]
+    entries: tuple[RosterEntry, ...]
+
+    @property
+    def members(self) -> tuple[bytes, ...]:
+        return tuple(entry.member for entry in self.entries)
 
     def fields(self) -> Any:
-        return [self.job_id, list(self.members)]
+        return [self.job_id, [entry.fields() for entry in self.entries]]
 
     @classmethod
     def parse(cls, value: Any) -> RosterAnnouncement:
-        job_id, members = _list(value, 2)
-        return cls(_job_id(job_id), _ids(members, "members"))
+        job_id, entries = _list(value, 2)
+        if type(entries) is not list:
+            raise ValueError("roster entries must be a list")
+        parsed = tuple(RosterEntry.parse(entry) for entry in entries)
+        if any(a.member >= b.member for a, b in zip(parsed, parsed[1:])):
+            raise ValueError("roster members must be strictly increasing")
+        return cls(_job_id(job_id), parsed)
 
 
 @dataclass(frozen=True, slots=True)

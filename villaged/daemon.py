@@ -23,7 +23,7 @@ import trio
 
 from protocol.announcements import (
     Announcement, CancelAnnouncement, JobAnnouncement, JoinAnnouncement, ResultAnnouncement, RosterAnnouncement,
-    SignedAnnouncement,
+    RosterEntry, SignedAnnouncement,
     MAX_ANNOUNCEMENT_BYTES, aggregate_digest, open_announcement, sign_announcement,
 )
 from protocol.election import coordinator_for
@@ -52,7 +52,6 @@ MEMBERSHIP_PROTOCOL = "/village/membership/1.0.0"
 RESULT_PROTOCOL = "/village/result/1.0.0"
 ANNOUNCE_PROTOCOL = "/village/announce/1.0.0"
 _RESULT_FETCH_TIMEOUT = 10.0
-_MAX_EARLY_JOBS = 256
 #: How long a coordinator waits for a roster member it is not connected to before leaving it out.
 _PROBE_TIMEOUT = 2.0
 #: Running jobs are re-announced this many announce intervals apart (pending ones every interval),
@@ -97,7 +96,7 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self._running_jobs: set[str] = set()
         self._byte_totals: dict[tuple[str, str], int] = {}  # transport counters already exported
-        self._early_joins: dict[str, set[bytes]] = {}  # joins for jobs not announced to us yet
+        self._joining: set[str] = set()  # jobs whose join is on its way to the creator
 
     def _load_certificate(self) -> bytes:
         path = self.config.certificate_path
@@ -138,9 +137,8 @@ class Daemon:
                 node.serve(MEMBERSHIP_PROTOCOL, self._handle_certificate, max_request=1024)
                 node.serve(RESULT_PROTOCOL, self._handle_result_fetch, max_request=1024)
                 node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
-                for kind in ("jobs", "joins", "results"):
-                    channel = await node.subscribe(f"{self._topic}/{kind}", self._validate_gossip)
-                    nursery.start_soon(self._consume_gossip, channel)
+                channel = await node.subscribe(self._topic, self._validate_gossip)
+                nursery.start_soon(self._consume_gossip, channel)
                 for job in self.book.jobs.values():
                     if job.state in ("pending", "running"):
                         self._start_job(job)
@@ -286,7 +284,7 @@ class Daemon:
         log_round(log, "round_completed", job=context.job_id, round=context.round, attempt=context.attempt,
                   coordinator=self.me, participants=result.survivors, phase_timings=result.phase_seconds,
                   dropped=len(result.dropped))
-        await self._node.publish(f"{self._topic}/results", record)
+        await self._node.publish(self._topic, record)
 
     def _store_result(self, announcement: ResultAnnouncement, coordinator: bytes, words: bytes, record: bytes) -> None:
         stored = self.store.put_result(ResultRecord(
@@ -337,13 +335,23 @@ class Daemon:
 
     # --- gossip -----------------------------------------------------------------------------------
 
+    def _roster_record(self, job: Job) -> bytes:
+        """The creator's signed roster: each member with its certificate and the addresses it was reached at."""
+        assert job.roster is not None and self._node is not None
+        entries = []
+        for member in job.roster:
+            cert = self.registry.certificate(member, time.time())
+            if cert is not None:
+                entries.append(RosterEntry(member, cert.encode(), tuple(self._node.addresses_of(member)[:4])))
+        return sign_announcement(RosterAnnouncement(job.id, tuple(entries)), self._key, self._certificate)
+
     async def _announce_roster(self, job: Job) -> None:
         """Gossip the roster, and hand it to every roster member over a stream: round 0 cannot start
         until members have it, and gossip may take seconds to reach everyone or drop it."""
         assert job.roster is not None and self._node is not None
         log.info("roster_announced", job=job.id, members=len(job.roster))
-        record = sign_announcement(RosterAnnouncement(job.id, job.roster), self._key, self._certificate)
-        await self._node.publish(f"{self._topic}/jobs", record)
+        record = self._roster_record(job)
+        await self._node.publish(self._topic, record)
 
         async def hand_to(member: bytes) -> None:
             assert self._node is not None
@@ -364,9 +372,9 @@ class Daemon:
         await self._on_announcement(open_announcement(record))
         return b"ok"
 
-    async def _announce(self, topic: str, body: Announcement) -> None:
+    async def _announce(self, body: Announcement) -> None:
         assert self._node is not None
-        await self._node.publish(f"{self._topic}/{topic}", sign_announcement(body, self._key, self._certificate))
+        await self._node.publish(self._topic, sign_announcement(body, self._key, self._certificate))
 
     def _validate_gossip(self, sender: bytes, data: bytes) -> bool:
         """Relay only well-formed announcements signed by their originator, a member with a valid certificate."""
@@ -399,26 +407,21 @@ class Daemon:
             job = self.book.add_job(body.job_id, body.spec, author, body.created_at)
             if job is not None:
                 log.info("job_learned", job=job.id, creator=author.hex()[:16], kind=job.spec.kind)
-                for member in self._early_joins.pop(job.id, set()):
-                    self.book.add_member(job.id, member)
                 await self._maybe_join(job)
                 self._start_job(job)
         elif isinstance(body, JoinAnnouncement):
-            if body.job_id not in self.book.jobs:
-                # Joins and jobs travel on different topics: a join may overtake its job.
-                if body.job_id in self._early_joins or len(self._early_joins) < _MAX_EARLY_JOBS:
-                    self._early_joins.setdefault(body.job_id, set()).add(author)
-            elif self.book.add_member(body.job_id, author):
+            job = self.book.jobs.get(body.job_id)
+            if job is None or job.creator != self.me:
+                raise RemoteProtocolError(author, "join", "joins go to the job's creator, and this node is not it")
+            if job.state != "pending" or job.roster is not None:
+                raise RemoteProtocolError(author, "join", f"job {job.id} is {job.state}: its roster is fixed")
+            if self.book.add_member(body.job_id, author):
                 log.info("member_joined", job=body.job_id, member=author.hex()[:16])
         elif isinstance(body, RosterAnnouncement):
             job = self.book.jobs.get(body.job_id)
             if job is not None and job.creator == author and self.book.set_roster(job.id, body.members):
                 log.info("roster_fixed", job=job.id, members=len(body.members), in_roster=self.me in body.members)
-                # Elections rank roster members with a known certificate: learn the missing ones now,
-                # before the first round, or this node would rank a different set than the others.
-                unknown = [m for m in body.members if m != self.me and not self._is_member(m)]
-                if unknown and self._nursery is not None:
-                    self._nursery.start_soon(self._reachable, unknown)
+                self._learn_roster(body)
         elif isinstance(body, CancelAnnouncement):
             job = self.book.jobs.get(body.job_id)
             if job is not None and job.creator == author and job.state in ("pending", "running"):
@@ -426,6 +429,20 @@ class Daemon:
                 log.info("job_cancelled", job=job.id, reason=body.reason)
         elif isinstance(body, ResultAnnouncement):
             await self._on_result_announcement(body, author, signed.record)
+
+    def _learn_roster(self, roster: RosterAnnouncement) -> None:
+        """Admit the roster members' certificates and remember their addresses: every participant of a
+        round can then be checked and dialed, whether or not this node has met it before."""
+        assert self._node is not None
+        for entry in roster.entries:
+            if entry.member == self.me:
+                continue
+            try:
+                self._admit(entry.certificate, entry.member)
+            except RemoteProtocolError:
+                continue  # the creator vouched for a bad certificate: that member fails every check here
+            if entry.member not in self._node.connected_peers():
+                self._node.add_addresses(entry.member, entry.addresses)
 
     async def _on_result_announcement(self, body: ResultAnnouncement, author: bytes, record: bytes) -> None:
         if author == self.me or self._has_result(body.job_id, body.round) or not self._elected(body, author):
@@ -504,12 +521,36 @@ class Daemon:
         await self._join(job)
 
     async def _join(self, job: Job) -> None:
-        assert self._node is not None
+        """Join locally; a member that did not create the job tells the creator, who fixes the roster."""
         self.book.add_member(job.id, self.me)
-        await self._announce("joins", JoinAnnouncement(job.id))
+        if job.creator != self.me and self._nursery is not None and job.id not in self._joining:
+            self._joining.add(job.id)
+            self._nursery.start_soon(self._send_join, job)
+
+    async def _send_join(self, job: Job) -> None:
+        """Hand the signed join to the job's creator over a stream, retrying until it acknowledges or the
+        job starts. Joins used to be gossiped and re-gossiped by every member: at 16 members that was
+        most of the village's gossip, and joins still reached nodes unevenly."""
+        assert self._node is not None
+        record = sign_announcement(JoinAnnouncement(job.id), self._key, self._certificate)
+        delay = 0.5
+        try:
+            while job.state == "pending" and job.roster is None and time.time() < job.start_at:
+                try:
+                    await self._node.request(job.creator, ANNOUNCE_PROTOCOL, record, timeout=_PROBE_TIMEOUT * 2,
+                                             max_reply=1024)
+                    log.info("joined", job=job.id, creator=job.creator.hex()[:16])
+                    return
+                except TransportError as exc:
+                    log.info("join_not_delivered", job=job.id, creator=job.creator.hex()[:16], reason=exc.reason)
+                await trio.sleep(min(delay, max(0.0, job.start_at - time.time())))
+                delay = min(delay * 2, 8.0)
+        finally:
+            self._joining.discard(job.id)
 
     async def _announce_pending(self) -> None:
-        """Gossip is best effort: repeat job announcements and joins, often before a job starts, then rarely."""
+        """Gossip is best effort: the creator repeats its job announcements, often before a job starts,
+        then rarely (with the roster, for nodes that came up late)."""
         assert self._node is not None
         for tick in itertools.count(1):
             await trio.sleep(self.config.announce_interval)
@@ -517,15 +558,11 @@ class Daemon:
             for job in list(self.book.jobs.values()):
                 pending = job.state == "pending" and now <= job.start_at
                 running = job.state in ("pending", "running") and tick % _RUNNING_ANNOUNCE_FACTOR == 0
-                if not (pending or running):
+                if job.creator != self.me or not (pending or running):
                     continue
-                if job.creator == self.me:
-                    announcement = JobAnnouncement(job.id, job.spec, job.created_at)
-                    await self._announce("jobs", announcement)
-                    if job.roster is not None:
-                        await self._announce("jobs", RosterAnnouncement(job.id, job.roster))
-                if self.me in job.members:
-                    await self._announce("joins", JoinAnnouncement(job.id))
+                await self._announce(JobAnnouncement(job.id, job.spec, job.created_at))
+                if job.roster is not None:
+                    await self._node.publish(self._topic, self._roster_record(job))
 
     # --- NodeControl (the control API) ---------------------------------------------------------------
 
@@ -566,7 +603,7 @@ class Daemon:
         job_id = secrets.token_hex(8)
         job = self.book.add_job(job_id, parsed, self.me, time.time())
         assert job is not None and self._node is not None
-        await self._announce("jobs", JobAnnouncement(job_id, parsed, job.created_at))
+        await self._announce(JobAnnouncement(job_id, parsed, job.created_at))
         await self._maybe_join(job)
         self._start_job(job)
         log.info("job_created", job=job_id, kind=parsed.kind, rounds=parsed.rounds)
@@ -600,7 +637,7 @@ class Daemon:
         last = results[-1] if results else None
         return {
             "id": job.id, "state": job.state, "rounds": job.spec.rounds, "rounds_completed": len(results),
-            "members": len(job.members), "start_at": job.start_at,
+            "members": len(self._members_of(job)), "start_at": job.start_at,
             "round": current.round if current else None, "attempt": current.attempt if current else None,
             "coordinator": coordinator, "role": current.role if current else None,
             "phase": current.phase if current else None,
@@ -615,7 +652,7 @@ class Daemon:
             raise Conflict(f"job {job_id} is already {job.state}")
         self.book.set_state(job_id, "cancelled")
         if job.creator == self.me and self._node is not None:
-            await self._announce("jobs", CancelAnnouncement(job_id, "cancelled by its creator"))
+            await self._announce(CancelAnnouncement(job_id, "cancelled by its creator"))
         return self._job_view(job)
 
     async def rounds(self, job_id: str) -> list[dict[str, object]]:
@@ -665,10 +702,15 @@ class Daemon:
             raise NotFound(f"job {job_id!r}")
         return job
 
+    @staticmethod
+    def _members_of(job: Job) -> tuple[bytes, ...] | set[bytes]:
+        """The roster once it is fixed; before, the joins this node knows (all of them on the creator)."""
+        return job.roster if job.roster is not None else job.members
+
     def _job_view(self, job: Job) -> dict[str, object]:
         return {
             "id": job.id, "state": job.state, "spec": job.spec.to_dict(), "creator": job.creator.hex(),
-            "created_at": job.created_at, "start_at": job.start_at, "members": sorted(m.hex() for m in job.members),
+            "created_at": job.created_at, "start_at": job.start_at, "members": sorted(m.hex() for m in self._members_of(job)),
             "joined": self.me in job.members, "results": len(self.store.result_rounds(job.id)),
             "privacy": self.book.privacy_view(job), "end_reason": self.book.end_reason(job.id),
         }

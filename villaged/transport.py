@@ -60,6 +60,7 @@ from villaged.framing import (
 )
 from villaged.gossip import Gossip, GossipValidator
 from villaged.identity import member_id_from_peer_id, peer_id_from_member_id
+from villaged.libp2p_tuning import install as install_libp2p_tuning
 from villaged.peer_limits import PeerLimits
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.2.0"), TProtocol("/meshsub/1.1.0")]
 HUGE_CONNECTION_CAP = 1_000_000
 # Addresses learned from a DHT lookup stay usable this long (libp2p's connect() uses 120 s).
 LOOKUP_ADDR_TTL = 600
+# Addresses handed over in a job's roster: the job may run for a day.
+HINT_ADDR_TTL = 86_400
 
 RequestHandler = Callable[[bytes, bytes], Awaitable[bytes]]
 """(peer member id, request) -> reply. Raise to send the peer an error reply."""
@@ -186,6 +189,27 @@ class Node:
             except ValueError:
                 continue
         return members
+
+    def addresses_of(self, peer: bytes) -> list[str]:
+        """The dialable addresses known for `peer` (from its connections, identify, or hints)."""
+        try:
+            addrs = self._host.get_peerstore().addrs(peer_id_from_member_id(peer))
+        except Exception:  # PeerStoreError (unknown or expired), or an id that is not a key
+            return []
+        return [str(addr) for addr in addrs]
+
+    def add_addresses(self, peer: bytes, addresses: Sequence[str]) -> None:
+        """Remember where `peer` can be dialed (bad entries are skipped; Noise checks whom a dial reaches)."""
+        if peer == self.member_id:
+            return
+        parsed = []
+        for text in addresses:
+            try:
+                parsed.append(multiaddr.Multiaddr(text))
+            except Exception:  # multiaddr raises assorted types for malformed text
+                self._emit("bad_address_hint", peer, address=text[:80])
+        if parsed:
+            self._host.get_peerstore().add_addrs(peer_id_from_member_id(peer), parsed, HINT_ADDR_TTL)
 
     def routing_table_size(self) -> int:
         return self._dht.get_routing_table_size()
@@ -512,7 +536,14 @@ def _build_host(keypair: KeyPair, config: TransportConfig) -> IHost:
             high_watermark=HUGE_CONNECTION_CAP,
             dial_timeout=config.dial_timeout,
         ),
+        # The resource manager's extras cost CPU on every stream and can refuse a busy village
+        # outright: its circuit breaker stops *all* connections for 60 s after 5 failed
+        # acquisitions, and graceful degradation shrinks the stream limit under load.
+        # villaged bounds its peers itself (peer_limits.py); keep only the connection caps.
         resource_manager=new_resource_manager(
+            enable_metrics=False,
+            enable_circuit_breaker=False,
+            enable_graceful_degradation=False,
             connection_limits=ConnectionLimits(
                 max_pending_inbound=4096,
                 max_pending_outbound=4096,
@@ -576,6 +607,7 @@ async def open_node(
     with `run_node` instead.
     """
     bootstrap_peers = parse_bootstrap(bootstrap)
+    install_libp2p_tuning()
     host = _build_host(keypair, config)
     dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
     gossipsub = _build_gossipsub(config)
