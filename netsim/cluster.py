@@ -9,10 +9,13 @@ Layout under one root directory (a fresh temp dir unless the caller gives one):
                                      with --per-process K, see netsim/multipeer.py)
 
 Every peer gets a fixed listen address chosen before anything starts, so netsim knows every
-peer's full /ip4/.../tcp/.../p2p/ID address up front and can hand each process the addresses of
-all peers started before it as bootstrap list. That builds a full mesh on purpose: a villaged
-coordinator invites only the members it is connected to when the round starts
-(`villaged/jobs.py` `_start_coordinating`), and any member may be elected.
+peer's full /ip4/.../tcp/.../p2p/ID address up front and can hand each process a few of them as
+bootstrap list: peer 0 (every job's creator in netsim) and up to BOOTSTRAP_PEERS - 1 others started
+before it, picked at random. The daemons do the rest, as they would on real machines: Kademlia
+lookups add connections, a member dials the job's creator to join, and each round's coordinator
+dials the participants it is not yet connected to with the addresses the roster carries. A full
+mesh (N(N-1)/2 connections, each with its gossip and yamux upkeep in Python) is what kept 16
+daemons on 2 cores from finishing a round.
 
 Nothing here is left behind: every child runs under `setpriv --pdeathsig KILL`, so even a
 SIGKILLed netsim takes its children with it, and `Cluster.close` (called from `finally`,
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -42,6 +46,8 @@ from protocol.membership import AdminKeyPair, issue_certificate
 #: How long one process may take from exec to a serving control API. Importing libp2p alone
 #: takes about 1.5 s of CPU; with 100 processes starting on 2 cores they queue for the CPU.
 START_TIMEOUT = 120.0
+#: Bootstrap addresses each peer starts with (see the module docstring).
+BOOTSTRAP_PEERS = 4
 #: SIGTERM first (villaged closes its libp2p host), SIGKILL after this.
 STOP_GRACE = 8.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -227,24 +233,32 @@ class Cluster:
     # --- processes ---------------------------------------------------------------------------------
 
     def start(self, batch: int = 16) -> None:
-        """Start every process; each bootstraps from all peers started before it (a full mesh)."""
+        """Start every process; each bootstraps from a few peers started before it."""
         for first in range(0, len(self.processes), batch):
             group = self.processes[first:first + batch]
             for process in group:
                 self.start_process(process, bootstrap_upto=process.peers[0])
             self.wait_ready(group)
 
+    def bootstrap_for(self, peer: int, candidates: list[int]) -> list[int]:
+        """Peer 0 and up to BOOTSTRAP_PEERS - 1 other `candidates`, the same picks on every call."""
+        rng = random.Random(peer)
+        others = [c for c in candidates if c != 0]
+        picks = rng.sample(others, min(BOOTSTRAP_PEERS - 1, len(others)))
+        return sorted(({0} & set(candidates)) | set(picks))
+
     def start_process(self, process: Process, bootstrap_upto: int | None = None, env: dict[str, str] | None = None) -> None:
-        """(Re)start one process. Bootstrap list: peers below `bootstrap_upto`, or all others."""
+        """(Re)start one process. Bootstrap candidates: peers below `bootstrap_upto`, or all others."""
         if process.alive():
             raise RuntimeError(f"process {process.index} is already running")
         limit = self.n if bootstrap_upto is None else bootstrap_upto
+        candidates = [i for i in range(limit) if i not in process.peers]
         configs = []
         for index in process.peers:
             peer = self.peers[index]
             (peer.data_dir / "api.json").unlink(missing_ok=True)  # readiness = a fresh api.json
             peer.api_url = None
-            bootstrap = [p.address for p in self.peers[:limit] if p.index not in process.peers]
+            bootstrap = [self.peers[i].address for i in self.bootstrap_for(index, candidates)]
             configs.append(self._write_config(peer, bootstrap))
         process.env = dict(env or {})
         if self.per_process == 1:

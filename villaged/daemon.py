@@ -52,8 +52,11 @@ MEMBERSHIP_PROTOCOL = "/village/membership/1.0.0"
 RESULT_PROTOCOL = "/village/result/1.0.0"
 ANNOUNCE_PROTOCOL = "/village/announce/1.0.0"
 _RESULT_FETCH_TIMEOUT = 10.0
-#: How long a coordinator waits for a roster member it is not connected to before leaving it out.
+#: How long a coordinator waits for a roster member it is not connected to before leaving it out,
+#: plus this much per member it has to dial, at most this many dials at once.
 _PROBE_TIMEOUT = 2.0
+_PROBE_TIMEOUT_PER_DIAL = 0.05
+_CONCURRENT_DIALS = 32
 #: Running jobs are re-announced this many announce intervals apart (pending ones every interval),
 #: so members that missed a message, or came up late, converge on the same job and member list.
 _RUNNING_ANNOUNCE_FACTOR = 10
@@ -170,26 +173,40 @@ class Daemon:
 
     async def _reachable(self, members: list[bytes]) -> set[bytes]:
         """Members connected now with a known certificate, plus those that answer a certificate
-        exchange within a few seconds (which also teaches this node their certificates)."""
+        exchange within a few seconds (dialed with the roster's addresses if need be)."""
         assert self._node is not None
         connected = {m for m in self._node.connected_peers() if self._is_member(m)}
         answered = {m for m in members if m in connected}
+        unconnected = [m for m in members if m not in connected]
+        # Dials queue for the CPU when many are new (a Noise handshake in Python each): allow for that.
+        timeout = _PROBE_TIMEOUT + _PROBE_TIMEOUT_PER_DIAL * len(unconnected)
+        limiter = trio.CapacityLimiter(_CONCURRENT_DIALS)
 
         async def probe(member: bytes) -> None:
             assert self._node is not None
-            try:
-                reply = await self._node.request(member, MEMBERSHIP_PROTOCOL, self._certificate, timeout=_PROBE_TIMEOUT,
-                                                 max_reply=1024)
-                self._admit(reply, member)
-                answered.add(member)
-            except (TransportError, RemoteProtocolError):
-                pass
+            async with limiter:
+                try:
+                    reply = await self._node.request(member, MEMBERSHIP_PROTOCOL, self._certificate, timeout=timeout,
+                                                     max_reply=1024)
+                    self._admit(reply, member)
+                    answered.add(member)
+                except (TransportError, RemoteProtocolError):
+                    pass
 
-        async with trio.open_nursery() as nursery:
-            for member in members:
-                if member not in connected:
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                for member in unconnected:
                     nursery.start_soon(probe, member)
         return answered
+
+    def _connect_ahead(self, job: Job) -> None:
+        """A node that the election names first for some round of `job` connects to the whole roster
+        now, so that its rounds do not start by dialing a hundred peers."""
+        assert job.roster is not None
+        members = sorted(job.roster)
+        if self._nursery is not None and any(
+                coordinator_for(job.id, r, 0, members) == self.me for r in range(job.spec.rounds)):
+            self._nursery.start_soon(self._reachable, [m for m in members if m != self.me])
 
     def _has_result(self, job_id: str, round_number: int) -> bool:
         return round_number in self.store.result_rounds(job_id)
@@ -350,6 +367,7 @@ class Daemon:
         until members have it, and gossip may take seconds to reach everyone or drop it."""
         assert job.roster is not None and self._node is not None
         log.info("roster_announced", job=job.id, members=len(job.roster))
+        self._connect_ahead(job)
         record = self._roster_record(job)
         await self._node.publish(self._topic, record)
 
@@ -422,6 +440,7 @@ class Daemon:
             if job is not None and job.creator == author and self.book.set_roster(job.id, body.members):
                 log.info("roster_fixed", job=job.id, members=len(body.members), in_roster=self.me in body.members)
                 self._learn_roster(body)
+                self._connect_ahead(job)
         elif isinstance(body, CancelAnnouncement):
             job = self.book.jobs.get(body.job_id)
             if job is not None and job.creator == author and job.state in ("pending", "running"):
