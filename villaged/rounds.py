@@ -15,6 +15,11 @@ Rules kept here rather than in the machines, because they span attempts:
   itself when that machine enters PHASE, before the phase's messages leave.
 - Once this node has sent unmasking shares for a round it takes part in no other attempt of that
   round, so a coordinator can never unmask two different survivor sets with its help.
+
+A machine's answer to the peer whose frame it just received rides back on that request's reply
+instead of on a stream of its own: each phase then costs one stream per client, not two. With 16
+daemons sharing 2 cores, opening a stream (multistream-select in Python, in both processes) was
+the larger part of every phase.
 """
 
 from __future__ import annotations
@@ -135,13 +140,16 @@ class MachineRunner:
         self._nursery.start_soon(self._run_timers_scope)
         self._nursery.start_soon(self._apply_later, self.machine.start(trio.current_time()))
 
-    async def feed(self, frame: bytes) -> None:
-        """Give the machine one frame; raises `RemoteProtocolError` if it rejects it."""
+    async def feed(self, frame: bytes, reply_to: bytes | None = None) -> bytes | None:
+        """Give the machine one frame; raises `RemoteProtocolError` if it rejects it.
+
+        If the machine answers `reply_to` with exactly one frame, that frame is returned to ride
+        on the reply instead of being sent."""
         if self.closed:
             raise RemoteProtocolError(None, "route", "that attempt has ended on this node")
         async with self._lock:
             outputs = self.machine.receive(frame, trio.current_time())
-            await self._apply(outputs)
+            return await self._apply(outputs, reply_to)
 
     def close(self) -> None:
         """Abandon the machine: no more frames, no timers. Its keys die with it."""
@@ -156,13 +164,17 @@ class MachineRunner:
         async with self._lock:
             await self._apply(outputs)
 
-    async def _apply(self, outputs: list[Output]) -> None:
+    async def _apply(self, outputs: list[Output], reply_to: bytes | None = None) -> bytes | None:
         if self._failpoint is not None and any(isinstance(out, Send) for out in outputs):
             role = "client" if isinstance(self.machine, ClientRound) else "coordinator"
             if self._failpoint == f"{role}:{self.machine.phase.value}":
                 log.warning("failpoint_hit", failpoint=self._failpoint)
                 os.kill(os.getpid(), signal.SIGKILL)  # a real crash, before this phase's messages leave
+        answers = [out for out in outputs if isinstance(out, Send) and out.to == reply_to]
+        reply = answers[0] if reply_to is not None and len(answers) == 1 else None
         for out in outputs:
+            if out is reply:
+                continue
             if isinstance(out, Send):
                 self._send(out, self._send_timeout)
             elif isinstance(out, StartTimer):
@@ -171,6 +183,7 @@ class MachineRunner:
                 if isinstance(out, (RoundFinished, RoundAborted, ClientFinished)):
                     self.close()
                 await self._report(out)
+        return reply.frame if reply is not None else None
 
     async def _timer(self, name: str, seconds: float) -> None:
         if self.closed:
@@ -241,32 +254,36 @@ class RoundDriver:
 
     # --- inbound --------------------------------------------------------------------------------
 
-    async def handle_frame(self, peer: bytes, frame: bytes) -> bytes:
-        """The ROUND_PROTOCOL handler: route one frame; raising sends the reason back as an error reply."""
+    async def handle_frame(self, peer: bytes, frame: bytes, *, can_reply: bool = True) -> bytes:
+        """The ROUND_PROTOCOL handler: route one frame; raising sends the reason back as an error reply.
+
+        Returns ACK, or (with `can_reply`) this node's answer to `peer` when its machine has one."""
         context, kind, sender = peek(frame)
         if sender != peer:
             raise RemoteProtocolError(peer, kind, "frame signed by someone other than the sending peer")
         if not self._directory.is_member(peer):
             raise RemoteProtocolError(peer, kind, "not a member of this village")
+        reply_to = peer if can_reply else None
         if kind in _CLIENT_KINDS:
-            await self._to_client(context, kind, sender, frame)
+            answer = await self._to_client(context, kind, sender, frame, reply_to)
         else:
             runner = self._coordinators.get(context)
             if runner is None:
                 raise RemoteProtocolError(peer, kind, f"this node does not coordinate {context}")
-            await runner.feed(frame)
-        return ACK
+            answer = await runner.feed(frame, reply_to)
+        return answer if answer is not None else ACK
 
-    async def _to_client(self, context: RoundContext, kind: str, sender: bytes, frame: bytes) -> None:
+    async def _to_client(
+        self, context: RoundContext, kind: str, sender: bytes, frame: bytes, reply_to: bytes | None
+    ) -> bytes | None:
         key = (context.job_id, context.round)
         current = self._clients.get(key)
         if kind != "invite":
             if current is None or current[0] != context.attempt:
                 if kind == "abort" and self._directory.round_members(context.job_id) is not None:
-                    return  # this node already left that attempt of a job it knows: nothing to stop
+                    return None  # this node already left that attempt of a job it knows: nothing to stop
                 raise RemoteProtocolError(sender, kind, f"no client machine for {context} on this node")
-            await self._feed_client(current[1], context, frame)
-            return
+            return await self._feed_client(current[1], context, frame, reply_to)
         members = self._directory.round_members(context.job_id)
         if members is None and await self._directory.wait_for_roster(context.job_id, _ROSTER_WAIT):
             members = self._directory.round_members(context.job_id)  # the invite overtook the roster gossip
@@ -302,11 +319,13 @@ class RoundDriver:
         tracker.invited.add(context.attempt)
         tracker.changed()
         runner.start()
-        await self._feed_client(runner, context, frame)
+        return await self._feed_client(runner, context, frame, reply_to)
 
-    async def _feed_client(self, runner: MachineRunner, context: RoundContext, frame: bytes) -> None:
+    async def _feed_client(
+        self, runner: MachineRunner, context: RoundContext, frame: bytes, reply_to: bytes | None
+    ) -> bytes | None:
         try:
-            await runner.feed(frame)
+            return await runner.feed(frame, reply_to)
         except RemoteProtocolError as exc:
             machine = runner.machine
             if isinstance(machine, ClientRound) and machine.phase is ClientPhase.ABORTED:
@@ -361,19 +380,23 @@ class RoundDriver:
             return
         for attempt in range(_SEND_ATTEMPTS):
             try:
-                await self._network.request(send.to, ROUND_PROTOCOL, send.frame, timeout=timeout, max_reply=1024)
-                return
+                reply = await self._network.request(send.to, ROUND_PROTOCOL, send.frame, timeout=timeout)
             except TransportError as exc:
                 if attempt == _SEND_ATTEMPTS - 1 or _is_remote_rejection(exc.reason):
                     log.info("round_send_failed", peer=send.to.hex()[:16], reason=exc.reason)
                     return
                 await trio.sleep(min(1.0, timeout / 10) * (attempt + 1))
+                continue
+            if reply != ACK:  # the peer's answer rode on the reply
+                await self._deliver_locally(reply, sender=send.to)
+            return
 
-    async def _deliver_locally(self, frame: bytes) -> None:
+    async def _deliver_locally(self, frame: bytes, sender: bytes | None = None) -> None:
+        """Feed a frame from `sender` (this node by default) without a reply channel."""
         try:
-            await self.handle_frame(self.me, frame)
+            await self.handle_frame(sender or self.me, frame, can_reply=False)
         except ProtocolError as exc:
-            log.info("local_frame_rejected", reason=str(exc))
+            log.info("local_frame_rejected", sender=(sender or self.me).hex()[:16], reason=str(exc))
 
 
 def _is_remote_rejection(reason: str) -> bool:
