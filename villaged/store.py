@@ -489,6 +489,11 @@ class Store:
                 (name, text, updated_at),
             )
 
+    def local_input_version(self, name: str) -> float | None:
+        """When the named input was last put (None if there is none), without loading it."""
+        row = self._db.execute("SELECT updated_at FROM local_inputs WHERE name = ?", (name,)).fetchone()
+        return None if row is None else float(row[0])
+
     def get_local_input(self, name: str) -> LocalInput | None:
         row = self._db.execute("SELECT name, payload, updated_at FROM local_inputs WHERE name = ?", (name,)).fetchone()
         return None if row is None else LocalInput(row[0], json.loads(row[1]), row[2])
