@@ -166,7 +166,8 @@ class Daemon:
         assert self._driver is not None
         try:
             hooks = JobHooks(reachable=self._reachable, has_result=self._has_result, fetch_result=self._fetch_result,
-                             on_round_end=self._on_round_end, announce_roster=self._announce_roster)
+                             on_round_end=self._on_round_end, announce_roster=self._announce_roster,
+                             connect_ahead=self._connect_ahead)
             await run_job(job, self.book, self._driver, self.store, hooks)
         finally:
             self._running_jobs.discard(job.id)
@@ -199,13 +200,13 @@ class Daemon:
                     nursery.start_soon(probe, member)
         return answered
 
-    def _connect_ahead(self, job: Job) -> None:
-        """A node that the election names first for some round of `job` connects to the whole roster
-        now, so that its rounds do not start by dialing a hundred peers."""
-        assert job.roster is not None
+    def _connect_ahead(self, job: Job, round_number: int) -> None:
+        """The node the election names first for `round_number` connects to the whole roster now (one
+        round ahead), so that its round does not start by dialing a hundred peers."""
+        if job.roster is None or round_number >= job.spec.rounds or self._nursery is None:
+            return
         members = sorted(job.roster)
-        if self._nursery is not None and any(
-                coordinator_for(job.id, r, 0, members) == self.me for r in range(job.spec.rounds)):
+        if coordinator_for(job.id, round_number, 0, members) == self.me:
             self._nursery.start_soon(self._reachable, [m for m in members if m != self.me])
 
     def _has_result(self, job_id: str, round_number: int) -> bool:
@@ -367,7 +368,7 @@ class Daemon:
         until members have it, and gossip may take seconds to reach everyone or drop it."""
         assert job.roster is not None and self._node is not None
         log.info("roster_announced", job=job.id, members=len(job.roster))
-        self._connect_ahead(job)
+        self._connect_ahead(job, 0)
         record = self._roster_record(job)
         await self._node.publish(self._topic, record)
 
@@ -440,7 +441,7 @@ class Daemon:
             if job is not None and job.creator == author and self.book.set_roster(job.id, body.members):
                 log.info("roster_fixed", job=job.id, members=len(body.members), in_roster=self.me in body.members)
                 self._learn_roster(body)
-                self._connect_ahead(job)
+                self._connect_ahead(job, 0)
         elif isinstance(body, CancelAnnouncement):
             job = self.book.jobs.get(body.job_id)
             if job is not None and job.creator == author and job.state in ("pending", "running"):

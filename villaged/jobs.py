@@ -235,6 +235,7 @@ class JobHooks:
     fetch_result: Callable[[Job, int], Awaitable[bool]]  # ask peers for a result this node missed
     on_round_end: Callable[[Job, int, str], Awaitable[None]]
     announce_roster: Callable[[Job], Awaitable[None]]
+    connect_ahead: Callable[[Job, int], None]  # a round's elected coordinator dials the roster early
 
 
 async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, hooks: JobHooks) -> None:
@@ -270,6 +271,7 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
                                 f"spent, round {round_number} of {job.spec.rounds} not started")
             return
         await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
+        hooks.connect_ahead(job, round_number + 1)
         if book.me in (job.roster or ()):
             outcome = await _run_round(job, round_number, book, driver, store, hooks)
         else:

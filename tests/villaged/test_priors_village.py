@@ -115,7 +115,7 @@ async def test_round_over_budget_is_not_started_and_the_count_survives_a_restart
             return False
 
         hooks = JobHooks(reachable=never, has_result=lambda j, r: False, fetch_result=nobody_has_it, on_round_end=never,  # type: ignore[arg-type]
-                         announce_roster=never)
+                         announce_roster=never, connect_ahead=lambda job, r: None)
         await run_job(job2, book, None, store, hooks)  # type: ignore[arg-type]
         assert job2.state == "completed" and store.get_job("j1").state == "completed"  # type: ignore[union-attr]
         assert (book.end_reason("j1") or "").startswith("privacy budget used")
