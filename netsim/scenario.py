@@ -147,17 +147,21 @@ class Scenario:
         return [x or 0 for x in _parallel(_quiet(lambda p: len(api_call(p, "GET", "/v1/peers"))), peers)]
 
     def wait_mesh(self, timeout: float) -> dict[str, Any]:
-        """Until every live peer holds a few connections (its bootstrap peers' worth): enough to hear
-        the job and reach its creator. Rounds dial whatever else they need (cluster.py)."""
+        """Until every live peer holds a few connections (its bootstrap peers' worth), enough to hear
+        the job and reach its creator, and its discovery has settled (Kademlia lookups dial many peers
+        while a routing table still grows; a deployed village is past that when a job comes).
+        Rounds dial whatever else they need (cluster.py)."""
         assert self.cluster is not None
         deadline = time.monotonic() + timeout
         while True:
             live = self.live_peers
             want = min(BOOTSTRAP_PEERS - 1, len(live) - 1)
-            connected = self._connection_counts(live)
+            status = [x or {} for x in _parallel(_quiet(lambda p: api_call(p, "GET", "/v1/status")), live)]
+            connected = [x.get("connected_peers", 0) for x in status]
+            settled = sum(1 for x in status if x.get("discovery_settled"))
             summary = {"min_connected": min(connected), "median_connected": sorted(connected)[len(connected) // 2],
-                       "max_connected": max(connected), "wanted": want}
-            if min(connected) >= want:
+                       "max_connected": max(connected), "wanted": want, "discovery_settled": settled}
+            if min(connected) >= want and settled == len(live):
                 return {**summary, "ready": True}
             if time.monotonic() > deadline:
                 self.log(f"peers not connected after {timeout:.0f} s: {summary}")

@@ -598,6 +598,7 @@ class Daemon:
             "connected_peers": len(node.connected_peers()) if node else 0,
             "members_known": len(self.registry.members(time.time())),
             "routing_table_size": node.routing_table_size() if node else 0,
+            "discovery_settled": node.discovery.settled if node else False,
             "jobs": {state: sum(1 for j in jobs if j.state == state) for state in ("pending", "running", "completed", "cancelled", "failed")},
             "certificate_expires_at": decode_certificate(self._certificate).expires_at,
         }

@@ -47,6 +47,13 @@ class DiscoverySettings:
     dial_timeout: float  # per bootstrap dial, and per DHT lookup
 
 
+@dataclass
+class DiscoveryState:
+    """What the loop has found so far, for status reports (netsim waits for `settled`)."""
+
+    settled: bool = False  # the last refresh found nobody new: lookups now run rarely
+
+
 def parse_bootstrap(addrs: Sequence[str]) -> list[PeerInfo]:
     """Parse `/ip4/.../tcp/.../p2p/<id>` strings; ValueError names the bad entry."""
     infos = []
@@ -59,7 +66,8 @@ def parse_bootstrap(addrs: Sequence[str]) -> list[PeerInfo]:
 
 
 async def maintain_peers(
-    host: IHost, dht: KadDHT, bootstrap: Sequence[PeerInfo], settings: DiscoverySettings, emit: EmitFn
+    host: IHost, dht: KadDHT, bootstrap: Sequence[PeerInfo], settings: DiscoverySettings, emit: EmitFn,
+    state: DiscoveryState,
 ) -> None:
     """Run forever: join, keep the routing table filled, rejoin when isolated."""
     bootstrap = [info for info in bootstrap if info.peer_id != host.get_id()]
@@ -71,6 +79,7 @@ async def maintain_peers(
         await trio.sleep(interval)
         if bootstrap and not host.get_connected_peers():
             emit("bootstrap_retry", None, backoff=backoff)
+            state.settled = False
             if await _join(host, dht, bootstrap, settings, emit):
                 backoff = interval = settings.first_interval
             else:
@@ -78,10 +87,11 @@ async def maintain_peers(
             continue
         await _refresh(host, dht, settings)
         size = dht.get_routing_table_size()
-        if size > known and size < settings.small_table:
-            interval = min(interval * 2, settings.interval)  # still finding peers: keep looking
-        else:
+        state.settled = not (size > known and size < settings.small_table)
+        if state.settled:
             interval = min(max(interval, settings.interval) * 2, settings.stable_interval)
+        else:
+            interval = min(interval * 2, settings.interval)  # still finding peers: keep looking
         known = size
 
 

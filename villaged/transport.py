@@ -44,7 +44,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from villaged.discovery import DiscoverySettings, maintain_peers, parse_bootstrap
+from villaged.discovery import DiscoverySettings, DiscoveryState, maintain_peers, parse_bootstrap
 from villaged.errors import TransportError
 from villaged.framing import (
     HARD_MAX_FRAME,
@@ -170,6 +170,7 @@ class Node:
             publish_spacing=config.gossip_publish_spacing,
             queue_size=config.gossip_queue_size,
         )
+        self.discovery = DiscoveryState()
         self.peer_id: ID = host.get_id()
         self.member_id: bytes = member_id_from_peer_id(self.peer_id)
 
@@ -631,7 +632,7 @@ async def open_node(
             backoff_max=config.bootstrap_backoff_max,
             dial_timeout=config.dial_timeout,
         )
-        nursery.start_soon(maintain_peers, host, dht, bootstrap_peers, settings, node._emit)
+        nursery.start_soon(maintain_peers, host, dht, bootstrap_peers, settings, node._emit, node.discovery)
         try:
             yield node
         finally:
