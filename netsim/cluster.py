@@ -10,8 +10,7 @@ Layout under one root directory (a fresh temp dir unless the caller gives one):
 
 Every peer gets a fixed listen address chosen before anything starts, so netsim knows every
 peer's full /ip4/.../tcp/.../p2p/ID address up front and can hand each process a few of them as
-bootstrap list: peer 0 (every job's creator in netsim) and up to BOOTSTRAP_PEERS - 1 others started
-before it, picked at random. The daemons do the rest, as they would on real machines: Kademlia
+bootstrap list: up to BOOTSTRAP_PEERS of those started before it, picked at random. The daemons do the rest, as they would on real machines: Kademlia
 lookups add connections, a member dials the job's creator to join, and each round's coordinator
 dials the participants it is not yet connected to with the addresses the roster carries. A full
 mesh (N(N-1)/2 connections, each with its gossip and yamux upkeep in Python) is what kept 16
@@ -241,11 +240,9 @@ class Cluster:
             self.wait_ready(group)
 
     def bootstrap_for(self, peer: int, candidates: list[int]) -> list[int]:
-        """Peer 0 and up to BOOTSTRAP_PEERS - 1 other `candidates`, the same picks on every call."""
-        rng = random.Random(peer)
-        others = [c for c in candidates if c != 0]
-        picks = rng.sample(others, min(BOOTSTRAP_PEERS - 1, len(others)))
-        return sorted(({0} & set(candidates)) | set(picks))
+        """Up to BOOTSTRAP_PEERS of `candidates`, the same picks on every call. Not always peer 0: it
+        creates every netsim job, and a node everyone bootstraps from also answers everyone's lookups."""
+        return sorted(random.Random(peer).sample(candidates, min(BOOTSTRAP_PEERS, len(candidates))))
 
     def start_process(self, process: Process, bootstrap_upto: int | None = None, env: dict[str, str] | None = None) -> None:
         """(Re)start one process. Bootstrap candidates: peers below `bootstrap_upto`, or all others."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import random
 import secrets
 import time
 from dataclasses import dataclass
@@ -57,6 +58,10 @@ _RESULT_FETCH_TIMEOUT = 10.0
 _PROBE_TIMEOUT = 2.0
 _PROBE_TIMEOUT_PER_DIAL = 0.05
 _CONCURRENT_DIALS = 32
+#: A member's join waits a random part (up to this share) of the time left before the job starts,
+#: and each attempt waits this long for the creator's answer.
+_JOIN_SPREAD = 0.4
+_JOIN_TIMEOUT = 10.0
 #: Running jobs are re-announced this many announce intervals apart (pending ones every interval),
 #: so members that missed a message, or came up late, converge on the same job and member list.
 _RUNNING_ANNOUNCE_FACTOR = 10
@@ -548,22 +553,30 @@ class Daemon:
             self._nursery.start_soon(self._send_join, job)
 
     async def _send_join(self, job: Job) -> None:
-        """Hand the signed join to the job's creator over a stream, retrying until it acknowledges or the
-        job starts. Joins used to be gossiped and re-gossiped by every member: at 16 members that was
-        most of the village's gossip, and joins still reached nodes unevenly."""
+        """Hand the signed join to the job's creator over a stream, retrying until it acknowledges, refuses,
+        or the job starts. Joins used to be gossiped and re-gossiped by every member: at 16 members that
+        was most of the village's gossip, and joins still reached nodes unevenly.
+
+        Every member learns of a job within a second of the others, so the first attempt waits a random
+        part of the time left: a hundred members dialing the creator at once (a Noise handshake in Python
+        each) kept it from answering any of them within the timeout."""
         assert self._node is not None
         record = sign_announcement(JoinAnnouncement(job.id), self._key, self._certificate)
-        delay = 0.5
+        jitter = random.Random()
+        await trio.sleep(jitter.uniform(0, _JOIN_SPREAD * max(0.0, job.start_at - time.time())))
+        delay = 1.0
         try:
             while job.state == "pending" and job.roster is None and time.time() < job.start_at:
                 try:
-                    await self._node.request(job.creator, ANNOUNCE_PROTOCOL, record, timeout=_PROBE_TIMEOUT * 2,
+                    await self._node.request(job.creator, ANNOUNCE_PROTOCOL, record, timeout=_JOIN_TIMEOUT,
                                              max_reply=1024)
                     log.info("joined", job=job.id, creator=job.creator.hex()[:16])
                     return
                 except TransportError as exc:
                     log.info("join_not_delivered", job=job.id, creator=job.creator.hex()[:16], reason=exc.reason)
-                await trio.sleep(min(delay, max(0.0, job.start_at - time.time())))
+                    if exc.reason.startswith("remote error"):
+                        return  # the creator answered and refused (e.g. the roster is already fixed)
+                await trio.sleep(min(delay * jitter.uniform(0.5, 1.5), max(0.0, job.start_at - time.time())))
                 delay = min(delay * 2, 8.0)
         finally:
             self._joining.discard(job.id)
