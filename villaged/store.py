@@ -306,14 +306,19 @@ class Store:
 
     def put_member(self, member_id: bytes, certificate: bytes, expires_at: int) -> None:
         """Store (or replace) the certificate held for a member. Verify it before calling."""
-        if len(member_id) != 32:
-            raise StoreError(f"member_id must be 32 bytes, got {len(member_id)}")
+        self.put_members([(member_id, certificate, expires_at)])
+
+    def put_members(self, members: list[tuple[bytes, bytes, int]]) -> None:
+        """`put_member` for many (member id, certificate, expires_at) in one transaction (one fsync)."""
+        for member_id, _, _ in members:
+            if len(member_id) != 32:
+                raise StoreError(f"member_id must be 32 bytes, got {len(member_id)}")
         with self._transaction() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO members (member_id, certificate, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(member_id) DO UPDATE SET certificate = excluded.certificate, "
                 "expires_at = excluded.expires_at",
-                (member_id, certificate, expires_at),
+                members,
             )
 
     def members(self) -> list[MemberRecord]:
