@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from netsim.cluster import (
-    BOOTSTRAP_PEERS, ApiError, Cluster, Peer, Process, api_call, parse_bytes_metrics, process_cpu_seconds,
+    ApiError, Cluster, Peer, Process, api_call, parse_bytes_metrics, process_cpu_seconds,
 )
 from netsim.faults import FaultPlan, Kill, pick_victims
 from netsim.netns import LinkShape, Netns
@@ -147,15 +147,15 @@ class Scenario:
         return [x or 0 for x in _parallel(_quiet(lambda p: len(api_call(p, "GET", "/v1/peers"))), peers)]
 
     def wait_mesh(self, timeout: float) -> dict[str, Any]:
-        """Until every live peer holds a few connections (its bootstrap peers' worth), enough to hear
-        the job and reach its creator, and its discovery has settled (Kademlia lookups dial many peers
+        """Until every live peer is connected, so it hears the job and can reach its creator, and its
+        discovery has settled (Kademlia lookups dial many peers
         while a routing table still grows; a deployed village is past that when a job comes).
         Rounds dial whatever else they need (cluster.py)."""
         assert self.cluster is not None
         deadline = time.monotonic() + timeout
         while True:
             live = self.live_peers
-            want = min(BOOTSTRAP_PEERS - 1, len(live) - 1)
+            want = 1  # in the village; lookups bring more once discovery runs, and rounds dial the rest
             status = [x or {} for x in _parallel(_quiet(lambda p: api_call(p, "GET", "/v1/status")), live)]
             connected = [x.get("connected_peers", 0) for x in status]
             settled = sum(1 for x in status if x.get("discovery_settled"))
@@ -294,8 +294,7 @@ class Scenario:
         peers = [self.cluster.peers[i] for p in processes for i in p.peers]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            want = min(BOOTSTRAP_PEERS - 1, len(self.live_peers) - 1)
-            if min(self._connection_counts(peers)) >= want:
+            if min(self._connection_counts(peers)) >= 1:
                 return
             time.sleep(0.3)
         self.log("restarted peers did not reconnect to their bootstrap peers in time")

@@ -244,7 +244,12 @@ class Daemon:
     # --- membership -------------------------------------------------------------------------------
 
     async def _exchange_certificates(self, peer: bytes) -> None:
+        """On a new connection, learn the peer's certificate unless it is known already (a roster or an
+        announcement brought it): a coordinator connecting to 100 members ahead of a round otherwise
+        starts 200 certificate exchanges at once."""
         assert self._node is not None
+        if self._is_member(peer):
+            return
         try:
             reply = await self._node.request(peer, MEMBERSHIP_PROTOCOL, self._certificate, timeout=10.0, max_reply=1024)
             self._admit(reply, peer)
