@@ -40,8 +40,10 @@ log = structlog.get_logger("villaged.jobs")
 #: A round is given up after this many attempt windows without a result. Attempts that fail fast
 #: (no invite, a coordinator that aborts) cost less than a window, so more of them fit.
 ROUND_WINDOWS = 5
-#: Rounds open this long after the roster is announced, so that it reaches every member first.
+#: Rounds open this long (plus this much per roster member) after the roster is announced, so
+#: that it reaches every member first and round 0's coordinator can connect to the whole roster.
 ROSTER_GRACE = 2.0
+ROSTER_GRACE_PER_MEMBER = 0.05
 
 
 @dataclass
@@ -60,7 +62,8 @@ class Job:
         return self.created_at + self.spec.start_delay
 
     def round_opens_at(self, round_number: int) -> float:
-        return self.start_at + ROSTER_GRACE + round_number * self.spec.round_interval
+        grace = ROSTER_GRACE + ROSTER_GRACE_PER_MEMBER * len(self.roster or ())
+        return self.start_at + grace + round_number * self.spec.round_interval
 
 
 class JobBook:
