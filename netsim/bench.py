@@ -60,7 +60,7 @@ def bench_core(n: int, dimension: int, neighbours: int, threshold: int | None, d
 NET_WORKLOADS: dict[str, dict[str, object]] = {
     "net-16": {"n": 16, "d": 100_000, "rounds": 3, "per_process": 1, "phase_timeout": 30.0, "round_interval": 10.0},
     "net-100": {"n": 100, "d": 100_000, "rounds": 2, "per_process": 5, "dropout": 0.1, "drop_phase": "masked",
-                "phase_timeout": 60.0},
+                "phase_timeout": 30.0},
     "net-300": {"n": 300, "d": 10_000, "rounds": 2, "per_process": 20, "phase_timeout": 60.0, "round_interval": 30.0},
 }
 

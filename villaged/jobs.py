@@ -238,7 +238,7 @@ class JobHooks:
     fetch_result: Callable[[Job, int], Awaitable[bool]]  # ask peers for a result this node missed
     on_round_end: Callable[[Job, int, str], Awaitable[None]]
     announce_roster: Callable[[Job], Awaitable[None]]
-    connect_ahead: Callable[[Job, int], None]  # a round's elected coordinator dials the roster early
+    connect_ahead: Callable[[Job, int], None]  # members connect early to a round's elected coordinator
 
 
 async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, hooks: JobHooks) -> None:
