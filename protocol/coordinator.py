@@ -73,6 +73,7 @@ class CoordinatorRound:
         self.phase = CoordinatorPhase.ADVERTISE
         self.graph = NeighbourGraph(participants, params.neighbours, context.encode())
         self._participant_set = frozenset(self.graph.participants)
+        self._lost: set[bytes] = set()  # participants the driver could not reach: not waited for
         self._ctx = context.encode()
         self._signing_key = signing_key
         self._started: dict[str, float] = {}
@@ -122,6 +123,15 @@ class CoordinatorRound:
             return []
         return self._close(now)
 
+    def peer_lost(self, peer: bytes, now: float) -> list[Output]:
+        """The driver could not deliver to `peer` (or it refused): stop waiting for it. The phase closes
+        as soon as everyone else still expected has answered, instead of at its timeout; this is what
+        the timeout would have done later, so it changes when a phase closes, never what it accepts."""
+        if self.phase in (CoordinatorPhase.DONE, CoordinatorPhase.ABORTED) or peer not in self._participant_set:
+            return []
+        self._lost.add(peer)
+        return self._close(now) if self._phase_complete() else []
+
     # --- collecting -------------------------------------------------------------------------------
 
     def _collect(self, sender: bytes, message: Message, frame: bytes, now: float) -> list[Output]:
@@ -132,7 +142,6 @@ class CoordinatorRound:
             if len(keys) < 2 or any(keys & {a.channel_key, a.mask_key} for _, a in self._adverts.values()):
                 raise RemoteProtocolError(sender, phase, "public keys repeat this or another client's keys")
             self._adverts[sender] = (frame, message)
-            done = len(self._adverts) == len(self.participants)
         elif isinstance(message, EncryptedShares):
             self._check_in(sender, self._adverts, phase)
             self._check_once(sender, self._shares, phase)
@@ -140,7 +149,6 @@ class CoordinatorRound:
             if [who for who, _ in message.shares] != expected:
                 raise RemoteProtocolError(sender, phase, "shares are not addressed to exactly its live neighbours")
             self._shares[sender] = dict(message.shares)
-            done = len(self._shares) == len(self._adverts)
         elif isinstance(message, MaskedInput):
             self._check_in(sender, self._shares, phase)
             self._check_once(sender, self._inputs, phase)
@@ -151,19 +159,34 @@ class CoordinatorRound:
                 raise RemoteProtocolError(sender, phase, f"masked input has words beyond {self.params.bits} bits")
             np.add(self._total, vector, out=self._total)
             self._inputs.add(sender)
-            done = len(self._inputs) == len(self._shares)
         elif isinstance(message, ConsistencySignature):
             self._check_in(sender, self._survivors, phase)
             self._check_once(sender, self._votes, phase)
             if message.survivors_digest != masking.survivors_digest(self._ctx, self._survivors):
                 raise RemoteProtocolError(sender, phase, "signed a different survivor set")
             self._votes[sender] = frame
-            done = len(self._votes) == len(self._survivors)
         else:
             assert isinstance(message, UnmaskShares)
             self._take_unmask_shares(sender, message)
-            done = len(self._unmasked_by) == len(self._votes) or self._all_secrets_recoverable(self._unmasked_by, enough_points=True)
-        return self._close(now) if done else []
+        return self._close(now) if self._phase_complete() else []
+
+    def _phase_complete(self) -> bool:
+        """Every client still expected in this phase (answered the last one, not lost) has answered."""
+        if self.phase is CoordinatorPhase.ADVERTISE:
+            expected, answered = self._participant_set, self._adverts.keys()
+        elif self.phase is CoordinatorPhase.SHARE:
+            expected, answered = self._adverts.keys(), self._shares.keys()
+        elif self.phase is CoordinatorPhase.MASKED:
+            expected, answered = self._shares.keys(), self._inputs
+        elif self.phase is CoordinatorPhase.CONSISTENCY:
+            expected, answered = set(self._survivors), self._votes.keys()
+        elif self.phase is CoordinatorPhase.UNMASK:
+            if self._all_secrets_recoverable(self._unmasked_by, enough_points=True):
+                return True
+            expected, answered = self._votes.keys(), self._unmasked_by
+        else:
+            return False
+        return all(who in answered or who in self._lost for who in expected)
 
     def _take_unmask_shares(self, sender: bytes, message: UnmaskShares) -> None:
         phase = "unmask"

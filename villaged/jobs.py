@@ -41,7 +41,7 @@ log = structlog.get_logger("villaged.jobs")
 #: (no invite, a coordinator that aborts) cost less than a window, so more of them fit.
 ROUND_WINDOWS = 5
 #: Rounds open this long (plus this much per roster member) after the roster is announced, so
-#: that it reaches every member first and round 0's coordinator can connect to the whole roster.
+#: that it reaches every member first and the members can connect to round 0's coordinator.
 ROSTER_GRACE = 2.0
 ROSTER_GRACE_PER_MEMBER = 0.05
 

@@ -121,7 +121,7 @@ class MachineRunner:
         self,
         machine: ClientRound | CoordinatorRound,
         nursery: trio.Nursery,
-        send: Callable[[Send, float], None],
+        send: Callable[[Send, float, Callable[[bytes], Awaitable[None]]], None],
         report: Callable[[Output], Awaitable[None]],
         send_timeout: float,
         failpoint: str | None = None,
@@ -176,7 +176,7 @@ class MachineRunner:
             if out is reply:
                 continue
             if isinstance(out, Send):
-                self._send(out, self._send_timeout)
+                self._send(out, self._send_timeout, self.lost)
             elif isinstance(out, StartTimer):
                 self._nursery.start_soon(self._timer, out.name, out.seconds)
             else:
@@ -184,6 +184,14 @@ class MachineRunner:
                     self.close()
                 await self._report(out)
         return reply.frame if reply is not None else None
+
+    async def lost(self, peer: bytes) -> None:
+        """A send to `peer` failed for good (unreachable, or it refused): a coordinator stops waiting for it."""
+        if self.closed or not isinstance(self.machine, CoordinatorRound):
+            return
+        async with self._lock:
+            if not self.closed:
+                await self._apply(self.machine.peer_lost(peer, trio.current_time()))
 
     async def _timer(self, name: str, seconds: float) -> None:
         if self.closed:
@@ -371,10 +379,10 @@ class RoundDriver:
 
     # --- outbound -------------------------------------------------------------------------------
 
-    def _send(self, send: Send, timeout: float) -> None:
-        self._nursery.start_soon(self._deliver, send, timeout)
+    def _send(self, send: Send, timeout: float, on_lost: Callable[[bytes], Awaitable[None]]) -> None:
+        self._nursery.start_soon(self._deliver, send, timeout, on_lost)
 
-    async def _deliver(self, send: Send, timeout: float) -> None:
+    async def _deliver(self, send: Send, timeout: float, on_lost: Callable[[bytes], Awaitable[None]]) -> None:
         if send.to == self.me:
             await self._deliver_locally(send.frame)
             return
@@ -384,6 +392,7 @@ class RoundDriver:
             except TransportError as exc:
                 if attempt == _SEND_ATTEMPTS - 1 or _is_remote_rejection(exc.reason):
                     log.info("round_send_failed", peer=send.to.hex()[:16], reason=exc.reason)
+                    await on_lost(send.to)
                     return
                 await trio.sleep(min(1.0, timeout / 10) * (attempt + 1))
                 continue

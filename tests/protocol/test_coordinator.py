@@ -343,3 +343,37 @@ def test_unsafe_parameters_or_strangers_refused_at_construction() -> None:
         CoordinatorRound(RoundContext("j", 0, 0), key, ids[:4], RoundParams(8, 32, 4, 3, 5, 5.0))
     with pytest.raises(LocalProtocolError, match="not members"):
         CoordinatorRound(RoundContext("j", 0, 0), key, ids, PARAMS, is_member=lambda m: m != ids[0])
+
+
+@pytest.mark.parametrize("phase", [CoordinatorPhase.ADVERTISE, CoordinatorPhase.SHARE, CoordinatorPhase.MASKED,
+                                   CoordinatorPhase.CONSISTENCY, CoordinatorPhase.UNMASK])
+def test_a_lost_peer_is_not_waited_for_and_the_sum_stays_exact(phase: CoordinatorPhase) -> None:
+    cluster, frames = _collecting(phase)
+    lost = cluster.ids[0]
+    mine = [f for f in frames if decode(f).sender == lost]
+    others = [f for f in frames if decode(f).sender != lost]
+    sends: list[Send] = []
+    for frame in others:
+        sends += cluster.to_coordinator(frame)
+    if phase is not CoordinatorPhase.UNMASK:  # unmask may close early anyway: every secret has t shares
+        assert cluster.coordinator.phase is phase  # still waiting for the lost peer's answer
+    sends += cluster._from_coordinator(cluster.coordinator.peer_lost(lost, cluster.now))
+    assert cluster.coordinator.phase is not phase, "closed without waiting for the timeout"
+    for frame in mine:  # the peer turns up after all: a straggler, ignored
+        assert cluster.to_coordinator(frame) == []
+    if cluster.result is None and cluster.abort is None:
+        cluster.run(sends)
+    assert cluster.abort is None, cluster.abort
+    assert cluster.result is not None
+    result = cluster.result.result
+    assert np.array_equal(result.aggregate, cluster.expected_sum(result.survivors))
+    assert (lost in result.survivors) == (phase in (CoordinatorPhase.CONSISTENCY, CoordinatorPhase.UNMASK))
+
+
+def test_losing_a_stranger_or_a_peer_after_the_end_changes_nothing() -> None:
+    cluster = Cluster(PARAMS, N)
+    cluster.start()
+    assert cluster.coordinator.peer_lost(crypto.sha256(b"stranger"), 0.0) == []
+    cluster.run()
+    assert cluster.result is not None
+    assert cluster.coordinator.peer_lost(cluster.ids[0], 1.0) == []
