@@ -42,6 +42,9 @@ MAX_ATTEMPTS = 5
 #: How often netsim asks every peer whether it holds the round's result. Round times come from
 #: the daemons' own records, so polling faster only loads the daemons being measured.
 POLL_INTERVAL = 1.0
+#: Once some peer holds a round's result, the others get this many phase timeouts to fetch it;
+#: peers still without it are reported as missing (the round's verdict says so).
+STRAGGLER_WAIT_FACTOR = 2.0
 
 
 @dataclass
@@ -397,6 +400,7 @@ class Scenario:
         deadline = max(opens_at, time.time()) + MAX_ATTEMPTS * 6 * c.phase_timeout + 30
         partitioned = False
         have: dict[int, dict[str, Any]] = {}
+        first_seen: float | None = None  # when some peer first held the result
         while time.time() < deadline:
             if c.plan.partition_round == r and self.netns is not None and not partitioned and time.time() >= opens_at:
                 half = len(self.cluster.processes) // 2
@@ -424,6 +428,11 @@ class Scenario:
             if not waiting:
                 break
             if have and self._all_past(r, waiting):
+                break
+            if have and first_seen is None:
+                first_seen = time.time()
+            if first_seen is not None and time.time() > first_seen + STRAGGLER_WAIT_FACTOR * c.phase_timeout:
+                self.event(r, "stragglers", peers=[p.index for p in waiting])  # reported as missing below
                 break
             time.sleep(POLL_INTERVAL)
         if self.netns is not None and self.netns._partition_routes:

@@ -525,7 +525,11 @@ class Daemon:
         """Ask reachable roster members for a result this node missed (it was down, or the announcement was lost)."""
         assert self._node is not None
         connected = set(self._node.connected_peers())
-        sources = [m for m in (job.roster or ()) if m in connected and m != self.me][:8]
+        others = [m for m in (job.roster or ()) if m != self.me]
+        jitter = random.Random()
+        near = [m for m in others if m in connected]
+        far = [m for m in others if m not in connected]  # dialed with the roster's addresses
+        sources = jitter.sample(near, min(4, len(near))) + jitter.sample(far, min(8 - min(4, len(near)), len(far)))
         return await self._fetch_result_from(sources, job.id, round_number)
 
     async def _fetch_result_from(self, sources: list[bytes], job_id: str, round_number: int) -> bool:
