@@ -35,3 +35,8 @@ class RemoteProtocolError(ProtocolError):
         self.peer = peer
         self.phase = phase
         self.reason = reason
+
+
+class AuthenticationError(RemoteProtocolError):
+    """The peer is not who may send this: not a village member, or not the signer of its frame.
+    Counted apart from malformed input (villaged's `failed_authentications` metric)."""

@@ -27,7 +27,7 @@ from protocol.announcements import (
     MAX_ANNOUNCEMENT_BYTES, aggregate_digest, open_announcement, sign_announcement,
 )
 from protocol.election import coordinator_for
-from protocol.errors import ParameterError, RemoteProtocolError
+from protocol.errors import AuthenticationError, ParameterError, RemoteProtocolError
 from protocol.events import RoundResult
 from protocol.jobs import JobSpec
 from protocol.kinds import KINDS, InputError
@@ -297,7 +297,7 @@ class Daemon:
         try:
             return await self._driver.handle_frame(peer, frame)
         except RemoteProtocolError as exc:
-            if "not a member" in exc.reason:
+            if isinstance(exc, AuthenticationError):
                 self.metrics.failed_authentications.inc()
             else:
                 self.metrics.malformed_messages.labels(kind=exc.phase).inc()

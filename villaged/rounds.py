@@ -39,7 +39,7 @@ from protocol import crypto
 from protocol.client import ClientPhase, ClientRound
 from protocol.coordinator import CoordinatorRound
 from protocol.election import coordinator_for
-from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.errors import AuthenticationError, ProtocolError, RemoteProtocolError
 from protocol.events import ClientFinished, Output, RoundAborted, RoundFinished, RoundResult, Send, StartTimer
 from protocol.params import RoundParams
 from protocol.messages import Invite
@@ -268,9 +268,9 @@ class RoundDriver:
         Returns ACK, or (with `can_reply`) this node's answer to `peer` when its machine has one."""
         context, kind, sender = peek(frame)
         if sender != peer:
-            raise RemoteProtocolError(peer, kind, "frame signed by someone other than the sending peer")
+            raise AuthenticationError(peer, kind, "frame signed by someone other than the sending peer")
         if not self._directory.is_member(peer):
-            raise RemoteProtocolError(peer, kind, "not a member of this village")
+            raise AuthenticationError(peer, kind, "not a member of this village")
         reply_to = peer if can_reply else None
         if kind in _CLIENT_KINDS:
             answer = await self._to_client(context, kind, sender, frame, reply_to)
