@@ -324,6 +324,8 @@ class RoundDriver:
             self._failpoint,
         )
         self._clients[key] = (context.attempt, runner)
+        log.info("invited", job=context.job_id, round=context.round, attempt=context.attempt,
+                 coordinator=sender.hex()[:16], participants=len(invite.participants))
         tracker.invited.add(context.attempt)
         tracker.changed()
         runner.start()
