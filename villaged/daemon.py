@@ -37,7 +37,7 @@ from protocol.wire import RoundContext
 from villaged.api import serve_api
 from villaged.config import DaemonConfig
 from villaged.control import Conflict, InvalidRequest, NotFound
-from villaged.errors import ConfigError, TransportError
+from villaged.errors import ConfigError, RemoteRefusal, TransportError
 from villaged.identity import load_or_create_identity, member_id, peer_id_from_member_id, signing_key
 from villaged.jobs import Job, JobBook, JobHooks, run_job
 from villaged.logging import log_round
@@ -108,6 +108,7 @@ class Daemon:
         self._running_jobs: set[str] = set()
         self._byte_totals: dict[tuple[str, str], int] = {}  # transport counters already exported
         self._joining: set[str] = set()  # jobs whose join is on its way to the creator
+        self._jitter = random.Random()  # spreads joins, dials and fetches in time (not for secrets)
 
     def _load_certificate(self) -> bytes:
         path = self.config.certificate_path
@@ -220,7 +221,7 @@ class Daemon:
             self._nursery.start_soon(self._dial_later, coordinator, _CONNECT_AHEAD_SPREAD * len(job.roster))
 
     async def _dial_later(self, member: bytes, delay_limit: float) -> None:
-        await trio.sleep(random.Random().uniform(0, delay_limit))
+        await trio.sleep(self._jitter.uniform(0, delay_limit))
         await self._reachable([member])
 
     def _has_result(self, job_id: str, round_number: int) -> bool:
@@ -504,10 +505,9 @@ class Daemon:
         coordinator. The coordinator alone serving 100 copies of a 400 KB vector took a minute."""
         if author == self.me or self._has_result(body.job_id, body.round) or not self._elected(body, author):
             return
-        jitter = random.Random()
-        await trio.sleep(jitter.uniform(0, min(_RESULT_SPREAD_MAX, _RESULT_SPREAD_PER_SURVIVOR * len(body.survivors))))
+        await trio.sleep(self._jitter.uniform(0, min(_RESULT_SPREAD_MAX, _RESULT_SPREAD_PER_SURVIVOR * len(body.survivors))))
         others = [s for s in body.survivors if s not in (self.me, author)]
-        for source in [*jitter.sample(others, min(2, len(others))), author]:
+        for source in [*self._jitter.sample(others, min(2, len(others))), author]:
             if await self._fetch_result_from([source], body.job_id, body.round):
                 return
 
@@ -526,10 +526,9 @@ class Daemon:
         assert self._node is not None
         connected = set(self._node.connected_peers())
         others = [m for m in (job.roster or ()) if m != self.me]
-        jitter = random.Random()
         near = [m for m in others if m in connected]
         far = [m for m in others if m not in connected]  # dialed with the roster's addresses
-        sources = jitter.sample(near, min(4, len(near))) + jitter.sample(far, min(8 - min(4, len(near)), len(far)))
+        sources = self._jitter.sample(near, min(4, len(near))) + self._jitter.sample(far, min(8 - min(4, len(near)), len(far)))
         return await self._fetch_result_from(sources, job.id, round_number)
 
     async def _fetch_result_from(self, sources: list[bytes], job_id: str, round_number: int) -> bool:
@@ -603,8 +602,7 @@ class Daemon:
         each) kept it from answering any of them within the timeout."""
         assert self._node is not None
         record = sign_announcement(JoinAnnouncement(job.id), self._key, self._certificate)
-        jitter = random.Random()
-        await trio.sleep(jitter.uniform(0, _JOIN_SPREAD * max(0.0, job.start_at - time.time())))
+        await trio.sleep(self._jitter.uniform(0, _JOIN_SPREAD * max(0.0, job.start_at - time.time())))
         delay = 1.0
         try:
             while job.state == "pending" and job.roster is None and time.time() < job.start_at:
@@ -615,9 +613,9 @@ class Daemon:
                     return
                 except TransportError as exc:
                     log.info("join_not_delivered", job=job.id, creator=job.creator.hex()[:16], reason=exc.reason)
-                    if exc.reason.startswith("remote error"):
+                    if isinstance(exc, RemoteRefusal):
                         return  # the creator answered and refused (e.g. the roster is already fixed)
-                await trio.sleep(min(delay * jitter.uniform(0.5, 1.5), max(0.0, job.start_at - time.time())))
+                await trio.sleep(min(delay * self._jitter.uniform(0.5, 1.5), max(0.0, job.start_at - time.time())))
                 delay = min(delay * 2, 8.0)
         finally:
             self._joining.discard(job.id)

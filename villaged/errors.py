@@ -38,3 +38,7 @@ class TransportError(VillagedError):
         super().__init__(f"peer {who}: {reason}")
         self.peer = peer
         self.reason = reason
+
+
+class RemoteRefusal(TransportError):
+    """The peer answered with an error reply: it was reached and refused, so resending cannot help."""

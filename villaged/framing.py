@@ -19,7 +19,7 @@ import trio
 import villaged.libp2p_logging  # noqa: F401, I001  (before any libp2p import)
 from libp2p.network.stream.exceptions import StreamError
 
-from villaged.errors import TransportError
+from villaged.errors import RemoteRefusal, TransportError
 
 HEADER = struct.Struct(">I")
 # Hard ceiling for any frame, whatever a protocol asks for: the largest message a round sends
@@ -113,5 +113,5 @@ def open_reply(reply: bytes, peer: bytes | None) -> bytes:
         return body
     if status == REPLY_ERROR:
         reason = body[:MAX_REASON_BYTES].decode("utf-8", "replace")
-        raise TransportError(peer, f"remote error: {reason}")
+        raise RemoteRefusal(peer, f"remote error: {reason}")
     raise TransportError(peer, f"unknown reply status {status}")

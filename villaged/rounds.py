@@ -44,7 +44,7 @@ from protocol.events import ClientFinished, Output, RoundAborted, RoundFinished,
 from protocol.params import RoundParams
 from protocol.messages import Invite
 from protocol.wire import RoundContext, decode, peek
-from villaged.errors import TransportError
+from villaged.errors import RemoteRefusal, TransportError
 
 ROUND_PROTOCOL = "/village/round/1.0.0"
 ACK = b"ok"
@@ -392,7 +392,7 @@ class RoundDriver:
             try:
                 reply = await self._network.request(send.to, ROUND_PROTOCOL, send.frame, timeout=timeout)
             except TransportError as exc:
-                if attempt == _SEND_ATTEMPTS - 1 or _is_remote_rejection(exc.reason):
+                if attempt == _SEND_ATTEMPTS - 1 or isinstance(exc, RemoteRefusal):
                     log.info("round_send_failed", peer=send.to.hex()[:16], reason=exc.reason)
                     await on_lost(send.to)
                     return
@@ -408,10 +408,5 @@ class RoundDriver:
             await self.handle_frame(sender or self.me, frame, can_reply=False)
         except ProtocolError as exc:
             log.info("local_frame_rejected", sender=(sender or self.me).hex()[:16], reason=str(exc))
-
-
-def _is_remote_rejection(reason: str) -> bool:
-    """An error reply from the peer's handler: resending the same frame cannot help."""
-    return reason.startswith("remote error")
 
 
