@@ -42,6 +42,7 @@ from villaged.identity import load_or_create_identity, member_id, peer_id_from_m
 from villaged.jobs import Job, JobBook, JobHooks, run_job
 from villaged.logging import log_round
 from villaged.metrics import Metrics
+from villaged.results import ResultExchange, ResultHooks
 from villaged.rounds import ROUND_PROTOCOL, RoundDriver
 from villaged.store import ResultRecord, RoundRecord, Store
 from villaged.transport import Node, TransportConfig, open_node
@@ -49,9 +50,7 @@ from villaged.transport import Node, TransportConfig, open_node
 log = structlog.get_logger("villaged")
 
 MEMBERSHIP_PROTOCOL = "/village/membership/1.0.0"
-RESULT_PROTOCOL = "/village/result/1.0.0"
 ANNOUNCE_PROTOCOL = "/village/announce/1.0.0"
-_RESULT_FETCH_TIMEOUT = 10.0
 #: How long a coordinator waits for a roster member it is not connected to before leaving it out,
 #: plus this much per member it has to dial, at most this many dials at once.
 _PROBE_TIMEOUT = 2.0
@@ -63,9 +62,6 @@ _CONNECT_AHEAD_SPREAD = 0.02
 #: and each attempt waits this long for the creator's answer.
 _JOIN_SPREAD = 0.4
 _JOIN_TIMEOUT = 10.0
-#: Nodes fetch an announced result after a random wait of up to this much per survivor (capped).
-_RESULT_SPREAD_PER_SURVIVOR = 0.02
-_RESULT_SPREAD_MAX = 5.0
 #: A running job (with its roster) is re-announced this often, for members that missed it or restarted.
 _RUNNING_ANNOUNCE_PERIOD = 60.0
 
@@ -104,6 +100,7 @@ class Daemon:
         self._topic = f"village/{cert.village_id.hex()}"
         self._node: Node | None = None
         self._driver: RoundDriver | None = None
+        self._results: ResultExchange | None = None
         self._nursery: trio.Nursery | None = None
         self._running_jobs: set[str] = set()
         self._byte_totals: dict[tuple[str, str], int] = {}  # transport counters already exported
@@ -147,7 +144,9 @@ class Daemon:
                                            self._on_attempt_event, failpoint=os.environ.get("VILLAGE_FAILPOINT"))
                 node.serve(ROUND_PROTOCOL, self._handle_round_frame)
                 node.serve(MEMBERSHIP_PROTOCOL, self._handle_certificate, max_request=1024)
-                node.serve(RESULT_PROTOCOL, self._handle_result_fetch, max_request=1024)
+                self._results = ResultExchange(node, nursery, ResultHooks(
+                    is_member=self._is_member, elected=self._elected, has_result=self._has_result,
+                    stored=self._stored_result, store=self._store_fetched_result), self.metrics, self.me)
                 node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
                 channel = await node.subscribe(self._topic, self._validate_gossip)
                 nursery.start_soon(self._consume_gossip, channel)
@@ -226,6 +225,15 @@ class Daemon:
 
     def _has_result(self, job_id: str, round_number: int) -> bool:
         return round_number in self.store.result_rounds(job_id)
+
+    def _stored_result(self, job_id: str, round_number: int) -> tuple[bytes, bytes] | None:
+        """The coordinator's signed announcement and the aggregate, as this node stored them."""
+        found = self.store.get_result(job_id, round_number)
+        return None if found is None else (found.signature, found.aggregate)
+
+    async def _fetch_result(self, job: Job, round_number: int) -> bool:
+        assert self._results is not None
+        return await self._results.fetch_missed(list(job.roster or ()), job.id, round_number)
 
     async def _on_round_end(self, job: Job, round_number: int, outcome: str) -> None:
         if outcome != "completed":
@@ -321,6 +329,8 @@ class Daemon:
                                           aggregate_digest(words), {k: float(v) for k, v in result.phase_seconds.items()})
         record = sign_announcement(announcement, self._key, self._certificate)
         self._store_result(announcement, self.me, words, record)
+        assert self._results is not None
+        self._results.push(announcement, self.me, words, record)
         participants = len(result.survivors) + len(result.dropped)
         self.metrics.rounds_completed.inc()
         self.metrics.participation_rate.set(len(result.survivors) / participants)
@@ -366,20 +376,6 @@ class Daemon:
         previous = self._result_view(job, results[-2]) if len(results) > 1 else None
         models = len((job.spec.priors or {}).get("models", []))
         return validate_round(previous, current, models)
-
-    async def _handle_result_fetch(self, peer: bytes, request: bytes) -> bytes:
-        if not self._is_member(peer):
-            self.metrics.failed_authentications.inc()
-            raise RemoteProtocolError(peer, "result", "not a member of this village")
-        try:
-            job_id, round_number = msgpack.unpackb(request)
-            results = [r for r in self.store.get_results(str(job_id)) if r.round == round_number]
-        except (ValueError, TypeError, msgpack.UnpackException):
-            raise RemoteProtocolError(peer, "result", "request is not [job id, round]") from None
-        if not results:
-            raise RemoteProtocolError(peer, "result", "no such result here")
-        # The coordinator's signed announcement travels with the vector, so the asker can check both.
-        return msgpack.packb([results[0].signature, results[0].aggregate])
 
     # --- gossip -----------------------------------------------------------------------------------
 
@@ -478,7 +474,8 @@ class Daemon:
                 self.book.set_state(job.id, "cancelled")
                 log.info("job_cancelled", job=job.id, reason=body.reason)
         elif isinstance(body, ResultAnnouncement):
-            await self._on_result_announcement(body, author, signed.record)
+            assert self._results is not None
+            self._results.on_announcement(body, author)
 
     def _learn_roster(self, roster: RosterAnnouncement) -> None:
         """Admit the roster members' certificates and remember their addresses: every participant of a
@@ -499,18 +496,6 @@ class Daemon:
                 self._node.add_addresses(entry.member, entry.addresses)
         self.store.put_members(new)  # one transaction: 300 members stored one by one took seconds
 
-    async def _on_result_announcement(self, body: ResultAnnouncement, author: bytes, record: bytes) -> None:
-        """Fetch the announced aggregate, spread out: each node waits a random moment, then asks two random
-        survivors (those that already hold it answer, the others refuse at once) and only then the
-        coordinator. The coordinator alone serving 100 copies of a 400 KB vector took a minute."""
-        if author == self.me or self._has_result(body.job_id, body.round) or not self._elected(body, author):
-            return
-        await trio.sleep(self._jitter.uniform(0, min(_RESULT_SPREAD_MAX, _RESULT_SPREAD_PER_SURVIVOR * len(body.survivors))))
-        others = [s for s in body.survivors if s not in (self.me, author)]
-        for source in [*self._jitter.sample(others, min(2, len(others))), author]:
-            if await self._fetch_result_from([source], body.job_id, body.round):
-                return
-
     def _elected(self, body: ResultAnnouncement, author: bytes) -> bool:
         """The author coordinated that attempt by this node's roster; counted as an authentication failure if not."""
         members = self.book.round_members(body.job_id)
@@ -520,48 +505,6 @@ class Daemon:
             self.metrics.failed_authentications.inc()
             log.warning("result_from_wrong_coordinator", job=body.job_id, round=body.round, author=author.hex()[:16])
         return False
-
-    async def _fetch_result(self, job: Job, round_number: int) -> bool:
-        """Ask reachable roster members for a result this node missed (it was down, or the announcement was lost)."""
-        assert self._node is not None
-        connected = set(self._node.connected_peers())
-        others = [m for m in (job.roster or ()) if m != self.me]
-        near = [m for m in others if m in connected]
-        far = [m for m in others if m not in connected]  # dialed with the roster's addresses
-        sources = self._jitter.sample(near, min(4, len(near))) + self._jitter.sample(far, min(8 - min(4, len(near)), len(far)))
-        return await self._fetch_result_from(sources, job.id, round_number)
-
-    async def _fetch_result_from(self, sources: list[bytes], job_id: str, round_number: int) -> bool:
-        """Ask `sources` at once; the first verified answer is stored. Bounded by one fetch timeout."""
-        stored = False
-
-        async def ask(source: bytes, cancel_all: trio.CancelScope) -> None:
-            nonlocal stored
-            assert self._node is not None
-            try:
-                reply = await self._node.request(source, RESULT_PROTOCOL, msgpack.packb([job_id, round_number]),
-                                                 timeout=_RESULT_FETCH_TIMEOUT)
-                record, words = msgpack.unpackb(reply)
-                signed = open_announcement(record)
-            except (TransportError, RemoteProtocolError, ValueError, TypeError, msgpack.UnpackException) as exc:
-                log.debug("result_fetch_failed", source=source.hex()[:16], reason=str(exc))
-                return
-            body = signed.body
-            if not isinstance(body, ResultAnnouncement) or (body.job_id, body.round) != (job_id, round_number):
-                return
-            if not self._elected(body, signed.author) or type(words) is not bytes or aggregate_digest(words) != body.aggregate_digest:
-                self.metrics.malformed_messages.labels(kind="result").inc()
-                log.warning("result_rejected", source=source.hex()[:16], job=job_id, round=round_number)
-                return
-            if not stored and not self._has_result(job_id, round_number):
-                stored = True
-                self._store_fetched_result(body, signed.author, words, record)
-            cancel_all.cancel()
-
-        async with trio.open_nursery() as nursery:
-            for source in sources:
-                nursery.start_soon(ask, source, nursery.cancel_scope)
-        return stored or self._has_result(job_id, round_number)
 
     def _store_fetched_result(self, body: ResultAnnouncement, author: bytes, words: bytes, record: bytes) -> None:
         self._store_result(body, author, words, record)
@@ -811,4 +754,4 @@ class Daemon:
         return view
 
 
-__all__ = ["Daemon", "Started", "MEMBERSHIP_PROTOCOL", "RESULT_PROTOCOL"]
+__all__ = ["Daemon", "Started", "MEMBERSHIP_PROTOCOL"]

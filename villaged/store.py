@@ -457,7 +457,7 @@ class Store:
                 raise StoreError(f"result for round {result.round} of job {result.job_id!r}: {_integrity_reason(exc)}") from exc
             if cursor.rowcount == 1:
                 return "stored"
-            existing = self._get_result(result.job_id, result.round)
+            existing = self.get_result(result.job_id, result.round)
             assert existing is not None
             if _same_result(existing, result):
                 return "duplicate"
@@ -475,7 +475,7 @@ class Store:
         rows = self._db.execute(_RESULT_SELECT + " WHERE job_id = ? ORDER BY round", (job_id,))
         return [_result_from_row(row) for row in rows]
 
-    def _get_result(self, job_id: str, round_: int) -> ResultRecord | None:
+    def get_result(self, job_id: str, round_: int) -> ResultRecord | None:
         row = self._db.execute(_RESULT_SELECT + " WHERE job_id = ? AND round = ?", (job_id, round_)).fetchone()
         return None if row is None else _result_from_row(row)
 

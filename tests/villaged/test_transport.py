@@ -8,51 +8,21 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from functools import partial
 
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
+from tests.villaged.nodes import FAST, LOOPBACK, network, wait_until
 from villaged.errors import TransportError
-from villaged.transport import Node, TransportConfig, open_node, run_node
+from villaged.transport import TransportConfig, open_node
 
 pytestmark = pytest.mark.slow
 
-LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
-# Short discovery timings so a 5-node network meshes within seconds.
-FAST = TransportConfig(discovery_first_interval=0.5, discovery_interval=2.0, dial_timeout=5.0)
 ECHO = "/village/test/echo/1"
 MIB = 1024 * 1024
-
-
-@asynccontextmanager
-async def network(n: int, config: TransportConfig = FAST) -> AsyncIterator[list[Node]]:
-    """n nodes, each in its own task; node 0 is the only bootstrap node the others know.
-
-    Leaving the block cancels all of them at once, so they close concurrently.
-    """
-    async with trio.open_nursery() as nursery:
-        first: Node = await nursery.start(run_node, create_new_key_pair(), LOOPBACK, [], config)
-        nodes = [first]
-        for _ in range(n - 1):
-            nodes.append(await nursery.start(run_node, create_new_key_pair(), LOOPBACK, first.listen_addrs, config))
-        try:
-            yield nodes
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-async def wait_until(predicate: object, timeout: float, what: str) -> float:
-    """Poll `predicate()` until true; return the seconds it took."""
-    start = time.perf_counter()
-    with trio.move_on_after(timeout):
-        while not predicate():  # type: ignore[operator]
-            await trio.sleep(0.1)
-        return time.perf_counter() - start
-    pytest.fail(f"{what} not reached within {timeout} s")
 
 
 async def echo(peer: bytes, request: bytes) -> bytes:

@@ -1,0 +1,154 @@
+"""Tests for villaged/results.py: results pushed down the survivors' tree and fetched, over real libp2p nodes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import msgpack
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from protocol.announcements import ResultAnnouncement, aggregate_digest, sign_announcement
+from protocol.fanout import DEFAULT_FANOUT, children, push_order
+from tests.villaged.nodes import network, wait_until
+from villaged.errors import RemoteRefusal
+from villaged.identity import member_id, signing_key
+from villaged.metrics import Metrics
+from villaged.results import RESULT_PUSH_PROTOCOL, ResultExchange, ResultHooks
+from villaged.transport import Node
+
+pytestmark = pytest.mark.slow
+
+WORDS = os.urandom(200_000)  # a 50,000-word aggregate
+
+
+@dataclass
+class Peer:
+    """One node with its exchange and what it stored (a dict stands in for the daemon's store)."""
+
+    node: Node
+    stop: trio.CancelScope
+    exchange: ResultExchange
+    metrics: Metrics
+    results: dict[tuple[str, int], tuple[bytes, bytes]] = field(default_factory=dict)
+
+    @property
+    def me(self) -> bytes:
+        return self.node.member_id
+
+
+@asynccontextmanager
+async def exchanges(n: int, coordinator_index: int = 0) -> AsyncIterator[tuple[list[Peer], object]]:
+    """n nodes with result exchanges; the one at `coordinator_index` is every round's elected coordinator.
+    Yields the peers and a signing function for that coordinator."""
+    keypairs = [create_new_key_pair() for _ in range(n)]
+    coordinator = member_id(keypairs[coordinator_index])
+    scopes: list[trio.CancelScope] = []
+    async with network(n, keypairs=keypairs, scopes=scopes) as nodes, trio.open_nursery() as nursery:
+        await wait_until(lambda: len(nodes[0].connected_peers()) == n - 1, 20, "everyone connected to the bootstrap node")
+        peers: list[Peer] = []
+        for node, scope in zip(nodes, scopes):
+            peer = Peer(node, scope, None, Metrics())  # type: ignore[arg-type]
+            results = peer.results
+
+            def store(body: ResultAnnouncement, author: bytes, words: bytes, record: bytes,
+                      results: dict[tuple[str, int], tuple[bytes, bytes]] = results) -> None:
+                results[(body.job_id, body.round)] = (record, words)
+
+            hooks = ResultHooks(
+                is_member=lambda m: True,
+                elected=lambda body, author: author == coordinator,
+                has_result=lambda job, r, results=results: (job, r) in results,
+                stored=lambda job, r, results=results: results.get((job, r)),
+                store=store,
+            )
+            peer.exchange = ResultExchange(node, nursery, hooks, peer.metrics, node.member_id)
+            peers.append(peer)
+
+        def sign(body: ResultAnnouncement, key=signing_key(keypairs[coordinator_index])) -> bytes:  # type: ignore[no-untyped-def]
+            return sign_announcement(body, key, b"certificate")
+
+        yield peers, sign
+        nursery.cancel_scope.cancel()
+
+
+def announcement(survivors: list[bytes], words: bytes = WORDS, round_number: int = 0) -> ResultAnnouncement:
+    return ResultAnnouncement("job-1", round_number, 0, tuple(sorted(survivors)), (), aggregate_digest(words), {"masked": 0.5})
+
+
+def start_push(coordinator: Peer, body: ResultAnnouncement, record: bytes, words: bytes = WORDS) -> None:
+    coordinator.results[(body.job_id, body.round)] = (record, words)
+    coordinator.exchange.push(body, coordinator.me, words, record)
+
+
+async def test_the_coordinator_pushes_to_its_children_and_every_survivor_gets_the_result() -> None:
+    async with exchanges(10) as (peers, sign):
+        body = announcement([p.me for p in peers])
+        record = sign(body)
+        start_push(peers[0], body, record)
+        took = await wait_until(lambda: all(("job-1", 0) in p.results for p in peers), 30, "every survivor has the result")
+        print(f"10 survivors hold the 200 KB result {took:.2f} s after the push began")
+        assert all(p.results[("job-1", 0)] == (record, WORDS) for p in peers)
+        pushed = [p.node.statistics().bytes_sent.get(RESULT_PUSH_PROTOCOL, 0) // len(WORDS) for p in peers]
+        # The coordinator sent 4 copies (not 9); 9 copies in all, one per survivor.
+        assert pushed[0] == DEFAULT_FANOUT
+        assert sum(pushed) == len(peers) - 1
+
+
+async def test_a_dead_survivor_does_not_cut_off_its_subtree() -> None:
+    async with exchanges(10) as (peers, sign):
+        body = announcement([p.me for p in peers])
+        order = push_order("job-1", 0, peers[0].me, body.survivors)
+        inner = children(order, peers[0].me)[0]
+        assert children(order, inner), "the dead node must have children for this test"
+        dead = next(p for p in peers if p.me == inner)
+        dead.stop.cancel()
+        await wait_until(lambda: dead.me not in peers[0].node.connected_peers(), 10, "the dead node gone")
+        start_push(peers[0], body, sign(body))
+        alive = [p for p in peers if p is not dead]
+        await wait_until(lambda: all(("job-1", 0) in p.results for p in alive), 30, "every live survivor has the result")
+        assert ("job-1", 0) not in dead.results
+
+
+async def test_a_tampered_aggregate_or_a_wrong_coordinator_is_refused_and_nothing_is_stored() -> None:
+    async with exchanges(3) as (peers, sign):
+        body = announcement([p.me for p in peers])
+        tampered = bytes([WORDS[0] ^ 1]) + WORDS[1:]
+        with pytest.raises(RemoteRefusal, match="does not match the announced digest"):
+            await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([sign(body), tampered]), timeout=10)
+        forged = sign_announcement(body, signing_key(create_new_key_pair()), b"certificate")
+        with pytest.raises(RemoteRefusal, match="not the round's coordinator"):
+            await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([forged, WORDS]), timeout=10)
+        with pytest.raises(RemoteRefusal, match="push is not"):
+            await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, b"\xc1garbage", timeout=10)
+        assert peers[1].results == {}
+        assert peers[1].metrics.malformed_messages.labels(kind="result")._value.get() == 2
+        # And the node keeps serving: the genuine push goes through.
+        await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([sign(body), WORDS]), timeout=10)
+        assert peers[1].results[("job-1", 0)][1] == WORDS
+
+
+async def test_a_node_outside_the_tree_fetches_the_result_when_the_announcement_reaches_it() -> None:
+    async with exchanges(5) as (peers, sign):
+        survivors, observer = peers[:4], peers[4]
+        body = announcement([p.me for p in survivors], round_number=3)
+        start_push(survivors[0], body, sign(body))
+        observer.exchange.on_announcement(body, survivors[0].me)
+        await wait_until(lambda: all(("job-1", 3) in p.results for p in peers), 30, "observer and survivors have it")
+        assert observer.results[("job-1", 3)][1] == WORDS
+        assert observer.node.statistics().bytes_sent.get(RESULT_PUSH_PROTOCOL, 0) == 0
+
+
+async def test_a_missed_result_is_fetched_from_the_roster() -> None:
+    async with exchanges(4) as (peers, sign):
+        body = announcement([p.me for p in peers[:3]], round_number=1)
+        record = sign(body)
+        for holder in peers[:3]:
+            holder.results[("job-1", 1)] = (record, WORDS)
+        assert await peers[3].exchange.fetch_missed([p.me for p in peers], "job-1", 1)
+        assert peers[3].results[("job-1", 1)] == (record, WORDS)
+        assert not await peers[3].exchange.fetch_missed([p.me for p in peers], "job-1", 2)

@@ -1,0 +1,202 @@
+"""Getting a round's aggregate to every node: pushed down a tree of the survivors, fetched by the rest.
+
+The coordinator pushes the signed result announcement and the aggregate to its children in the
+survivors' tree (protocol/fanout.py); each survivor stores it, acknowledges, and pushes on to its own
+children, adopting the children of any child it cannot reach. Nodes outside the tree (observers,
+dropped participants, a node that restarts) fetch from random survivors, then the coordinator, when
+the gossiped announcement reaches them or when they find a round's result missing. Whatever way the
+aggregate arrives, it is stored only if the announcement is signed by the round's elected
+coordinator and the aggregate matches the announced digest.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgpack
+import structlog
+import trio
+
+from protocol.announcements import ResultAnnouncement, SignedAnnouncement, aggregate_digest, open_announcement
+from protocol.errors import RemoteProtocolError
+from protocol.fanout import children, depth, push_order
+from villaged.errors import TransportError
+from villaged.metrics import Metrics
+from villaged.transport import Node
+
+log = structlog.get_logger("villaged.results")
+
+RESULT_PROTOCOL = "/village/result/1.0.0"  # fetch: [job id, round] -> [signed announcement, aggregate]
+RESULT_PUSH_PROTOCOL = "/village/result-push/1.0.0"  # push: [signed announcement, aggregate] -> b"ok"
+_FETCH_TIMEOUT = 10.0
+_PUSH_TIMEOUT = 10.0
+#: A survivor waits this long per level of the tree for the push before it fetches instead.
+_PUSH_WAIT_PER_HOP = 3.0
+#: Nodes outside the tree fetch after a random wait of up to this much per survivor (capped).
+_FETCH_SPREAD_PER_SURVIVOR = 0.02
+_FETCH_SPREAD_MAX = 5.0
+
+
+@dataclass(frozen=True)
+class ResultHooks:
+    """What the exchange needs from the daemon."""
+
+    is_member: Callable[[bytes], bool]
+    elected: Callable[[ResultAnnouncement, bytes], bool]  # signed by the coordinator this node's roster elects
+    has_result: Callable[[str, int], bool]
+    stored: Callable[[str, int], tuple[bytes, bytes] | None]  # (signed announcement, aggregate words)
+    store: Callable[[ResultAnnouncement, bytes, bytes, bytes], None]  # (body, coordinator, words, record)
+
+
+class ResultExchange:
+    """Serves fetches and pushes of results, pushes to this node's children, fetches what is missing."""
+
+    def __init__(self, node: Node, nursery: trio.Nursery, hooks: ResultHooks, metrics: Metrics, me: bytes) -> None:
+        self._node, self._nursery, self._hooks, self._metrics, self._me = node, nursery, hooks, metrics, me
+        self._jitter = random.Random()  # spreads fetches in time (not for secrets)
+        self._forwarded: set[tuple[str, int]] = set()  # rounds this node has pushed on (once each)
+        self._arrivals: dict[tuple[str, int], trio.Event] = {}
+        node.serve(RESULT_PROTOCOL, self._serve_fetch, max_request=1024)
+        node.serve(RESULT_PUSH_PROTOCOL, self._serve_push)
+
+    # --- pushing ----------------------------------------------------------------------------------
+
+    def push(self, body: ResultAnnouncement, coordinator: bytes, words: bytes, record: bytes) -> None:
+        """Push a stored result on to this node's children in the background (once per round)."""
+        key = (body.job_id, body.round)
+        if key in self._forwarded:
+            return
+        self._forwarded.add(key)
+        order = push_order(body.job_id, body.round, coordinator, body.survivors)
+        payload = msgpack.packb([record, words])
+        self._nursery.start_soon(self._push_to, children(order, self._me), order, payload)
+
+    async def _push_to(self, targets: list[bytes], order: list[bytes], payload: bytes) -> None:
+        async with trio.open_nursery() as nursery:
+            for target in targets:
+                nursery.start_soon(self._push_one, target, order, payload)
+
+    async def _push_one(self, target: bytes, order: list[bytes], payload: bytes) -> None:
+        try:
+            await self._node.request(target, RESULT_PUSH_PROTOCOL, payload, timeout=_PUSH_TIMEOUT, max_reply=64)
+        except TransportError as exc:
+            # Dead or refusing: its children would wait for a push that never comes.
+            log.info("result_push_failed", peer=target.hex()[:16], reason=exc.reason)
+            await self._push_to(children(order, target), order, payload)
+
+    async def _serve_push(self, peer: bytes, request: bytes) -> bytes:
+        self._check_member(peer)
+        try:
+            record, words = msgpack.unpackb(request)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            self._metrics.malformed_messages.labels(kind="result").inc()
+            raise RemoteProtocolError(peer, "result", "push is not [announcement, aggregate]") from None
+        signed = self._verified(peer, record, words, None)
+        body = signed.body
+        assert isinstance(body, ResultAnnouncement)
+        self._keep(signed, words)
+        self.push(body, signed.author, words, record)
+        return b"ok"
+
+    # --- fetching ---------------------------------------------------------------------------------
+
+    async def _serve_fetch(self, peer: bytes, request: bytes) -> bytes:
+        self._check_member(peer)
+        try:
+            job_id, round_number = msgpack.unpackb(request)
+            found = self._hooks.stored(str(job_id), int(round_number))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            raise RemoteProtocolError(peer, "result", "request is not [job id, round]") from None
+        if found is None:
+            raise RemoteProtocolError(peer, "result", "no such result here")
+        return msgpack.packb(list(found))  # the signed announcement travels with the vector
+
+    def on_announcement(self, body: ResultAnnouncement, author: bytes) -> None:
+        """A gossiped result announcement: make sure this node ends up with the aggregate."""
+        if author != self._me and not self._hooks.has_result(body.job_id, body.round) and self._hooks.elected(body, author):
+            self._nursery.start_soon(self._collect, body, author)
+
+    async def _collect(self, body: ResultAnnouncement, author: bytes) -> None:
+        """A survivor waits for the push; anyone else, or a survivor the push missed, waits a random
+        moment and asks two random survivors (those holding it answer, the others refuse at once),
+        then the coordinator."""
+        key = (body.job_id, body.round)
+        if self._me in body.survivors:
+            event = self._arrivals.setdefault(key, trio.Event())
+            with trio.move_on_after(_PUSH_WAIT_PER_HOP * depth(len(body.survivors) + 1)):
+                await event.wait()
+            self._arrivals.pop(key, None)
+        else:
+            await trio.sleep(self._jitter.uniform(0, min(_FETCH_SPREAD_MAX, _FETCH_SPREAD_PER_SURVIVOR * len(body.survivors))))
+        if self._hooks.has_result(*key):
+            return
+        others = [s for s in body.survivors if s not in (self._me, author)]
+        for source in [*self._jitter.sample(others, min(2, len(others))), author]:
+            if await self.fetch_from([source], body.job_id, body.round):
+                return
+
+    async def fetch_missed(self, roster: list[bytes], job_id: str, round_number: int) -> bool:
+        """Ask some roster members for a result this node missed (it was down, or the announcement was
+        lost): a few connected ones and a few dialed with the roster's addresses."""
+        connected = set(self._node.connected_peers())
+        others = [m for m in roster if m != self._me]
+        near = [m for m in others if m in connected]
+        far = [m for m in others if m not in connected]
+        sources = self._jitter.sample(near, min(4, len(near)))
+        sources += self._jitter.sample(far, min(8 - len(sources), len(far)))
+        return await self.fetch_from(sources, job_id, round_number)
+
+    async def fetch_from(self, sources: list[bytes], job_id: str, round_number: int) -> bool:
+        """Ask `sources` at once; the first verified answer is stored. Bounded by one fetch timeout."""
+
+        async def ask(source: bytes, cancel_all: trio.CancelScope) -> None:
+            try:
+                reply = await self._node.request(source, RESULT_PROTOCOL, msgpack.packb([job_id, round_number]),
+                                                 timeout=_FETCH_TIMEOUT)
+                record, words = msgpack.unpackb(reply)
+                signed = self._verified(source, record, words, (job_id, round_number))
+            except (TransportError, RemoteProtocolError, ValueError, TypeError, msgpack.UnpackException) as exc:
+                log.debug("result_fetch_failed", source=source.hex()[:16], reason=str(exc))
+                return
+            self._keep(signed, words)
+            cancel_all.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for source in sources:
+                nursery.start_soon(ask, source, nursery.cancel_scope)
+        return self._hooks.has_result(job_id, round_number)
+
+    # --- checks -----------------------------------------------------------------------------------
+
+    def _check_member(self, peer: bytes) -> None:
+        if not self._hooks.is_member(peer):
+            self._metrics.failed_authentications.inc()
+            raise RemoteProtocolError(peer, "result", "not a member of this village")
+
+    def _verified(self, peer: bytes, record: object, words: object, expected: tuple[str, int] | None) -> SignedAnnouncement:
+        """The result as sent by `peer`, if its announcement is the elected coordinator's and the
+        aggregate matches the announced digest (and it is the round asked for, when one was)."""
+        signed = open_announcement(record) if type(record) is bytes else None
+        body = signed.body if signed is not None else None
+        if not isinstance(body, ResultAnnouncement) or (expected is not None and (body.job_id, body.round) != expected):
+            self._metrics.malformed_messages.labels(kind="result").inc()
+            raise RemoteProtocolError(peer, "result", "not a result announcement for the round asked for")
+        assert signed is not None
+        if not self._hooks.elected(body, signed.author):
+            raise RemoteProtocolError(peer, "result", "announced by a node that was not the round's coordinator")
+        if type(words) is not bytes or aggregate_digest(words) != body.aggregate_digest:
+            self._metrics.malformed_messages.labels(kind="result").inc()
+            log.warning("result_rejected", source=peer.hex()[:16], job=body.job_id, round=body.round)
+            raise RemoteProtocolError(peer, "result", "aggregate does not match the announced digest")
+        return signed
+
+    def _keep(self, signed: SignedAnnouncement, words: bytes) -> None:
+        body = signed.body
+        assert isinstance(body, ResultAnnouncement)
+        if not self._hooks.has_result(body.job_id, body.round):
+            self._hooks.store(body, signed.author, words, signed.record)
+        event = self._arrivals.get((body.job_id, body.round))
+        if event is not None:
+            event.set()
