@@ -37,6 +37,7 @@ def round_summary(run: dict[str, Any]) -> dict[str, Any]:
     sent = [b["sent"] for r in rounds for b in r.get("bytes", {}).values()]
     received = [b["received"] for r in rounds for b in r.get("bytes", {}).values()]
     cpu = [r["coordinator_cpu_seconds"] for r in rounds if r.get("coordinator_cpu_seconds") is not None]
+    spreads = [r["result_spread_seconds"] for r in rounds if r.get("result_spread_seconds") is not None]
     phases: dict[str, list[float]] = {}
     for r in rounds:
         for phase, seconds in (r.get("phase_seconds") or {}).items():
@@ -50,6 +51,7 @@ def round_summary(run: dict[str, Any]) -> dict[str, Any]:
         "bytes_sent_per_node_median": med(sent), "bytes_received_per_node_median": med(received),
         "bytes_sent_per_node_max": max(sent) if sent else None,
         "coordinator_cpu_s_median": med(cpu),
+        "result_spread_s_median": med(spreads),  # coordinator has the result -> the last node has it
         "phase_s_median": {p: med(v) for p, v in phases.items()},
         "verdicts": [r["check"]["verdict"] for r in rounds],
     }
@@ -150,7 +152,7 @@ def timeline(run: dict[str, Any], width: int = 900) -> str:
 
 def _run_table(run: dict[str, Any]) -> str:
     head = ("<tr><th>round</th><th>check</th><th>wall s</th><th>attempts</th><th>coordinator</th><th>coord. CPU s</th>"
-            "<th>participants</th><th>dropped</th><th>sent/node (median)</th><th>received/node (median)</th></tr>")
+            "<th>participants</th><th>dropped</th><th>result spread s</th><th>sent/node (median)</th><th>received/node (median)</th></tr>")
     rows = []
     for r in run.get("rounds", []):
         sent = [b["sent"] for b in r.get("bytes", {}).values()]
@@ -161,6 +163,7 @@ def _run_table(run: dict[str, Any]) -> str:
             f'<td>{_esc(r.get("wall_seconds"))}</td><td title="{_esc(reasons)}">{len(r.get("attempts", []))}</td>'
             f'<td>{_esc(r.get("coordinator"))}</td><td>{_esc(r.get("coordinator_cpu_seconds"))}</td>'
             f'<td>{len(r.get("participants", []))}</td><td>{len(r.get("dropped", []))}</td>'
+            f'<td>{_esc(r.get("result_spread_seconds", "-"))}</td>'
             f'<td>{_fmt_bytes(statistics.median(sent)) if sent else "-"}</td>'
             f'<td>{_fmt_bytes(statistics.median(received)) if received else "-"}</td></tr>')
     return f"<table>{head}{''.join(rows)}</table>"

@@ -456,10 +456,15 @@ class Scenario:
         if completed and completed[0]["ended_at"]:
             first = min(a["started_at"] for a in attempts)
             wall = round(completed[0]["ended_at"] - first, 3)
+        # How long the aggregate took to reach every node that got it, after the coordinator (the first) stored it.
+        arrivals = [x["received_at"] for x in have.values()]
+        spread = round(max(arrivals) - min(arrivals), 3) if arrivals else None
         return {
             "round": r,
             "opens_at": opens_at,
             "wall_seconds": wall,
+            "result_spread_seconds": spread,
+            "result_holders": len(have),
             "phase_seconds": completed[0]["phase_timings"] if completed else {},
             "attempts": attempts,
             "coordinator": coordinator_peer.index if coordinator_peer else None,
