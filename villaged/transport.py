@@ -44,6 +44,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from protocol.errors import RemoteProtocolError
 from villaged.discovery import DiscoverySettings, DiscoveryState, maintain_peers, parse_bootstrap
 from villaged.errors import TransportError
 from villaged.framing import (
@@ -319,6 +320,9 @@ class Node:
         except trio.TooSlowError:
             self._emit("handler_timeout", peer, protocol=route.protocol_id)
             return error_reply(f"handler gave no reply within {route.handler_timeout:g} s")
+        except RemoteProtocolError as exc:  # the handler refused the request: an answer, not a fault
+            self._emit("handler_refused", peer, protocol=route.protocol_id, error=exc.reason)
+            return error_reply(str(exc))
         except Exception as exc:
             log.warning("handler for %s raised", route.protocol_id, exc_info=True)
             self._emit("handler_error", peer, protocol=route.protocol_id, error=repr(exc))

@@ -15,8 +15,9 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
+from protocol.errors import RemoteProtocolError
 from tests.villaged.nodes import FAST, LOOPBACK, network, wait_until
-from villaged.errors import TransportError
+from villaged.errors import RemoteRefusal, TransportError
 from villaged.transport import TransportConfig, open_node
 
 pytestmark = pytest.mark.slow
@@ -96,6 +97,9 @@ async def test_request_response_round_trips_and_failures() -> None:
     async def boom(peer: bytes, request: bytes) -> bytes:
         raise LookupError("no such round 7")
 
+    async def refuse(peer: bytes, request: bytes) -> bytes:
+        raise RemoteProtocolError(peer, "test", "not today")
+
     async def silent(peer: bytes, request: bytes) -> bytes:
         await release.wait()
         return b""
@@ -104,6 +108,7 @@ async def test_request_response_round_trips_and_failures() -> None:
         server.serve(ECHO, echo, max_request=10 * MIB)
         server.serve("/village/test/boom/1", boom)
         server.serve("/village/test/silent/1", silent)
+        server.serve("/village/test/refuse/1", refuse)
         await wait_until(lambda: client.connected_peers() == [server.member_id], 10, "connection")
 
         for size in (1_000_000, 8_000_000):
@@ -118,6 +123,8 @@ async def test_request_response_round_trips_and_failures() -> None:
         assert oversize.value.peer == server.member_id
         with pytest.raises(TransportError, match="remote error: no such round 7"):
             await client.request(server.member_id, "/village/test/boom/1", b"", timeout=10)
+        with pytest.raises(RemoteRefusal, match="in test: not today"):
+            await client.request(server.member_id, "/village/test/refuse/1", b"", timeout=10)
         start = time.perf_counter()
         with pytest.raises(TransportError, match="no reply within 0.5 s"):
             await client.request(server.member_id, "/village/test/silent/1", b"", timeout=0.5)
@@ -130,7 +137,7 @@ async def test_request_response_round_trips_and_failures() -> None:
         release.set()
 
         events = server.statistics().events
-        assert events["inbound_oversize"] == 1 and events["handler_error"] == 1
+        assert events["inbound_oversize"] == 1 and events["handler_error"] == 1 and events["handler_refused"] == 1
         sent = client.statistics().bytes_sent[ECHO]
         assert sent >= 9_000_000 + 10
         assert server.statistics().bytes_received[ECHO] == sent
