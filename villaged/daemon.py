@@ -44,7 +44,7 @@ from villaged.logging import log_round
 from villaged.metrics import Metrics
 from villaged.results import ResultExchange, ResultHooks
 from villaged.rounds import ROUND_PROTOCOL, RoundDriver
-from villaged.store import ResultRecord, RoundRecord, Store
+from villaged.store import ResultRecord, RoundRecord, Store, StoreError
 from villaged.transport import Node, TransportConfig, open_node
 
 log = structlog.get_logger("villaged")
@@ -145,7 +145,7 @@ class Daemon:
                 node.serve(ROUND_PROTOCOL, self._handle_round_frame)
                 node.serve(MEMBERSHIP_PROTOCOL, self._handle_certificate, max_request=1024)
                 self._results = ResultExchange(node, nursery, ResultHooks(
-                    is_member=self._is_member, elected=self._elected, has_result=self._has_result,
+                    is_member=self._is_member, elected=self._elected, held_attempt=self.store.result_attempt,
                     stored=self._stored_result, store=self._store_fetched_result), self.metrics, self.me)
                 node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
                 channel = await node.subscribe(self._topic, self._validate_gossip)
@@ -328,9 +328,7 @@ class Daemon:
         announcement = ResultAnnouncement(context.job_id, context.round, context.attempt, result.survivors, result.dropped,
                                           aggregate_digest(words), {k: float(v) for k, v in result.phase_seconds.items()})
         record = sign_announcement(announcement, self._key, self._certificate)
-        self._store_result(announcement, self.me, words, record)
-        assert self._results is not None
-        self._results.push(announcement, self.me, words, record)
+        superseded = self._store_result(announcement, self.me, words, record) == "superseded"
         participants = len(result.survivors) + len(result.dropped)
         self.metrics.rounds_completed.inc()
         self.metrics.participation_rate.set(len(result.survivors) / participants)
@@ -342,9 +340,14 @@ class Daemon:
         log_round(log, "round_completed", job=context.job_id, round=context.round, attempt=context.attempt,
                   coordinator=self.me, participants=result.survivors, phase_timings=result.phase_seconds,
                   dropped=len(result.dropped))
+        if superseded:  # an earlier attempt of this round completed too, and its result is the round's
+            log.info("result_superseded", job=context.job_id, round=context.round, attempt=context.attempt)
+            return
+        assert self._results is not None
+        self._results.push(announcement, self.me, words, record)
         await self._node.publish(self._topic, record)
 
-    def _store_result(self, announcement: ResultAnnouncement, coordinator: bytes, words: bytes, record: bytes) -> None:
+    def _store_result(self, announcement: ResultAnnouncement, coordinator: bytes, words: bytes, record: bytes) -> str:
         stored = self.store.put_result(ResultRecord(
             job_id=announcement.job_id, round=announcement.round, attempt=announcement.attempt, coordinator=coordinator,
             aggregate=words, participants=announcement.survivors, dropped=announcement.dropped, signature=record,
@@ -357,6 +360,7 @@ class Daemon:
             tracker = self._driver.tracker(announcement.job_id, announcement.round)
             tracker.result = True
             tracker.changed()
+        return stored
 
     def _export_prior_metrics(self, job_id: str) -> None:
         """After a routing-priors round: the spec's validation metrics as gauges."""
@@ -507,7 +511,13 @@ class Daemon:
         return False
 
     def _store_fetched_result(self, body: ResultAnnouncement, author: bytes, words: bytes, record: bytes) -> None:
-        self._store_result(body, author, words, record)
+        """A result from another node, already checked against its signed announcement."""
+        try:
+            if self._store_result(body, author, words, record) != "stored":
+                return
+        except StoreError as exc:  # the coordinator signed two different results for one attempt
+            self.metrics.failed_authentications.inc()
+            raise RemoteProtocolError(author, "result", str(exc)) from None
         # The coordinator's round history, so `villagectl rounds` shows every round on every node
         # (timings are the coordinator's word: keep only plausible ones).
         timings = {phase: seconds for phase, seconds in body.phase_seconds.items() if 0.0 <= seconds <= 86_400.0}

@@ -45,9 +45,10 @@ class ResultHooks:
 
     is_member: Callable[[bytes], bool]
     elected: Callable[[ResultAnnouncement, bytes], bool]  # signed by the coordinator this node's roster elects
-    has_result: Callable[[str, int], bool]
+    held_attempt: Callable[[str, int], int | None]  # the attempt whose result this node stores for a round
     stored: Callable[[str, int], tuple[bytes, bytes] | None]  # (signed announcement, aggregate words)
-    store: Callable[[ResultAnnouncement, bytes, bytes, bytes], None]  # (body, coordinator, words, record)
+    # (body, coordinator, words, record); raises RemoteProtocolError if the coordinator equivocated
+    store: Callable[[ResultAnnouncement, bytes, bytes, bytes], None]
 
 
 class ResultExchange:
@@ -56,7 +57,7 @@ class ResultExchange:
     def __init__(self, node: Node, nursery: trio.Nursery, hooks: ResultHooks, metrics: Metrics, me: bytes) -> None:
         self._node, self._nursery, self._hooks, self._metrics, self._me = node, nursery, hooks, metrics, me
         self._jitter = random.Random()  # spreads fetches in time (not for secrets)
-        self._forwarded: set[tuple[str, int]] = set()  # rounds this node has pushed on (once each)
+        self._forwarded: set[tuple[str, int, int]] = set()  # attempts whose result this node pushed on (once each)
         self._arrivals: dict[tuple[str, int], trio.Event] = {}
         node.serve(RESULT_PROTOCOL, self._serve_fetch, max_request=1024)
         node.serve(RESULT_PUSH_PROTOCOL, self._serve_push)
@@ -65,7 +66,7 @@ class ResultExchange:
 
     def push(self, body: ResultAnnouncement, coordinator: bytes, words: bytes, record: bytes) -> None:
         """Push a stored result on to this node's children in the background (once per round)."""
-        key = (body.job_id, body.round)
+        key = (body.job_id, body.round, body.attempt)
         if key in self._forwarded:
             return
         self._forwarded.add(key)
@@ -115,7 +116,7 @@ class ResultExchange:
 
     def on_announcement(self, body: ResultAnnouncement, author: bytes) -> None:
         """A gossiped result announcement: make sure this node ends up with the aggregate."""
-        if author != self._me and not self._hooks.has_result(body.job_id, body.round) and self._hooks.elected(body, author):
+        if author != self._me and self._wants(body) and self._hooks.elected(body, author):
             self._nursery.start_soon(self._collect, body, author)
 
     async def _collect(self, body: ResultAnnouncement, author: bytes) -> None:
@@ -130,7 +131,7 @@ class ResultExchange:
             self._arrivals.pop(key, None)
         else:
             await trio.sleep(self._jitter.uniform(0, min(_FETCH_SPREAD_MAX, _FETCH_SPREAD_PER_SURVIVOR * len(body.survivors))))
-        if self._hooks.has_result(*key):
+        if not self._wants(body):
             return
         others = [s for s in body.survivors if s not in (self._me, author)]
         for source in [*self._jitter.sample(others, min(2, len(others))), author]:
@@ -156,17 +157,16 @@ class ResultExchange:
                 reply = await self._node.request(source, RESULT_PROTOCOL, msgpack.packb([job_id, round_number]),
                                                  timeout=_FETCH_TIMEOUT)
                 record, words = msgpack.unpackb(reply)
-                signed = self._verified(source, record, words, (job_id, round_number))
+                self._keep(self._verified(source, record, words, (job_id, round_number)), words)
             except (TransportError, RemoteProtocolError, ValueError, TypeError, msgpack.UnpackException) as exc:
                 log.debug("result_fetch_failed", source=source.hex()[:16], reason=str(exc))
                 return
-            self._keep(signed, words)
             cancel_all.cancel()
 
         async with trio.open_nursery() as nursery:
             for source in sources:
                 nursery.start_soon(ask, source, nursery.cancel_scope)
-        return self._hooks.has_result(job_id, round_number)
+        return self._hooks.held_attempt(job_id, round_number) is not None
 
     # --- checks -----------------------------------------------------------------------------------
 
@@ -192,10 +192,16 @@ class ResultExchange:
             raise RemoteProtocolError(peer, "result", "aggregate does not match the announced digest")
         return signed
 
+    def _wants(self, body: ResultAnnouncement) -> bool:
+        """This node holds no result of that round, or one of a later attempt (the lowest attempt's
+        result is the round's result: see `Store.put_result`)."""
+        held = self._hooks.held_attempt(body.job_id, body.round)
+        return held is None or held > body.attempt
+
     def _keep(self, signed: SignedAnnouncement, words: bytes) -> None:
         body = signed.body
         assert isinstance(body, ResultAnnouncement)
-        if not self._hooks.has_result(body.job_id, body.round):
+        if self._wants(body):
             self._hooks.store(body, signed.author, words, signed.record)
         event = self._arrivals.get((body.job_id, body.round))
         if event is not None:

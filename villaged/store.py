@@ -426,14 +426,20 @@ class Store:
 
     # -- results -----------------------------------------------------------------------------
 
-    def put_result(self, result: ResultRecord) -> Literal["stored", "duplicate"]:
+    def put_result(self, result: ResultRecord) -> Literal["stored", "duplicate", "superseded"]:
         """Commit a round result; durable (fsynced) when this returns.
 
-        Idempotent: storing the same result again returns ``"duplicate"``.
+        A round's result is that of its lowest completed attempt. Two attempts of one round can
+        both complete when the later one starts at nodes the earlier one's result had not reached
+        yet (their survivors are disjoint: a node that unmasked in one attempt joins no other).
+        Keeping the lowest attempt everywhere makes every node end up with the same result.
+
+        Returns ``"stored"`` (new, or it replaced a later attempt's result), ``"duplicate"`` (this
+        result is already stored) or ``"superseded"`` (an earlier attempt's result is stored).
 
         Raises:
-            StoreError: the job is unknown, or a *different* result is already stored for that
-                (job, round) -- two conflicting signed results mean a coordinator equivocated.
+            StoreError: the job is unknown, or a *different* result of the same attempt is already
+                stored -- two conflicting signed results of one attempt mean a coordinator equivocated.
         """
         values = (
             result.job_id,
@@ -450,7 +456,10 @@ class Store:
             try:
                 cursor = db.execute(
                     "INSERT INTO results (job_id, round, attempt, coordinator, aggregate, participants, dropped, "
-                    "signature, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id, round) DO NOTHING",
+                    "signature, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id, round) DO UPDATE SET "
+                    "attempt = excluded.attempt, coordinator = excluded.coordinator, aggregate = excluded.aggregate, "
+                    "participants = excluded.participants, dropped = excluded.dropped, signature = excluded.signature, "
+                    "received_at = excluded.received_at WHERE excluded.attempt < results.attempt",
                     values,
                 )
             except sqlite3.IntegrityError as exc:
@@ -461,10 +470,17 @@ class Store:
             assert existing is not None
             if _same_result(existing, result):
                 return "duplicate"
+            if existing.attempt < result.attempt:
+                return "superseded"
             raise StoreError(
                 f"a different result for round {result.round} of job {result.job_id!r} is already stored "
                 f"(attempt {existing.attempt}, coordinator {existing.coordinator.hex()[:16]})"
             )
+
+    def result_attempt(self, job_id: str, round_: int) -> int | None:
+        """The attempt whose result is stored for that round, without loading the aggregate."""
+        row = self._db.execute("SELECT attempt FROM results WHERE job_id = ? AND round = ?", (job_id, round_)).fetchone()
+        return None if row is None else int(row[0])
 
     def result_rounds(self, job_id: str) -> list[int]:
         """Rounds of a job that have a stored result, without loading the aggregates."""

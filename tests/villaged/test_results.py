@@ -12,7 +12,7 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
-from protocol.announcements import ResultAnnouncement, aggregate_digest, sign_announcement
+from protocol.announcements import ResultAnnouncement, aggregate_digest, open_announcement, sign_announcement
 from protocol.fanout import DEFAULT_FANOUT, children, push_order
 from tests.villaged.nodes import network, wait_until
 from villaged.errors import RemoteRefusal
@@ -62,7 +62,8 @@ async def exchanges(n: int, coordinator_index: int = 0) -> AsyncIterator[tuple[l
             hooks = ResultHooks(
                 is_member=lambda m: True,
                 elected=lambda body, author: author == coordinator,
-                has_result=lambda job, r, results=results: (job, r) in results,
+                held_attempt=lambda job, r, results=results: (
+                    open_announcement(results[(job, r)][0]).body.attempt if (job, r) in results else None),
                 stored=lambda job, r, results=results: results.get((job, r)),
                 store=store,
             )
@@ -76,8 +77,9 @@ async def exchanges(n: int, coordinator_index: int = 0) -> AsyncIterator[tuple[l
         nursery.cancel_scope.cancel()
 
 
-def announcement(survivors: list[bytes], words: bytes = WORDS, round_number: int = 0) -> ResultAnnouncement:
-    return ResultAnnouncement("job-1", round_number, 0, tuple(sorted(survivors)), (), aggregate_digest(words), {"masked": 0.5})
+def announcement(survivors: list[bytes], words: bytes = WORDS, round_number: int = 0, attempt: int = 0) -> ResultAnnouncement:
+    return ResultAnnouncement("job-1", round_number, attempt, tuple(sorted(survivors)), (), aggregate_digest(words),
+                              {"masked": 0.5})
 
 
 def start_push(coordinator: Peer, body: ResultAnnouncement, record: bytes, words: bytes = WORDS) -> None:
@@ -152,3 +154,13 @@ async def test_a_missed_result_is_fetched_from_the_roster() -> None:
         assert await peers[3].exchange.fetch_missed([p.me for p in peers], "job-1", 1)
         assert peers[3].results[("job-1", 1)] == (record, WORDS)
         assert not await peers[3].exchange.fetch_missed([p.me for p in peers], "job-1", 2)
+
+
+async def test_a_result_of_an_earlier_attempt_replaces_a_later_ones_and_not_the_other_way_round() -> None:
+    async with exchanges(2) as (peers, sign):
+        survivors = [p.me for p in peers]
+        later, earlier, latest = WORDS[:40_000], WORDS[:80_000], WORDS[:120_000]
+        for attempt, words in ((1, later), (0, earlier), (2, latest)):
+            record = sign(announcement(survivors, words, attempt=attempt))
+            await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([record, words]), timeout=10)
+        assert peers[1].results[("job-1", 0)][1] == earlier

@@ -34,8 +34,8 @@ def job(job_id: str = "job-1", state: str = "pending") -> JobRecord:
     return JobRecord(job_id, {"kind": "latency", "rounds": 3}, ALICE, state, 100.0, 100.0)  # type: ignore[arg-type]
 
 
-def result(round_: int = 0, aggregate: bytes = b"\x01\x02", job_id: str = "job-1") -> ResultRecord:
-    return ResultRecord(job_id, round_, 1, COORD, aggregate, (ALICE, BOB), (), b"s" * 64, 200.0)
+def result(round_: int = 0, aggregate: bytes = b"\x01\x02", job_id: str = "job-1", attempt: int = 1) -> ResultRecord:
+    return ResultRecord(job_id, round_, attempt, COORD, aggregate, (ALICE, BOB), (), b"s" * 64, 200.0)
 
 
 @pytest.fixture
@@ -105,6 +105,18 @@ def test_put_result_is_idempotent_and_detects_conflicts(db_path: Path) -> None:
         with pytest.raises(StoreError, match="unknown job"):
             store.put_result(result(job_id="ghost"))
         assert store.get_results("job-1") == [result()]
+
+
+def test_the_lowest_completed_attempt_is_the_rounds_result(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.put_job(job())
+        assert store.put_result(result(attempt=1)) == "stored"
+        assert store.put_result(result(attempt=2, aggregate=b"\x09")) == "superseded"
+        assert store.result_attempt("job-1", 0) == 1
+        assert store.put_result(result(attempt=0, aggregate=b"\x07")) == "stored"
+        assert store.get_results("job-1") == [result(attempt=0, aggregate=b"\x07")]
+        assert store.result_attempt("job-1", 0) == 0 and store.result_attempt("job-1", 5) is None
+        assert store.put_result(result(attempt=1)) == "superseded"
 
 
 def test_result_rounds_lists_stored_rounds_in_order(db_path: Path) -> None:
