@@ -403,7 +403,7 @@ class Scenario:
         alive_at_open = {p.index for p in self.live_peers}
         deadline = max(opens_at, time.time()) + MAX_ATTEMPTS * 6 * c.phase_timeout + 30
         partitioned = False
-        have: dict[int, dict[str, Any]] = {}
+        holders: set[int] = set()
         first_seen: float | None = None  # when some peer first held the result
         while time.time() < deadline:
             if c.plan.partition_round == r and self.netns is not None and not partitioned and time.time() >= opens_at:
@@ -418,22 +418,17 @@ class Scenario:
                 self.down[process.index] = time.time()
                 self.event(r, "died", process=process.index, peers=process.peers, failpoint=process.env.get("VILLAGE_FAILPOINT"),
                            signal=process.deaths[-1]["signal"])
-            live = [p for p in self.live_peers if p.index not in have]
-            # Poll the small job view; fetch the (large) results only from nodes that hold this round,
-            # so the harness does not load the daemons it measures.
+            live = [p for p in self.live_peers if p.index not in holders]
+            # Poll only the small job view while the result spreads; the (large, decoded) results are
+            # read once the round is over, so the harness does not load the daemons it measures.
             views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}")), live)
-            live = [p for p, v in zip(live, views) if v and v.get("results", 0) > r]
-            results = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/results", timeout=30)), live)
-            for peer, res in zip(live, results):
-                mine = [x for x in res or [] if x["round"] == r]
-                if mine:
-                    have[peer.index] = mine[0]
-            waiting = [p for p in self.live_peers if p.index not in have]
+            holders |= {p.index for p, v in zip(live, views) if v and v.get("results", 0) > r}
+            waiting = [p for p in self.live_peers if p.index not in holders]
             if not waiting:
                 break
-            if have and self._all_past(r, waiting):
+            if holders and self._all_past(r, waiting):
                 break
-            if have and first_seen is None:
+            if holders and first_seen is None:
                 first_seen = time.time()
             if first_seen is not None and time.time() > first_seen + STRAGGLER_WAIT_FACTOR * c.phase_timeout:
                 self.event(r, "stragglers", peers=[p.index for p in waiting])  # reported as missing below
@@ -442,6 +437,7 @@ class Scenario:
         if self.netns is not None and self.netns._partition_routes:
             self.netns.heal()
             self.event(r, "healed")
+        have = self._results_of(r, [p for p in self.live_peers if p.index in holders])
         # Counters on /metrics move every 2 s: wait for this round's bytes to show.
         time.sleep(2.2)
         after = self._snapshot()
@@ -483,6 +479,17 @@ class Scenario:
             "check": check,
             "_snapshot": after,
         }
+
+    def _results_of(self, r: int, peers: list[Peer]) -> dict[int, dict[str, Any]]:
+        """Round r's result as each of `peers` stores it (decoded by the daemon)."""
+        job_id = self.job["id"]
+        results = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/results", timeout=30)), peers)
+        have = {}
+        for peer, res in zip(peers, results):
+            mine = [x for x in res or [] if x["round"] == r]
+            if mine:
+                have[peer.index] = mine[0]
+        return have
 
     def _all_past(self, r: int, waiting: list[Peer]) -> bool:
         """Every peer still without a result has given the round up (a later round has begun there)."""

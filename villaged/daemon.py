@@ -209,15 +209,18 @@ class Daemon:
         return answered
 
     def _connect_ahead(self, job: Job, round_number: int) -> None:
-        """Connect to the coordinator the election names first for `round_number` (one round ahead), at
-        a random moment within the next `delay_limit` seconds, so that the round does not start with
-        its coordinator dialing a hundred members. Each member dials once; the coordinator dialing them
-        all itself took longer than the roster grace with 100 members on 2 cores."""
+        """Connect to the coordinator the election names first for `round_number` before it opens, so
+        that the round does not start with its coordinator dialing a hundred members (that took longer
+        than the roster grace with 100 members on 2 cores). Each member dials once, at a random moment
+        in the first half of the time left before the round (at least a spread of a few ms per
+        member): the handshakes then fall between rounds, not on the result spreading or the next
+        round's first phase."""
         if job.roster is None or round_number >= job.spec.rounds or self._nursery is None or self.me not in job.roster:
             return
         coordinator = coordinator_for(job.id, round_number, 0, sorted(job.roster))
         if coordinator != self.me and self._node is not None and coordinator not in self._node.connected_peers():
-            self._nursery.start_soon(self._dial_later, coordinator, _CONNECT_AHEAD_SPREAD * len(job.roster))
+            spread = max(_CONNECT_AHEAD_SPREAD * len(job.roster), (job.round_opens_at(round_number) - time.time()) / 2)
+            self._nursery.start_soon(self._dial_later, coordinator, spread)
 
     async def _dial_later(self, member: bytes, delay_limit: float) -> None:
         await trio.sleep(self._jitter.uniform(0, delay_limit))

@@ -274,7 +274,6 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
                                 f"spent, round {round_number} of {job.spec.rounds} not started")
             return
         await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
-        hooks.connect_ahead(job, round_number + 1)
         if book.me in (job.roster or ()):
             outcome = await _run_round(job, round_number, book, driver, store, hooks)
         else:
@@ -282,6 +281,7 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
         if outcome != "completed" and await hooks.fetch_result(job, round_number):
             outcome = "completed"  # the round ended without this node, and its result is here now
         await hooks.on_round_end(job, round_number, outcome)
+        hooks.connect_ahead(job, round_number + 1)
         # Keep this round's machines until the next one ends: stragglers' late frames get an answer.
         driver.forget_round(job.id, round_number - 1)
     if job.state == "running":
