@@ -147,7 +147,8 @@ class Daemon:
                 node.serve(ROUND_PROTOCOL, self._handle_round_frame)
                 node.serve(MEMBERSHIP_PROTOCOL, self._handle_certificate, max_request=1024)
                 self._results = ResultExchange(node, nursery, ResultHooks(
-                    is_member=self._is_member, elected=self._elected, held_attempt=self.store.result_attempt,
+                    is_member=self._is_member, elected=self._elected, roster=self.book.round_members,
+                    held_attempt=self.store.result_attempt,
                     stored=self._stored_result, store=self._store_fetched_result), self.metrics, self.me)
                 node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
                 channel = await node.subscribe(self._topic, self._validate_gossip)

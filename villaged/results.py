@@ -1,8 +1,8 @@
 """Getting a round's aggregate to every node: pushed down a tree of the survivors, fetched by the rest.
 
-The coordinator pushes the signed result announcement and the aggregate to its children in the
-survivors' tree (protocol/fanout.py); each survivor stores it, acknowledges, and pushes on to its own
-children, adopting the children of any child it cannot reach. Nodes outside the tree (observers,
+The coordinator pushes the signed result announcement and the aggregate to the top of the job's
+tree (protocol/fanout.py) and to its own children; each survivor stores it, acknowledges, and pushes
+on to its own children, adopting the children of any child it cannot reach. Nodes outside the tree (observers,
 dropped participants, a node that restarts) fetch from random survivors, then the coordinator, when
 the gossiped announcement reaches them or when they find a round's result missing. Whatever way the
 aggregate arrives, it is stored only if the announcement is signed by the round's elected
@@ -21,7 +21,7 @@ import trio
 
 from protocol.announcements import ResultAnnouncement, SignedAnnouncement, aggregate_digest, open_announcement
 from protocol.errors import RemoteProtocolError
-from protocol.fanout import children, depth, push_order
+from protocol.fanout import depth, push_targets, tree_order
 from villaged.errors import TransportError
 from villaged.metrics import Metrics
 from villaged.transport import Node
@@ -45,6 +45,7 @@ class ResultHooks:
 
     is_member: Callable[[bytes], bool]
     elected: Callable[[ResultAnnouncement, bytes], bool]  # signed by the coordinator this node's roster elects
+    roster: Callable[[str], list[bytes] | None]  # the job's roster, as this node knows it
     held_attempt: Callable[[str, int], int | None]  # the attempt whose result this node stores for a round
     stored: Callable[[str, int], tuple[bytes, bytes] | None]  # (signed announcement, aggregate words)
     # (body, coordinator, words, record); raises RemoteProtocolError if the coordinator equivocated
@@ -70,22 +71,29 @@ class ResultExchange:
         if key in self._forwarded:
             return
         self._forwarded.add(key)
-        order = push_order(body.job_id, body.round, coordinator, body.survivors)
-        payload = msgpack.packb([record, words])
-        self._nursery.start_soon(self._push_to, children(order, self._me), order, payload)
+        order = self._tree(body, coordinator)
+        survivors = frozenset(body.survivors)
 
-    async def _push_to(self, targets: list[bytes], order: list[bytes], payload: bytes) -> None:
+        def targets_of(member: bytes) -> list[bytes]:
+            return push_targets(order, member, coordinator, survivors)
+
+        self._nursery.start_soon(self._push_to, targets_of(self._me), targets_of, msgpack.packb([record, words]))
+
+    def _tree(self, body: ResultAnnouncement, coordinator: bytes) -> list[bytes]:
+        return tree_order(body.job_id, self._hooks.roster(body.job_id) or [coordinator, *body.survivors])
+
+    async def _push_to(self, targets: list[bytes], targets_of: Callable[[bytes], list[bytes]], payload: bytes) -> None:
         async with trio.open_nursery() as nursery:
             for target in targets:
-                nursery.start_soon(self._push_one, target, order, payload)
+                nursery.start_soon(self._push_one, target, targets_of, payload)
 
-    async def _push_one(self, target: bytes, order: list[bytes], payload: bytes) -> None:
+    async def _push_one(self, target: bytes, targets_of: Callable[[bytes], list[bytes]], payload: bytes) -> None:
         try:
             await self._node.request(target, RESULT_PUSH_PROTOCOL, payload, timeout=_PUSH_TIMEOUT, max_reply=64)
         except TransportError as exc:
-            # Dead or refusing: its children would wait for a push that never comes.
+            # Dead or refusing: the nodes below it would wait for a push that never comes.
             log.info("result_push_failed", peer=target.hex()[:16], reason=exc.reason)
-            await self._push_to(children(order, target), order, payload)
+            await self._push_to(targets_of(target), targets_of, payload)
 
     async def _serve_push(self, peer: bytes, request: bytes) -> bytes:
         self._check_member(peer)
@@ -126,7 +134,7 @@ class ResultExchange:
         key = (body.job_id, body.round)
         if self._me in body.survivors:
             event = self._arrivals.setdefault(key, trio.Event())
-            with trio.move_on_after(_PUSH_WAIT_PER_HOP * depth(len(body.survivors) + 1)):
+            with trio.move_on_after(_PUSH_WAIT_PER_HOP * depth(len(self._tree(body, author)) + 1)):
                 await event.wait()
             self._arrivals.pop(key, None)
         else:

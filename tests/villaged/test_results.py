@@ -13,7 +13,7 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from protocol.announcements import ResultAnnouncement, aggregate_digest, open_announcement, sign_announcement
-from protocol.fanout import DEFAULT_FANOUT, children, push_order
+from protocol.fanout import push_targets, tree_order
 from tests.villaged.nodes import network, wait_until
 from villaged.errors import RemoteRefusal
 from villaged.identity import member_id, signing_key
@@ -62,6 +62,7 @@ async def exchanges(n: int, coordinator_index: int = 0) -> AsyncIterator[tuple[l
             hooks = ResultHooks(
                 is_member=lambda m: True,
                 elected=lambda body, author: author == coordinator,
+                roster=lambda job: sorted(member_id(k) for k in keypairs),
                 held_attempt=lambda job, r, results=results: (
                     open_announcement(results[(job, r)][0]).body.attempt if (job, r) in results else None),
                 stored=lambda job, r, results=results: results.get((job, r)),
@@ -96,17 +97,19 @@ async def test_the_coordinator_pushes_to_its_children_and_every_survivor_gets_th
         print(f"10 survivors hold the 200 KB result {took:.2f} s after the push began")
         assert all(p.results[("job-1", 0)] == (record, WORDS) for p in peers)
         pushed = [p.node.statistics().bytes_sent.get(RESULT_PUSH_PROTOCOL, 0) // len(WORDS) for p in peers]
-        # The coordinator sent 4 copies (not 9); 9 copies in all, one per survivor.
-        assert pushed[0] == DEFAULT_FANOUT
+        # The coordinator sent only the copies the tree gives it (the top of the tree and its own
+        # children), and there were 9 copies in all, one per survivor.
+        order = tree_order("job-1", body.survivors)
+        assert pushed[0] == len(push_targets(order, peers[0].me, peers[0].me, set(body.survivors))) < len(peers) - 1
         assert sum(pushed) == len(peers) - 1
 
 
 async def test_a_dead_survivor_does_not_cut_off_its_subtree() -> None:
     async with exchanges(10) as (peers, sign):
         body = announcement([p.me for p in peers])
-        order = push_order("job-1", 0, peers[0].me, body.survivors)
-        inner = children(order, peers[0].me)[0]
-        assert children(order, inner), "the dead node must have children for this test"
+        order, survivors = tree_order("job-1", body.survivors), set(body.survivors)
+        inner = next(t for t in push_targets(order, peers[0].me, peers[0].me, survivors)
+                     if push_targets(order, t, peers[0].me, survivors))  # a node with nodes below it
         dead = next(p for p in peers if p.me == inner)
         dead.stop.cancel()
         await wait_until(lambda: dead.me not in peers[0].node.connected_peers(), 10, "the dead node gone")
