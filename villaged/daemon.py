@@ -64,6 +64,8 @@ _CONNECT_AHEAD_SPREAD = 0.02
 #: attempts then waited, and every retry was one more handshake for it to do.
 _JOIN_SPREAD = 0.6
 _JOIN_TIMEOUT = 20.0
+#: A new connection's certificate exchange waits a random moment in this range (seconds).
+_CERTIFICATE_EXCHANGE_DELAY = (1.0, 3.0)
 #: A running job (with its roster) is re-announced this often, for members that missed it or restarted.
 _RUNNING_ANNOUNCE_PERIOD = 60.0
 
@@ -272,9 +274,13 @@ class Daemon:
     async def _exchange_certificates(self, peer: bytes) -> None:
         """On a new connection, learn the peer's certificate unless it is known already (a roster or an
         announcement brought it): a coordinator connecting to 100 members ahead of a round otherwise
-        starts 200 certificate exchanges at once."""
+        starts 200 certificate exchanges at once. It waits a moment first, because a new connection
+        often carries its certificate right away: a member joining a job dials the creator to hand
+        over its signed join, certificate included, and a creator that asked each of them for it as
+        well made 100 joins cost 200 requests."""
         assert self._node is not None
-        if self._is_member(peer):
+        await trio.sleep(self._jitter.uniform(*_CERTIFICATE_EXCHANGE_DELAY))
+        if self._is_member(peer) or peer not in self._node.connected_peers():
             return
         try:
             reply = await self._node.request(peer, MEMBERSHIP_PROTOCOL, self._certificate, timeout=10.0, max_reply=1024)
