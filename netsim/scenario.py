@@ -215,11 +215,13 @@ class Scenario:
         c = self.config
         coordinator = self.coordinator_peer(r)
         coordinator_process = self.cluster.process_of(coordinator.index)
+        # Round 0 is armed while members join, and restarting the creator then would lose their joins.
+        spared = {coordinator_process.index} | ({self.cluster.process_of(0).index} if r == 0 else set())
         plans: dict[int, str] = {}
         for kill in c.plan.kills_in(r):
             if kill.peer is None and kill.role == "client":  # any client: one not sharing the coordinator's process
                 choices = sorted({self.cluster.process_of(p.index).index for p in self.cluster.peers} & up
-                                 - {coordinator_process.index} - set(plans))
+                                 - spared - set(plans))
                 if not choices:
                     self.event(r, "kill_skipped", reason="no process left to kill a client in")
                     continue
@@ -234,8 +236,7 @@ class Scenario:
                 plans[target.index] = kill.failpoint
         if c.dropout > 0 and (c.drop_rounds is None or r in c.drop_rounds):
             candidates = [p.index for p in self.cluster.peers
-                          if self.cluster.process_of(p.index).index in up
-                          and self.cluster.process_of(p.index) is not coordinator_process
+                          if self.cluster.process_of(p.index).index in up - spared
                           and self.cluster.process_of(p.index).index not in plans]
             share = c.dropout * c.n / max(1, len(candidates))
             for victim in pick_victims(self.rng, candidates, min(1.0, share), c.per_process):

@@ -53,7 +53,7 @@ class ResultHooks:
 
 
 class ResultExchange:
-    """Serves fetches and pushes of results, pushes to this node's children, fetches what is missing."""
+    """Serves fetches and pushes of results, pushes to the nodes below this one, fetches what is missing."""
 
     def __init__(self, node: Node, nursery: trio.Nursery, hooks: ResultHooks, metrics: Metrics, me: bytes) -> None:
         self._node, self._nursery, self._hooks, self._metrics, self._me = node, nursery, hooks, metrics, me
@@ -66,7 +66,7 @@ class ResultExchange:
     # --- pushing ----------------------------------------------------------------------------------
 
     def push(self, body: ResultAnnouncement, coordinator: bytes, words: bytes, record: bytes) -> None:
-        """Push a stored result on to this node's children in the background (once per round)."""
+        """Push a stored result on to the nodes below this one in the tree, in the background (once per attempt)."""
         key = (body.job_id, body.round, body.attempt)
         if key in self._forwarded:
             return

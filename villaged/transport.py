@@ -426,11 +426,18 @@ class Node:
             peer_id = peer_id_from_member_id(peer)
         except ValueError as exc:
             raise TransportError(peer, str(exc)) from exc
-        if not self._host.get_network().get_connections(peer_id) and not self._known_addrs(peer_id):
-            info = await self._dht.find_peer(peer_id)
-            if info is None or not info.addrs:
-                raise TransportError(peer, "no known address, and the DHT lookup found none")
-            self._host.get_peerstore().add_addrs(peer_id, info.addrs, LOOKUP_ADDR_TTL)
+        network = self._host.get_network()
+        if not network.get_connections(peer_id):
+            if not self._known_addrs(peer_id):
+                info = await self._dht.find_peer(peer_id)
+                if info is None or not info.addrs:
+                    raise TransportError(peer, "no known address, and the DHT lookup found none")
+                self._host.get_peerstore().add_addrs(peer_id, info.addrs, LOOKUP_ADDR_TTL)
+            # The swarm refuses to dial a peer for 60 s after a failed dial. Every caller here has
+            # its own deadline and retry policy (joins back off, rounds retry within a phase), and
+            # a restarted creator or coordinator must be reachable again as soon as it is back.
+            if isinstance(network, Swarm):
+                network.unblock_peer(peer_id)
         return await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
 
     def _known_addrs(self, peer_id: ID) -> bool:

@@ -161,6 +161,22 @@ async def test_request_to_a_closed_peer_fails_fast() -> None:
             await client.request(b"\x05" * 32, ECHO, b"ab", timeout=5)
 
 
+async def test_a_peer_that_comes_back_is_reachable_at_once_despite_the_failed_dial() -> None:
+    key = create_new_key_pair()
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(open_node(create_new_key_pair(), LOOPBACK, [], FAST))
+        async with open_node(key, LOOPBACK, client.listen_addrs, FAST) as server:
+            server.serve(ECHO, echo)
+            server_id, address = server.member_id, server.listen_addrs[0]
+            await wait_until(lambda: server_id in client.connected_peers(), 10, "connection")
+        with pytest.raises(TransportError):  # down: the dial fails, and the swarm blocks the peer for 60 s
+            await client.request(server_id, ECHO, b"ab", timeout=5)
+        port = address.split("/tcp/")[1].split("/")[0]
+        async with open_node(key, [f"/ip4/127.0.0.1/tcp/{port}"], [], FAST) as back:
+            back.serve(ECHO, echo)
+            assert await client.request(server_id, ECHO, b"ab", timeout=5) == b"ba"
+
+
 async def test_per_peer_concurrency_limit_and_connect_hook() -> None:
     connected: list[bytes] = []
     release = trio.Event()
