@@ -38,7 +38,7 @@ VERSION = 1
 #: about 240 B per member (id, 160-byte certificate, an address), so 256 KiB hold 1,000 members.
 MAX_ANNOUNCEMENT_BYTES = 256 * 1024
 MAX_JOB_ID = 64
-MAX_ROSTER_ADDRESSES = 4
+MAX_ROSTER_ADDRESSES = 4  # per member, in a roster or a job announcement
 MAX_ADDRESS_CHARS = 256
 
 
@@ -48,18 +48,21 @@ class JobAnnouncement:
     job_id: str
     spec: JobSpec
     created_at: float
+    # Where members can dial the creator to hand over their joins (hints: Noise checks whom a dial
+    # reaches). Without them a hundred members looked the creator up in the DHT at once.
+    creator_addresses: tuple[str, ...] = ()
 
     def fields(self) -> Any:
-        return [self.job_id, self.spec.to_dict(), self.created_at]
+        return [self.job_id, self.spec.to_dict(), self.created_at, list(self.creator_addresses)]
 
     @classmethod
     def parse(cls, value: Any) -> JobAnnouncement:
-        job_id, spec, created_at = _list(value, 3)
+        job_id, spec, created_at, addresses = _list(value, 4)
         try:
             parsed = JobSpec.from_dict(spec)
         except (ParameterError, TypeError) as exc:
             raise ValueError(f"invalid job spec: {exc}") from None
-        return cls(_job_id(job_id), parsed, _time(created_at))
+        return cls(_job_id(job_id), parsed, _time(created_at), _addresses(addresses, "the creator"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +98,7 @@ class RosterEntry:
             raise ValueError("roster member must be a 32-byte id")
         if type(certificate) is not bytes or not 0 < len(certificate) <= MAX_CERTIFICATE_BYTES:
             raise ValueError(f"certificate of roster member {member.hex()[:16]} missing or too large")
-        if (type(addresses) is not list or len(addresses) > MAX_ROSTER_ADDRESSES
-                or any(type(a) is not str or not 0 < len(a) <= MAX_ADDRESS_CHARS for a in addresses)):
-            raise ValueError(f"addresses of roster member {member.hex()[:16]} must be at most "
-                             f"{MAX_ROSTER_ADDRESSES} short strings")
-        return cls(member, certificate, tuple(addresses))
+        return cls(member, certificate, _addresses(addresses, f"roster member {member.hex()[:16]}"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +256,13 @@ def _time(value: Any) -> float:
     if type(value) is not float or not 0 <= value < 1e11:
         raise ValueError("timestamp must be seconds since the epoch")
     return value
+
+
+def _addresses(value: Any, whose: str) -> tuple[str, ...]:
+    if (type(value) is not list or len(value) > MAX_ROSTER_ADDRESSES
+            or any(type(a) is not str or not 0 < len(a) <= MAX_ADDRESS_CHARS for a in value)):
+        raise ValueError(f"addresses of {whose} must be at most {MAX_ROSTER_ADDRESSES} short strings")
+    return tuple(value)
 
 
 def _count(value: Any, name: str) -> int:

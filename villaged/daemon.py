@@ -24,7 +24,7 @@ import trio
 from protocol.announcements import (
     Announcement, CancelAnnouncement, JobAnnouncement, JoinAnnouncement, ResultAnnouncement, RosterAnnouncement,
     RosterEntry, SignedAnnouncement,
-    MAX_ANNOUNCEMENT_BYTES, aggregate_digest, open_announcement, sign_announcement,
+    MAX_ANNOUNCEMENT_BYTES, MAX_ROSTER_ADDRESSES, aggregate_digest, open_announcement, sign_announcement,
 )
 from protocol.election import coordinator_for
 from protocol.errors import AuthenticationError, ParameterError, RemoteProtocolError
@@ -433,6 +433,11 @@ class Daemon:
         await self._on_announcement(open_announcement(record))
         return b"ok"
 
+    def _job_announcement(self, job: Job) -> JobAnnouncement:
+        assert self._node is not None
+        addresses = tuple(a.split("/p2p/")[0] for a in self._node.listen_addrs[:MAX_ROSTER_ADDRESSES])
+        return JobAnnouncement(job.id, job.spec, job.created_at, addresses)
+
     async def _announce(self, body: Announcement) -> None:
         assert self._node is not None
         await self._node.publish(self._topic, sign_announcement(body, self._key, self._certificate))
@@ -465,6 +470,8 @@ class Daemon:
     async def _on_announcement(self, signed: SignedAnnouncement) -> None:
         body, author = signed.body, signed.author
         if isinstance(body, JobAnnouncement):
+            if self._node is not None and author not in self._node.connected_peers():
+                self._node.add_addresses(author, body.creator_addresses)
             job = self.book.add_job(body.job_id, body.spec, author, body.created_at)
             if job is not None:
                 log.info("job_learned", job=job.id, creator=author.hex()[:16], kind=job.spec.kind)
@@ -604,7 +611,7 @@ class Daemon:
                     continue
                 before_start = job.state == "pending" and now <= job.start_at
                 schedule[job.id] = (now + gap, gap * 2) if before_start else (now + _RUNNING_ANNOUNCE_PERIOD, gap)
-                await self._announce(JobAnnouncement(job.id, job.spec, job.created_at))
+                await self._announce(self._job_announcement(job))
                 if job.roster is not None:
                     await self._node.publish(self._topic, self._roster_record(job))
 
@@ -648,7 +655,7 @@ class Daemon:
         job_id = secrets.token_hex(8)
         job = self.book.add_job(job_id, parsed, self.me, time.time())
         assert job is not None and self._node is not None
-        await self._announce(JobAnnouncement(job_id, parsed, job.created_at))
+        await self._announce(self._job_announcement(job))
         await self._maybe_join(job)
         self._start_job(job)
         log.info("job_created", job=job_id, kind=parsed.kind, rounds=parsed.rounds)

@@ -10,9 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.announcements import (
-    MAX_ROSTER_ADDRESSES, JoinAnnouncement, RosterAnnouncement, RosterEntry, open_announcement, sign_announcement,
+    MAX_ROSTER_ADDRESSES, JobAnnouncement, JoinAnnouncement, RosterAnnouncement, RosterEntry, open_announcement,
+    sign_announcement,
 )
 from protocol.errors import ParameterError, RemoteProtocolError
+from protocol.jobs import JobSpec
 from protocol.membership import AdminKeyPair, issue_certificate
 
 ADMIN = AdminKeyPair(b"\x07" * 32)
@@ -90,6 +92,17 @@ def test_a_join_round_trips() -> None:
     opened = open_announcement(sign_announcement(JoinAnnouncement("job-9"), key, cert))
     assert opened.body == JoinAnnouncement("job-9")
     assert opened.certificate == cert
+
+
+def test_a_job_round_trips_with_the_creators_addresses() -> None:
+    key, cert = member(9)
+    spec = JobSpec.from_dict({"kind": "vector", "data": "x", "dimension": 10})
+    body = JobAnnouncement("job-9", spec, 1_800_000_000.0, ("/ip4/127.0.0.1/tcp/4001",))
+    assert open_announcement(sign_announcement(body, key, cert)).body == body
+    for bad in (["/ip4/1.2.3.4/tcp/1"] * (MAX_ROSTER_ADDRESSES + 1), [7], "/ip4/1.2.3.4/tcp/1"):
+        record = resign(["job-9", spec.to_dict(), 1_800_000_000.0, bad], key, cert, kind="job")
+        with pytest.raises(RemoteProtocolError, match="addresses of the creator"):
+            open_announcement(record)
 
 
 @settings(max_examples=300, deadline=None)
