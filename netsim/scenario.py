@@ -45,6 +45,9 @@ POLL_INTERVAL = 1.0
 #: Once some peer holds a round's result, the others get this many phase timeouts to fetch it;
 #: peers still without it are reported as missing (the round's verdict says so).
 STRAGGLER_WAIT_FACTOR = 2.0
+#: Once every roster member holds a round's result, nodes outside the roster (which only fetch it)
+#: get this long more before they are reported missing and the next round is prepared.
+OBSERVER_WAIT = 15.0
 
 
 @dataclass
@@ -406,6 +409,8 @@ class Scenario:
         partitioned = False
         holders: set[int] = set()
         first_seen: float | None = None  # when some peer first held the result
+        roster = set(self.members)
+        roster_done: float | None = None  # when every roster member still up held it
         while time.time() < deadline:
             if c.plan.partition_round == r and self.netns is not None and not partitioned and time.time() >= opens_at:
                 half = len(self.cluster.processes) // 2
@@ -431,7 +436,11 @@ class Scenario:
                 break
             if holders and first_seen is None:
                 first_seen = time.time()
-            if first_seen is not None and time.time() > first_seen + STRAGGLER_WAIT_FACTOR * c.phase_timeout:
+            in_roster = {p.index for p in waiting if p.member_id in roster}
+            if in_roster or roster_done is None:
+                roster_done = None if in_roster else time.time()
+            observers_late = roster_done is not None and time.time() > roster_done + OBSERVER_WAIT
+            if observers_late or (first_seen is not None and time.time() > first_seen + STRAGGLER_WAIT_FACTOR * c.phase_timeout):
                 self.event(r, "stragglers", peers=[p.index for p in waiting])  # reported as missing below
                 break
             time.sleep(POLL_INTERVAL)
