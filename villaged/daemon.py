@@ -146,6 +146,8 @@ class Daemon:
                 self._node, self._nursery = node, nursery
                 self._driver = RoundDriver(node, self._key, self.book, nursery, self._on_coordinated_result,
                                            self._on_attempt_event, failpoint=os.environ.get("VILLAGE_FAILPOINT"))
+                for member, addresses in self.store.peer_addresses().items():
+                    node.add_addresses(member, addresses)
                 node.serve(ROUND_PROTOCOL, self._handle_round_frame)
                 node.serve(MEMBERSHIP_PROTOCOL, self._handle_certificate, max_request=1024)
                 self._results = ResultExchange(node, nursery, ResultHooks(
@@ -474,6 +476,7 @@ class Daemon:
                 self._node.add_addresses(author, body.creator_addresses)
             job = self.book.add_job(body.job_id, body.spec, author, body.created_at)
             if job is not None:
+                self.store.put_addresses([(author, body.creator_addresses)], time.time())
                 log.info("job_learned", job=job.id, creator=author.hex()[:16], kind=job.spec.kind)
                 await self._maybe_join(job)
                 self._start_job(job)
@@ -501,8 +504,8 @@ class Daemon:
             self._results.on_announcement(body, author)
 
     def _learn_roster(self, roster: RosterAnnouncement) -> None:
-        """Admit the roster members' certificates and remember their addresses: every participant of a
-        round can then be checked and dialed, whether or not this node has met it before."""
+        """Admit the roster members' certificates and remember their addresses (in the store too, for a
+        restart): every participant of a round can then be checked and dialed, met before or not."""
         assert self._node is not None
         connected = set(self._node.connected_peers())
         new = []
@@ -518,6 +521,7 @@ class Daemon:
             if entry.member not in connected:
                 self._node.add_addresses(entry.member, entry.addresses)
         self.store.put_members(new)  # one transaction: 300 members stored one by one took seconds
+        self.store.put_addresses([(e.member, e.addresses) for e in roster.entries if e.member != self.me], time.time())
 
     def _elected(self, body: ResultAnnouncement, author: bytes) -> bool:
         """The author coordinated that attempt by this node's roster; counted as an authentication failure if not."""

@@ -44,6 +44,8 @@ ROUND_WINDOWS = 5
 #: that it reaches every member first and the members can connect to round 0's coordinator.
 ROSTER_GRACE = 2.0
 ROSTER_GRACE_PER_MEMBER = 0.05
+#: Seconds between a restarted node's requests for a round it missed (see `catch_up`).
+CATCH_UP_DELAYS = (2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -265,7 +267,7 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
             return
         if hooks.has_result(job.id, round_number):
             continue
-        if time.time() > job.round_opens_at(round_number) + job.spec.phase_timeout and await hooks.fetch_result(job, round_number):
+        if time.time() > job.round_opens_at(round_number) + job.spec.phase_timeout and await catch_up(job, round_number, hooks):
             continue  # this node was away when the round ran (a restart): the others have its result
         if not book.budget_allows_round(job):
             log.info("privacy_budget_used", job=job.id, round=round_number)
@@ -324,6 +326,19 @@ async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDr
         last_reason = outcome
         attempt = next_attempt
     return f"gave up after {attempt} attempts: {last_reason}"
+
+
+async def catch_up(job: Job, round_number: int, hooks: JobHooks) -> bool:
+    """Fetch the result of a round that ran while this node was away. Its first requests go out while
+    a restarted node is still connecting (and its peers are busy admitting it), so it tries again
+    after `CATCH_UP_DELAYS` instead of waiting a whole attempt for a round that is long over."""
+    if await hooks.fetch_result(job, round_number):
+        return True
+    for delay in CATCH_UP_DELAYS:
+        await trio.sleep(delay)
+        if hooks.has_result(job.id, round_number) or await hooks.fetch_result(job, round_number):
+            return True
+    return False
 
 
 async def _observe_round(job: Job, round_number: int, hooks: JobHooks) -> str:

@@ -132,6 +132,15 @@ MIGRATIONS: Final[Sequence[Sequence[str]]] = (
             PRIMARY KEY (job_id, member_id)
         ) STRICT""",
     ),
+    (
+        # Where members were last known to listen (from rosters and job announcements): a restarted
+        # node dials its village at once instead of finding each peer through the DHT again.
+        """CREATE TABLE peer_addresses (
+            member_id BLOB PRIMARY KEY CHECK (length(member_id) = 32),
+            addresses TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        ) STRICT""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -325,6 +334,24 @@ class Store:
         """Every stored certificate, expired ones included (the caller judges validity)."""
         rows = self._db.execute("SELECT member_id, certificate, expires_at FROM members ORDER BY member_id")
         return [MemberRecord(bytes(m), bytes(c), int(e)) for m, c, e in rows]
+
+    def put_addresses(self, entries: Sequence[tuple[bytes, Sequence[str]]], now: float) -> None:
+        """Remember where members listen (latest word wins); entries without addresses are skipped."""
+        rows = [(m, json.dumps(list(addrs)), now) for m, addrs in entries if addrs]
+        for member_id, _, _ in rows:
+            if len(member_id) != 32:
+                raise StoreError(f"member_id must be 32 bytes, got {len(member_id)}")
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO peer_addresses (member_id, addresses, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(member_id) DO UPDATE SET addresses = excluded.addresses, updated_at = excluded.updated_at",
+                rows,
+            )
+
+    def peer_addresses(self) -> dict[bytes, list[str]]:
+        """Every member's last known addresses."""
+        rows = self._db.execute("SELECT member_id, addresses FROM peer_addresses")
+        return {bytes(m): [str(a) for a in json.loads(addrs)] for m, addrs in rows}
 
     def delete_expired_members(self, now: float) -> int:
         with self._transaction() as db:

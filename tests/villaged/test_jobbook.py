@@ -1,4 +1,5 @@
-"""JobBook's view of this node's own input: encoded once per version of the stored data."""
+"""JobBook's view of this node's own input (encoded once per version of the stored data), and the job
+loop's catching up on rounds a restarted node missed."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trio
+import trio.testing
 
 from protocol.jobs import JobSpec
 from protocol.kinds import InputError
-from villaged.jobs import JobBook
+from villaged.jobs import CATCH_UP_DELAYS, Job, JobBook, JobHooks, catch_up
 from villaged.store import Store
 
 SPEC = JobSpec.from_dict({
@@ -48,3 +51,21 @@ def test_a_broken_new_version_is_refused_rather_than_served_from_the_cache(book:
     with pytest.raises(InputError, match="has 3 values"):
         book.check_input(job)
     assert book.client_input("job-1") is None  # not joined: takes no part either way
+
+
+async def test_a_restarted_node_asks_again_for_a_round_it_missed(book: JobBook, autojump_clock: trio.testing.MockClock) -> None:
+    """The first fetches fail while the node is still connecting; later ones, spaced by CATCH_UP_DELAYS, succeed."""
+    asked_at: list[float] = []
+
+    async def fetch(job: Job, round_number: int) -> bool:
+        asked_at.append(trio.current_time())
+        return len(asked_at) == 3
+
+    async def unused(*_args: object) -> None:
+        raise AssertionError("not needed to catch up")
+
+    hooks = JobHooks(reachable=unused, has_result=lambda job_id, round_number: False, fetch_result=fetch,  # type: ignore[arg-type]
+                     on_round_end=unused, announce_roster=unused, connect_ahead=unused)  # type: ignore[arg-type]
+    start = trio.current_time()
+    assert await catch_up(book.jobs["job-1"], 0, hooks)
+    assert [round(t - start, 6) for t in asked_at] == [0.0, CATCH_UP_DELAYS[0], CATCH_UP_DELAYS[0] + CATCH_UP_DELAYS[1]]

@@ -69,6 +69,16 @@ def test_reopen_keeps_everything(db_path: Path) -> None:
         assert store.integrity_check() == "ok"
 
 
+def test_peer_addresses_keep_the_latest_word_across_a_reopen(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.put_addresses([(ALICE, ["/ip4/10.0.0.1/tcp/4001"]), (BOB, [])], 1.0)
+        store.put_addresses([(ALICE, ["/ip4/10.0.0.2/tcp/4001", "/ip4/10.0.0.3/tcp/4001"])], 2.0)
+        with pytest.raises(StoreError, match="32 bytes"):
+            store.put_addresses([(b"short", ["/ip4/10.0.0.9/tcp/1"])], 3.0)
+    with Store.open(db_path) as store:
+        assert store.peer_addresses() == {ALICE: ["/ip4/10.0.0.2/tcp/4001", "/ip4/10.0.0.3/tcp/4001"]}
+
+
 def test_job_state_and_listing(db_path: Path) -> None:
     with Store.open(db_path) as store:
         assert store.put_job(job("a"))
