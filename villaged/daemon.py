@@ -39,6 +39,7 @@ from villaged.config import DaemonConfig
 from villaged.control import Conflict, InvalidRequest, NotFound
 from villaged.errors import ConfigError, RemoteRefusal, TransportError
 from villaged.identity import load_or_create_identity, member_id, peer_id_from_member_id, signing_key
+from villaged.job_sync import JobSync, JobSyncHooks
 from villaged.jobs import Job, JobBook, JobHooks, run_job
 from villaged.logging import log_round
 from villaged.metrics import Metrics
@@ -110,6 +111,9 @@ class Daemon:
         self._byte_totals: dict[tuple[str, str], int] = {}  # transport counters already exported
         self._joining: set[str] = set()  # jobs whose join is on its way to the creator
         self._jitter = random.Random()  # spreads joins, dials and fetches in time (not for secrets)
+        # Other creators' signed job and roster announcements, as they arrived: handed on by job sync.
+        self._job_records: dict[str, bytes] = {}
+        self._roster_records: dict[str, bytes] = {}
 
     def _load_certificate(self) -> bytes:
         path = self.config.certificate_path
@@ -155,12 +159,16 @@ class Daemon:
                     held_attempt=self.store.result_attempt,
                     stored=self._stored_result, store=self._store_fetched_result), self.metrics, self.me)
                 node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
+                job_sync = JobSync(node, JobSyncHooks(
+                    active_jobs=self._active_jobs, records_for=self._records_for, accept=self._accept_synced,
+                    is_member=self._is_member), self._jitter)
                 channel = await node.subscribe(self._topic, self._validate_gossip)
                 nursery.start_soon(self._consume_gossip, channel)
                 for job in self.book.jobs.values():
                     if job.state in ("pending", "running"):
                         self._start_job(job)
                 nursery.start_soon(self._announce_pending)
+                nursery.start_soon(job_sync.run)
                 nursery.start_soon(self._track_peers)
                 endpoint = await nursery.start(
                     functools.partial(serve_api, host=self.config.api_host, port=self.config.api_port),
@@ -435,6 +443,28 @@ class Daemon:
         await self._on_announcement(open_announcement(record))
         return b"ok"
 
+    def _active_jobs(self) -> dict[str, bool]:
+        return {j.id: j.roster is not None for j in self.book.jobs.values() if j.state in ("pending", "running")}
+
+    def _records_for(self, job_id: str, with_job: bool) -> list[bytes]:
+        """A job's creator-signed announcement (if `with_job`) and roster, for job sync."""
+        job = self.book.jobs[job_id]
+        if job.creator == self.me:
+            job_record = sign_announcement(self._job_announcement(job), self._key, self._certificate)
+            roster_record = self._roster_record(job) if job.roster is not None else None
+        else:
+            job_record, roster_record = self._job_records.get(job_id), self._roster_records.get(job_id)
+        return [r for r in ((job_record if with_job else None), roster_record) if r is not None]
+
+    async def _accept_synced(self, peer: bytes, record: bytes) -> None:
+        """A job or roster announcement handed on by `peer`: checked like gossip from its author."""
+        signed = open_announcement(record)
+        if not isinstance(signed.body, (JobAnnouncement, RosterAnnouncement)):
+            raise RemoteProtocolError(peer, "job_sync", f"a {signed.body.KIND} announcement is not a job or roster")
+        if not self._validate_gossip(signed.author, record):
+            raise RemoteProtocolError(peer, "job_sync", "announcement not signed by a member with a valid certificate")
+        await self._on_announcement(signed)
+
     def _job_announcement(self, job: Job) -> JobAnnouncement:
         assert self._node is not None
         addresses = tuple(a.split("/p2p/")[0] for a in self._node.listen_addrs[:MAX_ROSTER_ADDRESSES])
@@ -475,6 +505,9 @@ class Daemon:
             if self._node is not None and author not in self._node.connected_peers():
                 self._node.add_addresses(author, body.creator_addresses)
             job = self.book.add_job(body.job_id, body.spec, author, body.created_at)
+            known = self.book.jobs.get(body.job_id)  # new, or known from before (the store, after a restart)
+            if known is not None and known.creator == author:
+                self._job_records.setdefault(known.id, signed.record)
             if job is not None:
                 self.store.put_addresses([(author, body.creator_addresses)], time.time())
                 log.info("job_learned", job=job.id, creator=author.hex()[:16], kind=job.spec.kind)
@@ -494,6 +527,8 @@ class Daemon:
                 log.info("roster_fixed", job=job.id, members=len(body.members), in_roster=self.me in body.members)
                 self._learn_roster(body)
                 self._connect_ahead(job, 0)
+            if job is not None and job.creator == author and job.roster == body.members:
+                self._roster_records.setdefault(job.id, signed.record)
         elif isinstance(body, CancelAnnouncement):
             job = self.book.jobs.get(body.job_id)
             if job is not None and job.creator == author and job.state in ("pending", "running"):

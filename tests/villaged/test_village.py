@@ -246,3 +246,24 @@ async def test_a_node_that_was_down_fetches_the_results_it_missed_from_the_peers
             got = await restarted.results(job["id"])
             assert [r["digest"] for r in got] == [r["digest"] for r in expected]
             nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_missed_a_jobs_gossip_learns_it_from_a_peer_and_joins(tmp_path: Path) -> None:
+    # The creator announces the job once (no repeats for 10 minutes) while the fourth node is down, and
+    # the node comes up after gossipsub's message cache (5 heartbeats) has dropped the announcement:
+    # only job sync can tell that node about the job.
+    configs = [replace(c, announce_interval=600.0) for c in village_configs(tmp_path, 4)]
+    async with running_village(configs[:3]) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        for i, daemon in enumerate(daemons):
+            await daemon.put_data("stats", [float(i)] * 8)
+        job = await daemons[0].create_job(dict(SPEC, rounds=1, start_delay=25.0))
+        await trio.sleep(8.0)
+        late = Daemon(replace(configs[3], bootstrap=(nodes[0][1].addresses[0],)))
+        await late.put_data("stats", [3.0] * 8)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(late.run)
+            await wait_for_results([*daemons, late], job["id"], 1, timeout=60)
+            (result,) = await late.results(job["id"])
+            assert np.allclose(result["values"], [0.0 + 1.0 + 2.0 + 3.0] * 8, atol=result["error_bound"])
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,79 @@
+"""Job sync over real libp2p streams: what a peer hands on, and what a bad request gets."""
+
+from __future__ import annotations
+
+import random
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.errors import RemoteProtocolError
+from villaged.errors import RemoteRefusal
+from villaged.job_sync import JOB_SYNC_PROTOCOL, MAX_JOBS, JobSync, JobSyncHooks, _parse_request
+from tests.villaged.nodes import network
+
+# The records are opaque to job sync (the daemon checks them like gossip): stand-in bytes suffice.
+RECORDS = {"job-a": [b"job-a announcement", b"job-a roster"], "job-b": [b"job-b announcement"]}
+
+
+def serving_hooks(accepted: list[bytes]) -> JobSyncHooks:
+    """A node that knows job-a (roster fixed) and job-b (still pending)."""
+
+    def records_for(job_id: str, with_job: bool) -> list[bytes]:
+        records = RECORDS[job_id]
+        return records if with_job else records[1:]
+
+    async def accept(peer: bytes, record: bytes) -> None:
+        if record == b"bad":
+            raise RemoteProtocolError(peer, "job_sync", "bad record")
+        accepted.append(record)
+
+    return JobSyncHooks(active_jobs=lambda: {"job-a": True, "job-b": False}, records_for=records_for,
+                        accept=accept, is_member=lambda peer: True)
+
+
+def asking_hooks(known: dict[str, bool], accepted: list[bytes]) -> JobSyncHooks:
+    hooks = serving_hooks(accepted)
+    return JobSyncHooks(active_jobs=lambda: known, records_for=hooks.records_for, accept=hooks.accept,
+                        is_member=hooks.is_member)
+
+
+@pytest.mark.parametrize(
+    ("known", "expected"),
+    [
+        ({}, [b"job-a announcement", b"job-a roster", b"job-b announcement"]),
+        ({"job-a": False}, [b"job-a roster", b"job-b announcement"]),
+        ({"job-a": True, "job-b": False}, []),
+    ],
+)
+async def test_a_peer_hands_on_only_what_the_asker_lacks(known: dict[str, bool], expected: list[bytes]) -> None:
+    async with network(2) as (server, asker):
+        asker.add_addresses(server.member_id, server.listen_addrs)
+        JobSync(server, serving_hooks([]), random.Random(1))
+        accepted: list[bytes] = []
+        sync = JobSync(asker, asking_hooks(known, accepted), random.Random(2))
+        assert await sync.sync_with(server.member_id) == len(expected)
+        assert accepted == expected
+
+
+async def test_a_bad_request_is_refused_with_the_reason_and_the_server_keeps_serving() -> None:
+    async with network(2) as (server, asker):
+        asker.add_addresses(server.member_id, server.listen_addrs)
+        JobSync(server, serving_hooks([]), random.Random(1))
+        with pytest.raises(RemoteRefusal, match=r"\[job id, roster known\]"):
+            await asker.request(server.member_id, JOB_SYNC_PROTOCOL, msgpack.packb([["job-a", "yes"]]), timeout=10)
+        accepted: list[bytes] = []
+        assert await JobSync(asker, asking_hooks({}, accepted), random.Random(2)).sync_with(server.member_id) == 3
+
+
+@given(st.binary(max_size=256) | st.builds(msgpack.packb, st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8) | st.binary(max_size=8),
+    lambda children: st.lists(children, max_size=MAX_JOBS + 2), max_leaves=80)))
+def test_any_request_parses_or_is_refused_with_a_protocol_error(request: bytes) -> None:
+    try:
+        known = _parse_request(b"\x01" * 32, request)
+    except RemoteProtocolError:
+        return
+    assert all(type(job) is str and type(roster) is bool for job, roster in known.items())
