@@ -40,5 +40,10 @@ class TransportError(VillagedError):
         self.reason = reason
 
 
+class PeerDown(TransportError):
+    """Every dial to the peer was refused: nothing listens at its addresses, so its process is down
+    (or moved), and resending within the same phase cannot help."""
+
+
 class RemoteRefusal(TransportError):
     """The peer answered with an error reply: it was reached and refused, so resending cannot help."""

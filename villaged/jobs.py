@@ -279,7 +279,7 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
         if book.me in (job.roster or ()):
             outcome = await _run_round(job, round_number, book, driver, store, hooks)
         else:
-            outcome = await _observe_round(job, round_number, hooks)
+            outcome = await observe_round(job, round_number, hooks)
         if outcome != "completed" and await hooks.fetch_result(job, round_number):
             outcome = "completed"  # the round ended without this node, and its result is here now
         await hooks.on_round_end(job, round_number, outcome)
@@ -341,15 +341,19 @@ async def catch_up(job: Job, round_number: int, hooks: JobHooks) -> bool:
     return False
 
 
-async def _observe_round(job: Job, round_number: int, hooks: JobHooks) -> str:
-    """A node outside the roster takes no part in the rounds; it only collects their results."""
+async def observe_round(job: Job, round_number: int, hooks: JobHooks) -> str:
+    """A node outside the roster takes no part in the rounds; it only collects their results. The
+    result's announcement may never reach it (gossip left it out), so it also asks for the result,
+    half a phase timeout after the round opens and then at doubling gaps up to an attempt window."""
     deadline = trio.current_time() + ROUND_WINDOWS * job.spec.attempt_window
+    gap = job.spec.phase_timeout / 2
     while trio.current_time() < deadline and job.state == "running":
-        with trio.move_on_after(job.spec.attempt_window):
+        with trio.move_on_after(gap):
             while not hooks.has_result(job.id, round_number):
                 await trio.sleep(1.0)
         if hooks.has_result(job.id, round_number) or await hooks.fetch_result(job, round_number):
             return "completed"
+        gap = min(2 * gap, job.spec.attempt_window)
     return "no result seen (this node is not in the job's roster)"
 
 

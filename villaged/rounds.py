@@ -44,14 +44,16 @@ from protocol.events import ClientFinished, Output, RoundAborted, RoundFinished,
 from protocol.params import RoundParams
 from protocol.messages import Invite
 from protocol.wire import RoundContext, decode, peek
-from villaged.errors import RemoteRefusal, TransportError
+from villaged.errors import PeerDown, RemoteRefusal, TransportError
 
 ROUND_PROTOCOL = "/village/round/1.0.0"
 ACK = b"ok"
 #: Messages a client receives; everything else goes to a coordinator.
 _CLIENT_KINDS = frozenset({"invite", "keys", "delivery", "survivors", "unmask_request", "abort"})
-#: Sends to an unreachable peer are retried this often within the phase timeout.
-_SEND_ATTEMPTS = 3
+#: A failed send is retried after each of these delays (capped at a tenth of the phase timeout), unless
+#: the peer refused it or is down: a client SIGKILLed mid-phase breaks the coordinator's stream, and
+#: the retry's refused dial tells the coordinator to stop waiting for it.
+_RETRY_DELAYS = (0.25, 1.0)
 #: An invite may arrive before the creator's roster announcement; wait this long for it.
 _ROSTER_WAIT = 5.0
 
@@ -388,15 +390,15 @@ class RoundDriver:
         if send.to == self.me:
             await self._deliver_locally(send.frame)
             return
-        for attempt in range(_SEND_ATTEMPTS):
+        for attempt in range(len(_RETRY_DELAYS) + 1):
             try:
                 reply = await self._network.request(send.to, ROUND_PROTOCOL, send.frame, timeout=timeout)
             except TransportError as exc:
-                if attempt == _SEND_ATTEMPTS - 1 or isinstance(exc, RemoteRefusal):
+                if attempt == len(_RETRY_DELAYS) or isinstance(exc, (RemoteRefusal, PeerDown)):
                     log.info("round_send_failed", peer=send.to.hex()[:16], reason=exc.reason)
                     await on_lost(send.to)
                     return
-                await trio.sleep(min(1.0, timeout / 10) * (attempt + 1))
+                await trio.sleep(min(_RETRY_DELAYS[attempt], timeout / 10))
                 continue
             if reply != ACK:  # the peer's answer rode on the reply
                 await self._deliver_locally(reply, sender=send.to)

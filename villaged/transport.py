@@ -30,6 +30,7 @@ from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto import x25519
 from libp2p.crypto.keys import KeyPair
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import MultiError
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.swarm import Swarm
@@ -46,7 +47,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from protocol.errors import RemoteProtocolError
 from villaged.discovery import DiscoverySettings, DiscoveryState, maintain_peers, parse_bootstrap
-from villaged.errors import TransportError
+from villaged.errors import PeerDown, TransportError
 from villaged.framing import (
     HARD_MAX_FRAME,
     HEADER,
@@ -438,6 +439,12 @@ class Node:
             # a restarted creator or coordinator must be reachable again as soon as it is back.
             if isinstance(network, Swarm):
                 network.unblock_peer(peer_id)
+            try:
+                return await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
+            except Exception as exc:  # libp2p's dial errors have no common base
+                if _connection_refused(exc):
+                    raise PeerDown(peer, "connection refused at its known addresses: the peer is down") from exc
+                raise
         return await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
 
     def _known_addrs(self, peer_id: ID) -> bool:
@@ -532,6 +539,25 @@ async def _finish(stream: INetStream, *, graceful: bool) -> None:
             await (stream.close() if graceful else stream.reset())
         except Exception:
             log.debug("closing stream failed", exc_info=True)
+
+
+def _connection_refused(exc: BaseException) -> bool:
+    """Whether a connection refusal (ECONNREFUSED) is among the causes of a dial error. The swarm
+    wraps one error per address in a MultiError, each wrapping trio's, which groups its attempts."""
+    pending, seen = [exc], set()
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ConnectionRefusedError):
+            return True
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        if isinstance(error, MultiError):  # the swarm's: one error per address dialed
+            pending.extend(error.errors)
+        pending.extend(e for e in (error.__cause__, error.__context__) if e is not None)
+    return False
 
 
 def _build_host(keypair: KeyPair, config: TransportConfig) -> IHost:

@@ -12,7 +12,7 @@ import trio.testing
 
 from protocol.jobs import JobSpec
 from protocol.kinds import InputError
-from villaged.jobs import CATCH_UP_DELAYS, Job, JobBook, JobHooks, catch_up
+from villaged.jobs import CATCH_UP_DELAYS, Job, JobBook, JobHooks, catch_up, observe_round
 from villaged.store import Store
 
 SPEC = JobSpec.from_dict({
@@ -53,19 +53,35 @@ def test_a_broken_new_version_is_refused_rather_than_served_from_the_cache(book:
     assert book.client_input("job-1") is None  # not joined: takes no part either way
 
 
-async def test_a_restarted_node_asks_again_for_a_round_it_missed(book: JobBook, autojump_clock: trio.testing.MockClock) -> None:
-    """The first fetches fail while the node is still connecting; later ones, spaced by CATCH_UP_DELAYS, succeed."""
-    asked_at: list[float] = []
+def fetching_hooks(asked_at: list[float], succeed_on: int) -> JobHooks:
+    """Hooks for a node that holds no result and whose `succeed_on`-th fetch gets it."""
 
     async def fetch(job: Job, round_number: int) -> bool:
         asked_at.append(trio.current_time())
-        return len(asked_at) == 3
+        return len(asked_at) == succeed_on
 
     async def unused(*_args: object) -> None:
-        raise AssertionError("not needed to catch up")
+        raise AssertionError("not needed to fetch a result")
 
-    hooks = JobHooks(reachable=unused, has_result=lambda job_id, round_number: False, fetch_result=fetch,  # type: ignore[arg-type]
-                     on_round_end=unused, announce_roster=unused, connect_ahead=unused)  # type: ignore[arg-type]
+    return JobHooks(reachable=unused, has_result=lambda job_id, round_number: False, fetch_result=fetch,  # type: ignore[arg-type]
+                    on_round_end=unused, announce_roster=unused, connect_ahead=unused)  # type: ignore[arg-type]
+
+
+async def test_a_restarted_node_asks_again_for_a_round_it_missed(book: JobBook, autojump_clock: trio.testing.MockClock) -> None:
+    """The first fetches fail while the node is still connecting; later ones, spaced by CATCH_UP_DELAYS, succeed."""
+    asked_at: list[float] = []
+    hooks = fetching_hooks(asked_at, succeed_on=3)
     start = trio.current_time()
     assert await catch_up(book.jobs["job-1"], 0, hooks)
     assert [round(t - start, 6) for t in asked_at] == [0.0, CATCH_UP_DELAYS[0], CATCH_UP_DELAYS[0] + CATCH_UP_DELAYS[1]]
+
+
+async def test_an_observer_asks_for_the_result_it_was_not_told_of(book: JobBook, autojump_clock: trio.testing.MockClock) -> None:
+    """Outside the roster, with no announcement arriving: asks half a phase timeout in, then at doubling gaps."""
+    job = book.jobs["job-1"]
+    job.state = "running"
+    asked_at: list[float] = []
+    start = trio.current_time()
+    assert await observe_round(job, 0, fetching_hooks(asked_at, succeed_on=3)) == "completed"
+    half = job.spec.phase_timeout / 2
+    assert [round(t - start, 6) for t in asked_at] == [half, 3 * half, 7 * half]

@@ -17,7 +17,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 
 from protocol.errors import RemoteProtocolError
 from tests.villaged.nodes import FAST, LOOPBACK, network, wait_until
-from villaged.errors import RemoteRefusal, TransportError
+from villaged.errors import PeerDown, RemoteRefusal, TransportError
 from villaged.transport import TransportConfig, open_node
 
 pytestmark = pytest.mark.slow
@@ -152,7 +152,7 @@ async def test_request_to_a_closed_peer_fails_fast() -> None:
             await wait_until(lambda: gone_id in client.connected_peers(), 10, "connection")
             assert await client.request(gone_id, ECHO, b"ab", timeout=5) == b"ba"
         start = time.perf_counter()
-        with pytest.raises(TransportError):
+        with pytest.raises(PeerDown, match="connection refused"):
             await client.request(gone_id, ECHO, b"ab", timeout=5)
         took = time.perf_counter() - start
         print(f"request to a closed peer failed after {1000 * took:.0f} ms")
@@ -169,7 +169,7 @@ async def test_a_peer_that_comes_back_is_reachable_at_once_despite_the_failed_di
             server.serve(ECHO, echo)
             server_id, address = server.member_id, server.listen_addrs[0]
             await wait_until(lambda: server_id in client.connected_peers(), 10, "connection")
-        with pytest.raises(TransportError):  # down: the dial fails, and the swarm blocks the peer for 60 s
+        with pytest.raises(PeerDown):  # down: the dial is refused, and the swarm blocks the peer for 60 s
             await client.request(server_id, ECHO, b"ab", timeout=5)
         port = address.split("/tcp/")[1].split("/")[0]
         async with open_node(key, [f"/ip4/127.0.0.1/tcp/{port}"], [], FAST) as back:
