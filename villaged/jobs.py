@@ -275,6 +275,8 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
             book.finish(job.id, f"privacy budget used: epsilon {view.get('epsilon_spent')} of {view.get('budget_epsilon')} "
                                 f"spent, round {round_number} of {job.spec.rounds} not started")
             return
+        if round_number > 0:  # round 0's is set off when the roster arrives
+            hooks.connect_ahead(job, round_number)  # here, so that a node back from a restart connects too
         await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
         if book.me in (job.roster or ()):
             outcome = await _run_round(job, round_number, book, driver, store, hooks)
@@ -283,7 +285,6 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
         if outcome != "completed" and await hooks.fetch_result(job, round_number):
             outcome = "completed"  # the round ended without this node, and its result is here now
         await hooks.on_round_end(job, round_number, outcome)
-        hooks.connect_ahead(job, round_number + 1)
         # Keep this round's machines until the next one ends: stragglers' late frames get an answer.
         driver.forget_round(job.id, round_number - 1)
     if job.state == "running":
