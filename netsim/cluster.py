@@ -81,7 +81,6 @@ class Process:
     index: int
     peers: list[int]
     popen: subprocess.Popen[bytes] | None = None
-    env: dict[str, str] = field(default_factory=dict)  # extra environment, e.g. VILLAGE_FAILPOINT
     starts: int = 0
     started_at: float = 0.0  # wall time of the latest start
     noted_death: int = 0  # the start whose death is already in `deaths`
@@ -244,7 +243,7 @@ class Cluster:
         creates every netsim job, and a node everyone bootstraps from also answers everyone's lookups."""
         return sorted(random.Random(peer).sample(candidates, min(BOOTSTRAP_PEERS, len(candidates))))
 
-    def start_process(self, process: Process, bootstrap_upto: int | None = None, env: dict[str, str] | None = None) -> None:
+    def start_process(self, process: Process, bootstrap_upto: int | None = None) -> None:
         """(Re)start one process. Bootstrap candidates: peers below `bootstrap_upto`, or all others."""
         if process.alive():
             raise RuntimeError(f"process {process.index} is already running")
@@ -257,15 +256,13 @@ class Cluster:
             peer.api_url = None
             bootstrap = [self.peers[i].address for i in self.bootstrap_for(index, candidates)]
             configs.append(self._write_config(peer, bootstrap))
-        process.env = dict(env or {})
         if self.per_process == 1:
             command = [str(Path(sys.executable).with_name("villaged")), "start", "--config", str(configs[0])]
         else:
             command = [sys.executable, "-m", "netsim.multipeer", *map(str, configs)]
         wrap = self._wrap[process.index] if self._wrap else []
         command = ["setpriv", "--pdeathsig", "KILL", "--", *wrap, *command]
-        inherited = {k: v for k, v in os.environ.items() if k != "VILLAGE_FAILPOINT"}  # faults only where planned
-        environment = {**inherited, "PYTHONUNBUFFERED": "1", **process.env}
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", "VILLAGE_FAILPOINT_FILE": str(self.failpoint_file(process))}
         tag = f"proc{process.index:03d}"
         with open(self.root / f"{tag}.out", "ab") as out, open(self.root / f"{tag}.err", "ab") as err:
             process.popen = subprocess.Popen(
@@ -274,6 +271,18 @@ class Cluster:
             )
         process.starts += 1
         process.started_at = time.time()
+
+    def failpoint_file(self, process: Process) -> Path:
+        """Where `arm` puts the process's failpoint; villaged reads it as each round machine starts."""
+        return self.root / f"proc{process.index:03d}.failpoint"
+
+    def arm(self, process: Process, failpoint: str | None) -> None:
+        """Arm (ROLE:PHASE) or, with None, disarm the villaged failpoint of a process, running or not."""
+        path = self.failpoint_file(process)
+        if failpoint is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(failpoint + "\n")
 
     def wait_ready(self, processes: list[Process], timeout: float = START_TIMEOUT) -> None:
         """Block until every peer of `processes` serves its control API."""

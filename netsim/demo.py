@@ -4,7 +4,7 @@ Eight villaged processes on 127.0.0.1 with fresh identities and certificates run
 routing-priors job (netsim/workloads.py: every node holds part of the routing statistics of
 4 models x 2 regions x 2 tiers, 20 request patterns and 3 carbon regions). Before round 1 (the
 daemon's round 0; the demo prints rounds from 1) one participant, never that round's coordinator,
-is restarted with VILLAGE_FAILPOINT=client:masked: it SIGKILLs itself in round 1 as it is about to
+is armed with the failpoint client:masked (villaged/rounds.py): it SIGKILLs itself in round 1 as it is about to
 send its masked input, the round completes without it (its pairwise masks are removed with the
 survivors' shares), and it is restarted before round 2 and takes part again.
 

@@ -1,11 +1,10 @@
 """Fault plans: who dies, when, and how the network misbehaves, decided up front from a seed.
 
-Process faults use villaged's own failpoint (VILLAGE_FAILPOINT=ROLE:PHASE, `villaged/rounds.py`):
-the process SIGKILLs itself when one of its machines enters PHASE, before that phase's messages
-leave, which is a real crash at an exact protocol point. The variable is read when the process
-starts, so netsim arms a fault by restarting the victim with it set shortly before the round
-opens, once the round's elected coordinator is known (the election depends on the job id;
-`protocol/election.py`). Victims of client faults are never the process of that round's
+Process faults use villaged's own failpoint (ROLE:PHASE in the file VILLAGE_FAILPOINT_FILE names,
+`villaged/rounds.py`): the process SIGKILLs itself when one of its machines enters PHASE, before
+that phase's messages leave, which is a real crash at an exact protocol point. The file is read as
+each round machine starts, so netsim arms a running victim by writing it between rounds, once the
+round's elected coordinator is known (the election depends on the job id; `protocol/election.py`). Victims of client faults are never the process of that round's
 attempt-0 coordinator, so "a client dropped" and "the coordinator died" stay separate cases.
 
 Network faults (netns.py) are a link shape for every namespace plus optional partitions: at a

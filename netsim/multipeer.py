@@ -6,7 +6,7 @@ Usage: python -m netsim.multipeer NODE.toml [NODE.toml ...]
 Each daemon gets its own data dir, identity, certificate, libp2p host, SQLite store and control
 API, exactly as `villaged start --config NODE.toml` would give it; only the trio run, the Python
 interpreter and the process-wide libp2p settings (shared/notes/py-libp2p.md §2) are shared.
-A failpoint (VILLAGE_FAILPOINT) kills the whole process, so all K peers drop together.
+A failpoint (VILLAGE_FAILPOINT_FILE) kills the whole process, so all K peers drop together.
 Stops on SIGINT/SIGTERM like villaged.
 """
 

@@ -218,8 +218,7 @@ class Scenario:
         c = self.config
         coordinator = self.coordinator_peer(r)
         coordinator_process = self.cluster.process_of(coordinator.index)
-        # Round 0 is armed while members join, and restarting the creator then would lose their joins.
-        spared = {coordinator_process.index} | ({self.cluster.process_of(0).index} if r == 0 else set())
+        spared = {coordinator_process.index}
         plans: dict[int, str] = {}
         for kill in c.plan.kills_in(r):
             if kill.peer is None and kill.role == "client":  # any client: one not sharing the coordinator's process
@@ -247,21 +246,20 @@ class Scenario:
         return plans
 
     def transition(self, done: int | None, upcoming: int | None) -> None:
-        """Between rounds: disarm, restart the killed, churn, and arm the next round, with at most
-        one restart per process (restarts cost seconds: import libp2p, dial, certificates)."""
+        """Between rounds: disarm, restart the killed, churn, and arm the next round. Arming writes
+        the process's failpoint file (see Cluster.arm); only a process that is down is started."""
         assert self.cluster is not None
         c = self.config
-        starts: dict[int, str | None] = {}
-        reasons: dict[int, str] = {}
+        starts: dict[int, str] = {}  # process index -> why it starts
         if done is not None:
             for index in list(self.armed):
                 process = self.cluster.processes[index]
                 del self.armed[index]
-                if process.alive():  # the fault never fired: take the failpoint away again
-                    self.cluster.kill(process, reason="disarm")
-                    starts[index], reasons[index] = None, "disarmed"
+                self.cluster.arm(process, None)
+                if process.alive():  # the fault never fired
+                    self.event(done, "disarmed", process=process.index, peers=process.peers)
                 elif c.plan.restart:
-                    starts[index], reasons[index] = None, "restarted"
+                    starts[index] = "restarted"
             if c.plan.churn and upcoming is not None:
                 back = list(self.churned)
                 candidates = [p for p in self.cluster.processes if p.alive() and p.index not in starts and p.index != 0]
@@ -272,27 +270,23 @@ class Scenario:
                     self.event(done, "churn_leave", process=process.index, peers=process.peers)
                 self.churned = [p.index for p in leaving]
                 for index in back:
-                    starts[index], reasons[index] = None, "churn_join"
+                    starts[index] = "churn_join"
         if upcoming is not None and self._round_has_faults(upcoming):
+            coordinator = self.coordinator_peer(upcoming).index
             up = {p.index for p in self.cluster.processes if p.alive()} | set(starts)
             for index, failpoint in self._plans(upcoming, up).items():
                 process = self.cluster.processes[index]
-                if process.alive():
-                    self.cluster.kill(process, reason=f"armed for round {upcoming}")
-                starts[index] = failpoint
-                reasons[index] = f"armed {failpoint}"
+                self.cluster.arm(process, failpoint)
+                self.armed[index] = failpoint
+                self.event(upcoming, f"armed {failpoint}", process=index, peers=process.peers,
+                           coordinator=coordinator in process.peers)
         if not starts:
             return
-        coordinator = self.coordinator_peer(upcoming).index if upcoming is not None else None
         processes = [self.cluster.processes[i] for i in sorted(starts)]
         for process in processes:
-            failpoint = starts[process.index]
-            self.cluster.start_process(process, env={"VILLAGE_FAILPOINT": failpoint} if failpoint else None)
-            if failpoint:
-                self.armed[process.index] = failpoint
+            self.cluster.start_process(process)
             self.down.pop(process.index, None)
-            self.event(upcoming if failpoint else done, reasons[process.index], process=process.index, peers=process.peers,
-                       **({"coordinator": coordinator in process.peers} if failpoint else {}))
+            self.event(done, starts[process.index], process=process.index, peers=process.peers)
         self.cluster.wait_ready(processes)
         self._wait_reconnected(processes)
 
@@ -326,9 +320,8 @@ class Scenario:
         self.job = api_call(self.cluster.peers[0], "POST", "/v1/jobs", spec)
         job_id = self.job["id"]
         self.log(f"job {job_id}: {c.rounds} rounds of {c.workload}, d={self.workload.dimension}, start_delay {start_delay:.1f} s, round_interval {round_interval:.1f} s")
-        # Arm round 0 now, while members join: a restart takes seconds, and arming after the joins
-        # restarted processes just as the round opened. The roster, if every join arrives, names
-        # round 0's coordinator, whose process is not armed.
+        # Arm round 0 now, while members join. The roster, if every join arrives, names round 0's
+        # coordinator, whose process is not armed.
         self.members = sorted(p.member_id for p in self.cluster.peers)
         self.transition(None, 0)
         self._wait_joined(job_id, self.job["start_at"])
@@ -422,7 +415,7 @@ class Scenario:
                 self.event(r, "healed")
             for process in self.cluster.reap():
                 self.down[process.index] = time.time()
-                self.event(r, "died", process=process.index, peers=process.peers, failpoint=process.env.get("VILLAGE_FAILPOINT"),
+                self.event(r, "died", process=process.index, peers=process.peers, failpoint=self.armed.get(process.index),
                            signal=process.deaths[-1]["signal"])
             live = [p for p in self.live_peers if p.index not in holders]
             # Poll only the small job view while the result spreads; the (large, decoded) results are

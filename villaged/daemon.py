@@ -15,6 +15,7 @@ import random
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -78,6 +79,12 @@ class Started:
     member_id: bytes
     addresses: list[str]
     api_url: str
+
+
+def _failpoint_file() -> Path | None:
+    """netsim's fault injection (villaged/rounds.py): the file named by VILLAGE_FAILPOINT_FILE, if set."""
+    name = os.environ.get("VILLAGE_FAILPOINT_FILE")
+    return Path(name) if name else None
 
 
 class Daemon:
@@ -149,7 +156,7 @@ class Daemon:
             ) as node, trio.open_nursery() as nursery:
                 self._node, self._nursery = node, nursery
                 self._driver = RoundDriver(node, self._key, self.book, nursery, self._on_coordinated_result,
-                                           self._on_attempt_event, failpoint=os.environ.get("VILLAGE_FAILPOINT"))
+                                           self._on_attempt_event, failpoint_file=_failpoint_file())
                 for member, addresses in self.store.peer_addresses().items():
                     node.add_addresses(member, addresses)
                 node.serve(ROUND_PROTOCOL, self._handle_round_frame)

@@ -10,9 +10,11 @@ Rules kept here rather than in the machines, because they span attempts:
 - A client answers only the coordinator that the election ranking names for that attempt.
 - An invite for a later attempt of the same round replaces the earlier attempt's machine (its
   keys go with it); an invite for an earlier one is refused.
-- Fault injection for netsim: with the environment variable VILLAGE_FAILPOINT=ROLE:PHASE
-  (ROLE client or coordinator, PHASE a machine phase such as "masked"), the process SIGKILLs
-  itself when that machine enters PHASE, before the phase's messages leave.
+- Fault injection for netsim: with the environment variable VILLAGE_FAILPOINT_FILE naming a file
+  that holds ROLE:PHASE (ROLE client or coordinator, PHASE a machine phase such as "masked"), the
+  process SIGKILLs itself when a machine started while the file held it enters PHASE, before the
+  phase's messages leave. The file is read as each machine starts, so netsim arms and disarms a
+  running process by writing and removing it (a restart to arm it cost a DHT bootstrap storm).
 - Once this node has sent unmasking shares for a round it takes part in no other attempt of that
   round, so a coordinator can never unmask two different survivor sets with its help.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -216,10 +219,10 @@ class RoundDriver:
         on_result: Callable[[RoundResult], Awaitable[None]],
         on_attempt_event: Callable[[RoundContext, str, dict[str, object]], None],
         random_bytes: crypto.RandomBytes = os.urandom,
-        failpoint: str | None = None,
+        failpoint_file: Path | None = None,
     ) -> None:
         self.me = bytes(signing_key.verify_key)
-        self._failpoint = failpoint
+        self._failpoint_file = failpoint_file
         self._network = network
         self._key = signing_key
         self._directory = directory
@@ -323,7 +326,7 @@ class RoundDriver:
         )
         runner = MachineRunner(
             machine, self._nursery, self._send, lambda out: self._client_output(context, out), params.phase_timeout,
-            self._failpoint,
+            self._failpoint(),
         )
         self._clients[key] = (context.attempt, runner)
         log.info("invited", job=context.job_id, round=context.round, attempt=context.attempt,
@@ -345,6 +348,15 @@ class RoundDriver:
                 await self._client_output(context, RoundAborted(context, exc.phase, f"refused the coordinator: {exc.reason}"))
             raise
 
+    def _failpoint(self) -> str | None:
+        """The failpoint armed for machines starting now (see the module docstring)."""
+        if self._failpoint_file is None:
+            return None
+        try:
+            return self._failpoint_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     # --- coordinating ---------------------------------------------------------------------------
 
     def coordinate(self, context: RoundContext, participants: list[bytes], params: RoundParams) -> None:
@@ -352,7 +364,7 @@ class RoundDriver:
         machine = CoordinatorRound(context, self._key, participants, params, self._directory.is_member)
         runner = MachineRunner(
             machine, self._nursery, self._send, lambda out: self._coordinator_output(context, out), params.phase_timeout,
-            self._failpoint,
+            self._failpoint(),
         )
         self._coordinators[context] = runner
         self._on_attempt_event(context, "coordinating", {"participants": len(participants)})
