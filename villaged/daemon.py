@@ -199,6 +199,9 @@ class Daemon:
                              on_round_end=self._on_round_end, announce_roster=self._announce_roster,
                              connect_ahead=self._connect_ahead)
             await run_job(job, self.book, self._driver, self.store, hooks)
+        except Exception as exc:  # a bug in one job must not stop the daemon and its other jobs
+            log.exception("job_crashed", job=job.id)
+            self.book.finish(job.id, f"internal error on this node: {type(exc).__name__}: {exc}", "failed")
         finally:
             self._running_jobs.discard(job.id)
 
@@ -374,7 +377,7 @@ class Daemon:
             return
         assert self._results is not None
         self._results.push(announcement, self.me, words, record)
-        await self._node.publish(self._topic, record)
+        await self._gossip(record, "result")
 
     def _store_result(self, announcement: ResultAnnouncement, coordinator: bytes, words: bytes, record: bytes) -> str:
         stored = self.store.put_result(ResultRecord(
@@ -429,7 +432,7 @@ class Daemon:
         log.info("roster_announced", job=job.id, members=len(job.roster))
         self._connect_ahead(job, 0)
         record = self._roster_record(job)
-        await self._node.publish(self._topic, record)
+        await self._gossip(record, "roster")
 
         async def hand_to(member: bytes) -> None:
             assert self._node is not None
@@ -478,8 +481,17 @@ class Daemon:
         return JobAnnouncement(job.id, job.spec, job.created_at, addresses)
 
     async def _announce(self, body: Announcement) -> None:
+        await self._gossip(sign_announcement(body, self._key, self._certificate), body.KIND)
+
+    async def _gossip(self, record: bytes, what: str) -> None:
+        """Publish a signed announcement. One too large for gossip (the roster of a few hundred
+        members, with certificates and addresses) is left to the streams that carry it as well:
+        the creator's hand-over of the roster to each member, and job sync."""
         assert self._node is not None
-        await self._node.publish(self._topic, sign_announcement(body, self._key, self._certificate))
+        if len(record) > self._node.max_gossip_size:
+            log.info("not_gossiped", what=what, bytes=len(record), limit=self._node.max_gossip_size)
+            return
+        await self._node.publish(self._topic, record)
 
     def _validate_gossip(self, sender: bytes, data: bytes) -> bool:
         """Relay only well-formed announcements signed by their originator, a member with a valid certificate."""
@@ -659,7 +671,7 @@ class Daemon:
                 schedule[job.id] = (now + gap, gap * 2) if before_start else (now + _RUNNING_ANNOUNCE_PERIOD, gap)
                 await self._announce(self._job_announcement(job))
                 if job.roster is not None:
-                    await self._node.publish(self._topic, self._roster_record(job))
+                    await self._gossip(self._roster_record(job), "roster")
 
     # --- NodeControl (the control API) ---------------------------------------------------------------
 

@@ -214,6 +214,11 @@ class Node:
         if parsed:
             self._host.get_peerstore().add_addrs(peer_id_from_member_id(peer), parsed, HINT_ADDR_TTL)
 
+    @property
+    def max_gossip_size(self) -> int:
+        """The largest message `publish` takes."""
+        return self._config.max_gossip_size
+
     def routing_table_size(self) -> int:
         return self._dht.get_routing_table_size()
 

@@ -267,3 +267,14 @@ async def test_a_node_that_missed_a_jobs_gossip_learns_it_from_a_peer_and_joins(
             (result,) = await late.results(job["id"])
             assert np.allclose(result["values"], [0.0 + 1.0 + 2.0 + 3.0] * 8, atol=result["error_bound"])
             nursery.cancel_scope.cancel()
+
+
+async def test_an_announcement_too_large_for_gossip_is_left_to_the_streams(tmp_path: Path) -> None:
+    # net-300: the creator's signed roster of 274 members (78 KB) exceeded gossip's 64 KB and the
+    # ValueError took down the creator's process; members get the roster over streams anyway.
+    configs = village_configs(tmp_path, 2)
+    async with running_village(configs) as nodes:
+        creator = nodes[0][0]
+        assert creator._node is not None
+        await creator._gossip(b"\x00" * (creator._node.max_gossip_size + 1), "roster")
+        assert (await creator.status())["member_id"] == creator.me.hex()
