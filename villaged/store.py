@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,9 +319,7 @@ class Store:
 
     def put_members(self, members: list[tuple[bytes, bytes, int]]) -> None:
         """`put_member` for many (member id, certificate, expires_at) in one transaction (one fsync)."""
-        for member_id, _, _ in members:
-            if len(member_id) != 32:
-                raise StoreError(f"member_id must be 32 bytes, got {len(member_id)}")
+        _check_member_ids(m for m, _, _ in members)
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO members (member_id, certificate, expires_at) VALUES (?, ?, ?) "
@@ -338,9 +336,7 @@ class Store:
     def put_addresses(self, entries: Sequence[tuple[bytes, Sequence[str]]], now: float) -> None:
         """Remember where members listen (latest word wins); entries without addresses are skipped."""
         rows = [(m, json.dumps(list(addrs)), now) for m, addrs in entries if addrs]
-        for member_id, _, _ in rows:
-            if len(member_id) != 32:
-                raise StoreError(f"member_id must be 32 bytes, got {len(member_id)}")
+        _check_member_ids(m for m, _, _ in rows)
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO peer_addresses (member_id, addresses, updated_at) VALUES (?, ?, ?) "
@@ -594,6 +590,12 @@ def _same_result(a: ResultRecord, b: ResultRecord) -> bool:
 def _job_from_row(row: tuple[Any, ...]) -> JobRecord:
     i, spec, creator, state, created, updated = row
     return JobRecord(i, json.loads(spec), bytes(creator), state, created, updated)
+
+
+def _check_member_ids(member_ids: Iterable[bytes]) -> None:
+    for member_id in member_ids:
+        if len(member_id) != 32:
+            raise StoreError(f"member_id must be 32 bytes, got {len(member_id)}")
 
 
 def _check_state(kind: str, state: str, allowed: frozenset[str]) -> None:
