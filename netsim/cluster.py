@@ -244,7 +244,9 @@ class Cluster:
         return sorted(random.Random(peer).sample(candidates, min(BOOTSTRAP_PEERS, len(candidates))))
 
     def start_process(self, process: Process, bootstrap_upto: int | None = None) -> None:
-        """(Re)start one process. Bootstrap candidates: peers below `bootstrap_upto`, or all others."""
+        """(Re)start one process. Bootstrap candidates: peers of other processes below `bootstrap_upto`,
+        or all others; in the first process, the peers before each one (with none, the peers of the
+        first process would only ever be dialed, and in net-300 some never were)."""
         if process.alive():
             raise RuntimeError(f"process {process.index} is already running")
         limit = self.n if bootstrap_upto is None else bootstrap_upto
@@ -254,7 +256,8 @@ class Cluster:
             peer = self.peers[index]
             (peer.data_dir / "api.json").unlink(missing_ok=True)  # readiness = a fresh api.json
             peer.api_url = None
-            bootstrap = [self.peers[i].address for i in self.bootstrap_for(index, candidates)]
+            own = candidates or [i for i in process.peers if i < index]
+            bootstrap = [self.peers[i].address for i in self.bootstrap_for(index, own)]
             configs.append(self._write_config(peer, bootstrap))
         if self.per_process == 1:
             command = [str(Path(sys.executable).with_name("villaged")), "start", "--config", str(configs[0])]

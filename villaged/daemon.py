@@ -168,7 +168,7 @@ class Daemon:
                 node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
                 job_sync = JobSync(node, JobSyncHooks(
                     active_jobs=self._active_jobs, records_for=self._records_for, accept=self._accept_synced,
-                    is_member=self._is_member), self._jitter)
+                    is_member=self._is_member, admit=self._admit, certificate=self._certificate), self._jitter)
                 channel = await node.subscribe(self._topic, self._validate_gossip)
                 nursery.start_soon(self._consume_gossip, channel)
                 for job in self.book.jobs.values():

@@ -8,7 +8,10 @@ creator-signed job and roster announcements it holds, as they arrived, and the a
 exactly as it checks gossip: a peer can withhold a job, never forge one.
 
 The request names the active jobs the asker knows and whether it has their rosters, so the usual
-answer is an empty list: one small stream per node per interval.
+answer is an empty list: one small stream per node per interval. It carries the asker's membership
+certificate, and the asker may pick any connected peer: a node that missed the job often missed
+its peers' certificates too (net-300: a node with four connections, no certificate for any of
+them, and no job).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ FIRST_SYNC = (3.0, 6.0)
 SYNC_INTERVAL = 20.0
 #: Active jobs named in one request (a village runs a handful at a time).
 MAX_JOBS = 64
-MAX_REQUEST = 64 * MAX_JOBS
+MAX_CERTIFICATE = 1024
+MAX_REQUEST = MAX_CERTIFICATE + 64 * MAX_JOBS
 MAX_REPLY = 8 * 1024 * 1024  # rosters of a few hundred members, with certificates and addresses
 _TIMEOUT = 10.0
 
@@ -46,6 +50,8 @@ class JobSyncHooks:
     records_for: Callable[[str, bool], list[bytes]]  # job id, job record wanted too -> signed records
     accept: Callable[[bytes, bytes], Awaitable[None]]  # (peer, signed record); raises RemoteProtocolError
     is_member: Callable[[bytes], bool]
+    admit: Callable[[bytes, bytes], None]  # (certificate, peer): admit or raise RemoteProtocolError
+    certificate: bytes  # this node's own membership certificate
 
 
 class JobSync:
@@ -56,10 +62,10 @@ class JobSync:
         node.serve(JOB_SYNC_PROTOCOL, self._serve, max_request=MAX_REQUEST)
 
     async def run(self) -> None:
-        """Sync with one random connected member now and then, for as long as the node runs."""
+        """Sync with one random connected peer now and then, for as long as the node runs."""
         await trio.sleep(self._jitter.uniform(*FIRST_SYNC))
         while True:
-            peers = [p for p in self._node.connected_peers() if self._hooks.is_member(p)]
+            peers = self._node.connected_peers()
             if peers:
                 await self.sync_with(self._jitter.choice(peers))
             await trio.sleep(self._jitter.uniform(0.5, 1.5) * SYNC_INTERVAL)
@@ -68,8 +74,8 @@ class JobSync:
         """Ask `peer` for the jobs and rosters this node lacks; returns how many records it accepted."""
         known = sorted(self._hooks.active_jobs().items())[:MAX_JOBS]
         try:
-            reply = await self._node.request(peer, JOB_SYNC_PROTOCOL, msgpack.packb([[j, r] for j, r in known]),
-                                             timeout=_TIMEOUT, max_reply=MAX_REPLY)
+            request = msgpack.packb([self._hooks.certificate, [[j, r] for j, r in known]])
+            reply = await self._node.request(peer, JOB_SYNC_PROTOCOL, request, timeout=_TIMEOUT, max_reply=MAX_REPLY)
             records = msgpack.unpackb(reply)
             if not isinstance(records, list) or not all(type(r) is bytes for r in records):
                 raise RemoteProtocolError(peer, "job_sync", "reply is not a list of records")
@@ -91,9 +97,9 @@ class JobSync:
         return accepted
 
     async def _serve(self, peer: bytes, request: bytes) -> bytes:
+        certificate, asker = _parse_request(peer, request)
         if not self._hooks.is_member(peer):
-            raise RemoteProtocolError(peer, "job_sync", "not a member of this village")
-        asker = _parse_request(peer, request)
+            self._hooks.admit(certificate, peer)
         records: list[bytes] = []
         for job_id, have_roster in self._hooks.active_jobs().items():
             if job_id not in asker:
@@ -103,11 +109,15 @@ class JobSync:
         return msgpack.packb(records)
 
 
-def _parse_request(peer: bytes, request: bytes) -> dict[str, bool]:
+def _parse_request(peer: bytes, request: bytes) -> tuple[bytes, dict[str, bool]]:
+    """(the asker's certificate, job id -> roster known) from [certificate, [[job id, roster known], ...]]."""
     try:
-        items = msgpack.unpackb(request)
+        value = msgpack.unpackb(request)
     except (ValueError, msgpack.UnpackException) as exc:
         raise RemoteProtocolError(peer, "job_sync", f"request is not msgpack: {exc}") from None
+    if not (isinstance(value, list) and len(value) == 2 and type(value[0]) is bytes and len(value[0]) <= MAX_CERTIFICATE):
+        raise RemoteProtocolError(peer, "job_sync", "request must be [certificate, jobs]")
+    certificate, items = value
     if not isinstance(items, list) or len(items) > MAX_JOBS:
         raise RemoteProtocolError(peer, "job_sync", f"request must list at most {MAX_JOBS} jobs")
     known: dict[str, bool] = {}
@@ -115,4 +125,4 @@ def _parse_request(peer: bytes, request: bytes) -> dict[str, bool]:
         if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is str and type(item[1]) is bool):
             raise RemoteProtocolError(peer, "job_sync", "each listed job must be [job id, roster known]")
         known[item[0]] = item[1]
-    return known
+    return certificate, known

@@ -18,8 +18,9 @@ from tests.villaged.nodes import network
 RECORDS = {"job-a": [b"job-a announcement", b"job-a roster"], "job-b": [b"job-b announcement"]}
 
 
-def serving_hooks(accepted: list[bytes]) -> JobSyncHooks:
-    """A node that knows job-a (roster fixed) and job-b (still pending)."""
+def serving_hooks(accepted: list[bytes], members: set[bytes] | None = None) -> JobSyncHooks:
+    """A node that knows job-a (roster fixed) and job-b (still pending), and every peer as a member
+    (or only `members`, plus any peer that shows the certificate b"valid")."""
 
     def records_for(job_id: str, with_job: bool) -> list[bytes]:
         records = RECORDS[job_id]
@@ -30,14 +31,21 @@ def serving_hooks(accepted: list[bytes]) -> JobSyncHooks:
             raise RemoteProtocolError(peer, "job_sync", "bad record")
         accepted.append(record)
 
+    def admit(certificate: bytes, peer: bytes) -> None:
+        if certificate != b"valid":
+            raise RemoteProtocolError(peer, "certificate", "not signed by the village admin")
+        if members is not None:
+            members.add(peer)
+
     return JobSyncHooks(active_jobs=lambda: {"job-a": True, "job-b": False}, records_for=records_for,
-                        accept=accept, is_member=lambda peer: True)
+                        accept=accept, is_member=lambda peer: members is None or peer in members, admit=admit,
+                        certificate=b"valid")
 
 
-def asking_hooks(known: dict[str, bool], accepted: list[bytes]) -> JobSyncHooks:
+def asking_hooks(known: dict[str, bool], accepted: list[bytes], certificate: bytes = b"valid") -> JobSyncHooks:
     hooks = serving_hooks(accepted)
     return JobSyncHooks(active_jobs=lambda: known, records_for=hooks.records_for, accept=hooks.accept,
-                        is_member=hooks.is_member)
+                        is_member=hooks.is_member, admit=hooks.admit, certificate=certificate)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +71,8 @@ async def test_a_bad_request_is_refused_with_the_reason_and_the_server_keeps_ser
         asker.add_addresses(server.member_id, server.listen_addrs)
         JobSync(server, serving_hooks([]), random.Random(1))
         with pytest.raises(RemoteRefusal, match=r"\[job id, roster known\]"):
-            await asker.request(server.member_id, JOB_SYNC_PROTOCOL, msgpack.packb([["job-a", "yes"]]), timeout=10)
+            await asker.request(server.member_id, JOB_SYNC_PROTOCOL, msgpack.packb([b"valid", [["job-a", "yes"]]]),
+                                timeout=10)
         accepted: list[bytes] = []
         assert await JobSync(asker, asking_hooks({}, accepted), random.Random(2)).sync_with(server.member_id) == 3
 
@@ -73,7 +82,21 @@ async def test_a_bad_request_is_refused_with_the_reason_and_the_server_keeps_ser
     lambda children: st.lists(children, max_size=MAX_JOBS + 2), max_leaves=80)))
 def test_any_request_parses_or_is_refused_with_a_protocol_error(request: bytes) -> None:
     try:
-        known = _parse_request(b"\x01" * 32, request)
+        certificate, known = _parse_request(b"\x01" * 32, request)
     except RemoteProtocolError:
         return
+    assert type(certificate) is bytes
     assert all(type(job) is str and type(roster) is bool for job, roster in known.items())
+
+
+async def test_an_asker_the_server_does_not_know_is_admitted_by_its_certificate() -> None:
+    async with network(2) as (server, asker):
+        asker.add_addresses(server.member_id, server.listen_addrs)
+        members: set[bytes] = set()
+        JobSync(server, serving_hooks([], members), random.Random(1))
+        refused: list[bytes] = []
+        assert await JobSync(asker, asking_hooks({}, refused, b"forged"), random.Random(2)).sync_with(server.member_id) == 0
+        assert refused == [] and members == set()
+        accepted: list[bytes] = []
+        assert await JobSync(asker, asking_hooks({}, accepted), random.Random(3)).sync_with(server.member_id) == 3
+        assert members == {asker.member_id}
