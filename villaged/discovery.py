@@ -13,9 +13,11 @@ node's CPU with 16 daemons on 2 cores). It waits the full `stable_interval` at o
 is a lookup per non-empty bucket, each querying up to k peers, and 100 nodes doubling their way
 up from 10 s kept 2 cores saturated for minutes.
 
-A node that lost every connection re-dials its bootstrap list with exponential backoff. The
-swarm refuses to dial a peer for 60 s after a failed dial (its negative cache), so each retry
-first lifts that block for the bootstrap peers.
+A node that lost every connection re-dials its bootstrap list with exponential backoff. It checks
+for that every `first_interval` while it rests: a settled node rests `stable_interval` (600 s), and
+one whose few connections closed stayed alone that long (net-300: a node with no connection and
+no result). The swarm refuses to dial a peer for 60 s after a failed dial (its negative cache), so
+each retry first lifts that block for the bootstrap peers.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ async def maintain_peers(
     backoff = settings.first_interval
     known = dht.get_routing_table_size()
     while True:
-        await trio.sleep(interval)
+        await _rest(host, bootstrap, interval, settings.first_interval)
         if bootstrap and not host.get_connected_peers():
             emit("bootstrap_retry", None, backoff=backoff)
             state.settled = False
@@ -95,6 +97,15 @@ async def maintain_peers(
         else:
             interval = min(interval * 2, settings.interval)  # still finding peers: keep looking
         known = size
+
+
+async def _rest(host: IHost, bootstrap: Sequence[PeerInfo], seconds: float, check_every: float) -> None:
+    """Sleep `seconds`, or less if the node has bootstrap peers to go back to and no connection left."""
+    deadline = trio.current_time() + seconds
+    while trio.current_time() < deadline:
+        await trio.sleep(min(check_every, deadline - trio.current_time()))
+        if bootstrap and not host.get_connected_peers():
+            return
 
 
 async def _join(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -175,6 +176,22 @@ async def test_a_peer_that_comes_back_is_reachable_at_once_despite_the_failed_di
         async with open_node(key, [f"/ip4/127.0.0.1/tcp/{port}"], [], FAST) as back:
             back.serve(ECHO, echo)
             assert await client.request(server_id, ECHO, b"ab", timeout=5) == b"ba"
+
+
+async def test_a_settled_node_that_lost_every_connection_goes_back_to_its_bootstrap_peer() -> None:
+    # Settled, a node's discovery rests 600 s: losing its only connection must not leave it alone that long.
+    config = replace(FAST, discovery_stable_interval=600.0)
+    key = create_new_key_pair()
+    scopes: list[trio.CancelScope] = []
+    async with network(2, config, keypairs=[key, create_new_key_pair()], scopes=scopes) as (seed, member):
+        seed_id, address = seed.member_id, seed.listen_addrs[0]
+        await wait_until(lambda: member.discovery.settled and seed_id in member.connected_peers(), 30, "settled")
+        scopes[0].cancel()  # the seed, its only peer, goes away
+        await wait_until(lambda: not member.connected_peers(), 10, "the seed gone")
+        port = address.split("/tcp/")[1].split("/")[0]
+        async with open_node(key, [f"/ip4/127.0.0.1/tcp/{port}"], [], config):
+            took = await wait_until(lambda: seed_id in member.connected_peers(), 15, "back with its bootstrap peer")
+            print(f"reconnected {took:.1f} s after the seed came back")
 
 
 async def test_per_peer_concurrency_limit_and_connect_hook() -> None:
