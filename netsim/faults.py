@@ -4,8 +4,9 @@ Process faults use villaged's own failpoint (ROLE:PHASE in the file VILLAGE_FAIL
 `villaged/rounds.py`): the process SIGKILLs itself when one of its machines enters PHASE, before
 that phase's messages leave, which is a real crash at an exact protocol point. The file is read as
 each round machine starts, so netsim arms a running victim by writing it between rounds, once the
-round's elected coordinator is known (the election depends on the job id; `protocol/election.py`). Victims of client faults are never the process of that round's
-attempt-0 coordinator, so "a client dropped" and "the coordinator died" stay separate cases.
+round's elected coordinator is known (the election depends on the job id; `protocol/election.py`).
+Victims of client faults are never the process of that round's attempt-0 coordinator, so "a client
+dropped" and "the coordinator died" stay separate cases.
 
 Network faults (netns.py) are a link shape for every namespace plus optional partitions: at a
 chosen round the village is split in two halves for a while, then healed.

@@ -118,7 +118,8 @@ class Daemon:
         self._byte_totals: dict[tuple[str, str], int] = {}  # transport counters already exported
         self._joining: set[str] = set()  # jobs whose join is on its way to the creator
         self._jitter = random.Random()  # spreads joins, dials and fetches in time (not for secrets)
-        # Other creators' signed job and roster announcements, as they arrived: handed on by job sync.
+        # Signed job and roster announcements (other creators' as they arrived, this node's own as it
+        # signed them): handed on by job sync.
         self._job_records: dict[str, bytes] = {}
         self._roster_records: dict[str, bytes] = {}
 
@@ -416,14 +417,19 @@ class Daemon:
     # --- gossip -----------------------------------------------------------------------------------
 
     def _roster_record(self, job: Job) -> bytes:
-        """The creator's signed roster: each member with its certificate and the addresses it was reached at."""
+        """This creator's signed roster: each member with its certificate and the addresses it was
+        reached at. Signed once (again after a restart), and the same record goes to everyone."""
         assert job.roster is not None and self._node is not None
+        if job.id in self._roster_records:
+            return self._roster_records[job.id]
         entries = []
         for member in job.roster:
             cert = self.registry.certificate(member, time.time())
             if cert is not None:
                 entries.append(RosterEntry(member, cert.encode(), tuple(self._node.addresses_of(member)[:4])))
-        return sign_announcement(RosterAnnouncement(job.id, tuple(entries)), self._key, self._certificate)
+        record = sign_announcement(RosterAnnouncement(job.id, tuple(entries)), self._key, self._certificate)
+        self._roster_records[job.id] = record
+        return record
 
     async def _announce_roster(self, job: Job) -> None:
         """Gossip the roster, and hand it to every roster member over a stream: round 0 cannot start
@@ -448,9 +454,10 @@ class Daemon:
 
     async def _handle_announcement(self, peer: bytes, record: bytes) -> bytes:
         """ANNOUNCE_PROTOCOL: an announcement handed over directly, checked like a gossiped one."""
-        if not self._validate_gossip(peer, record):
+        signed = self._opened(record)
+        if signed is None or not self._authentic(signed, peer):
             raise RemoteProtocolError(peer, "announcement", "rejected: malformed, not signed by the sender, or not a member")
-        await self._on_announcement(open_announcement(record))
+        await self._on_announcement(signed)
         return b"ok"
 
     def _active_jobs(self) -> dict[str, bool]:
@@ -459,26 +466,31 @@ class Daemon:
     def _records_for(self, job_id: str, with_job: bool) -> list[bytes]:
         """A job's creator-signed announcement (if `with_job`) and roster, for job sync."""
         job = self.book.jobs[job_id]
-        if job.creator == self.me:
-            job_record = sign_announcement(self._job_announcement(job), self._key, self._certificate)
-            roster_record = self._roster_record(job) if job.roster is not None else None
-        else:
-            job_record, roster_record = self._job_records.get(job_id), self._roster_records.get(job_id)
-        return [r for r in ((job_record if with_job else None), roster_record) if r is not None]
+        if job.creator == self.me:  # after a restart, this node's own records are signed again
+            if job_id not in self._job_records:
+                self._job_record(job)
+            if job.roster is not None:
+                self._roster_record(job)
+        records = (self._job_records.get(job_id) if with_job else None, self._roster_records.get(job_id))
+        return [r for r in records if r is not None]
 
     async def _accept_synced(self, peer: bytes, record: bytes) -> None:
         """A job or roster announcement handed on by `peer`: checked like gossip from its author."""
         signed = open_announcement(record)
         if not isinstance(signed.body, (JobAnnouncement, RosterAnnouncement)):
             raise RemoteProtocolError(peer, "job_sync", f"a {signed.body.KIND} announcement is not a job or roster")
-        if not self._validate_gossip(signed.author, record):
+        if not self._authentic(signed, signed.author):
             raise RemoteProtocolError(peer, "job_sync", "announcement not signed by a member with a valid certificate")
         await self._on_announcement(signed)
 
-    def _job_announcement(self, job: Job) -> JobAnnouncement:
+    def _job_record(self, job: Job) -> bytes:
+        """This creator's signed announcement of `job`, with the addresses it listens on now (kept for job sync)."""
         assert self._node is not None
         addresses = tuple(a.split("/p2p/")[0] for a in self._node.listen_addrs[:MAX_ROSTER_ADDRESSES])
-        return JobAnnouncement(job.id, job.spec, job.created_at, addresses)
+        record = sign_announcement(JobAnnouncement(job.id, job.spec, job.created_at, addresses), self._key,
+                                   self._certificate)
+        self._job_records[job.id] = record
+        return record
 
     async def _announce(self, body: Announcement) -> None:
         await self._gossip(sign_announcement(body, self._key, self._certificate), body.KIND)
@@ -495,11 +507,19 @@ class Daemon:
 
     def _validate_gossip(self, sender: bytes, data: bytes) -> bool:
         """Relay only well-formed announcements signed by their originator, a member with a valid certificate."""
+        announcement = self._opened(data)
+        return announcement is not None and self._authentic(announcement, sender)
+
+    def _opened(self, record: bytes) -> SignedAnnouncement | None:
+        """The announcement, or None (counted as malformed) if it does not parse or verify."""
         try:
-            announcement = open_announcement(data)
+            return open_announcement(record)
         except RemoteProtocolError:
             self.metrics.malformed_messages.labels(kind="announcement").inc()
-            return False
+            return None
+
+    def _authentic(self, announcement: SignedAnnouncement, sender: bytes) -> bool:
+        """Signed by `sender`, a member (admitted now with the certificate it carries, if need be)."""
         if announcement.author != sender:
             self.metrics.failed_authentications.inc()
             return False
@@ -669,7 +689,7 @@ class Daemon:
                     continue
                 before_start = job.state == "pending" and now <= job.start_at
                 schedule[job.id] = (now + gap, gap * 2) if before_start else (now + _RUNNING_ANNOUNCE_PERIOD, gap)
-                await self._announce(self._job_announcement(job))
+                await self._gossip(self._job_record(job), "job")
                 if job.roster is not None:
                     await self._gossip(self._roster_record(job), "roster")
 
@@ -713,7 +733,7 @@ class Daemon:
         job_id = secrets.token_hex(8)
         job = self.book.add_job(job_id, parsed, self.me, time.time())
         assert job is not None and self._node is not None
-        await self._announce(self._job_announcement(job))
+        await self._gossip(self._job_record(job), "job")
         await self._maybe_join(job)
         self._start_job(job)
         log.info("job_created", job=job_id, kind=parsed.kind, rounds=parsed.rounds)

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import nacl.signing

@@ -433,7 +433,8 @@ class Node:
         except ValueError as exc:
             raise TransportError(peer, str(exc)) from exc
         network = self._host.get_network()
-        if not network.get_connections(peer_id):
+        dialing = not network.get_connections(peer_id)
+        if dialing:
             if not self._known_addrs(peer_id):
                 info = await self._dht.find_peer(peer_id)
                 if info is None or not info.addrs:
@@ -444,13 +445,12 @@ class Node:
             # a restarted creator or coordinator must be reachable again as soon as it is back.
             if isinstance(network, Swarm):
                 network.unblock_peer(peer_id)
-            try:
-                return await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
-            except Exception as exc:  # libp2p's dial errors have no common base
-                if _connection_refused(exc):
-                    raise PeerDown(peer, "connection refused at its known addresses: the peer is down") from exc
-                raise
-        return await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
+        try:
+            return await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
+        except Exception as exc:  # libp2p's dial errors have no common base
+            if dialing and _connection_refused(exc):
+                raise PeerDown(peer, "connection refused at its known addresses: the peer is down") from exc
+            raise
 
     def _known_addrs(self, peer_id: ID) -> bool:
         try:
