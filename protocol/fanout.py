@@ -1,7 +1,7 @@
 """Who pushes a round's result to whom: a k-ary tree over the job's roster, fed by the coordinator.
 
 The coordinator serving every node's copy of a 400 KB aggregate itself took a minute at 100 nodes.
-In the tree each node sends a few copies, and the last survivor has it after about log_fanout(n)
+In the tree each node sends a few copies, and the last recipient has it after about log_fanout(n)
 hops. Every node computes the same tree from the roster and the signed result announcement, so a
 node knows whom to push to without being told.
 
@@ -9,8 +9,8 @@ The tree is the same for every round of a job (the roster in a per-job pseudo-ra
 from the second round on the pushes reuse the connections the first one opened: a new py-libp2p
 connection costs about 58 ms of CPU against 13 ms for a request on an open one. The round's
 coordinator stands in for the tree's root and also serves its own subtree. A member that is not a
-survivor of the round (dropped, not invited) is skipped: its nearest surviving ancestor pushes to
-its children, so every survivor gets exactly one push.
+recipient (villaged skips the members that dropped out of the round) is skipped: its nearest
+receiving ancestor pushes to its children, so every recipient gets exactly one push.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ def tree_order(job_id: str, roster: Iterable[bytes]) -> list[bytes]:
 
 
 def push_targets(
-    order: list[bytes], member: bytes, coordinator: bytes, survivors: Collection[bytes], fanout: int = DEFAULT_FANOUT
+    order: list[bytes], member: bytes, coordinator: bytes, recipients: Collection[bytes], fanout: int = DEFAULT_FANOUT
 ) -> list[bytes]:
-    """The survivors `member` pushes the result to (empty for a leaf or a node outside the tree)."""
+    """The recipients `member` pushes the result to (empty for a leaf or a node outside the tree)."""
     if fanout < 1:
         raise LocalProtocolError(f"fanout must be >= 1, got {fanout}")
     positions = {m: i + 1 for i, m in enumerate(order)}  # heap index; 0 is the root
@@ -53,7 +53,7 @@ def push_targets(
             below = order[index - 1]
             if below == coordinator:
                 continue  # it pushes its own subtree
-            if below in survivors:
+            if below in recipients:
                 targets.append(below)
             else:  # skipped: adopt its children
                 pending.extend(range(index * fanout + 1, index * fanout + fanout + 1))

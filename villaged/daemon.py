@@ -118,6 +118,7 @@ class Daemon:
         self._byte_totals: dict[tuple[str, str], int] = {}  # transport counters already exported
         self._joining: set[str] = set()  # jobs whose join is on its way to the creator
         self._jitter = random.Random()  # spreads joins, dials and fetches in time (not for secrets)
+        self._dialing_ahead: set[bytes] = set()  # coordinators this node will dial before their round
         # Signed job and roster announcements (other creators' as they arrived, this node's own as it
         # signed them): handed on by job sync.
         self._job_records: dict[str, bytes] = {}
@@ -149,6 +150,8 @@ class Daemon:
     # --- running ----------------------------------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED) -> None:
+        # Every line this node's tasks log names the node (several daemons may share a process: netsim).
+        structlog.contextvars.bind_contextvars(node=self.me.hex()[:16])
         transport_config = TransportConfig(discovery_interval=self.config.discovery_interval)
         try:
             async with open_node(
@@ -165,7 +168,8 @@ class Daemon:
                 self._results = ResultExchange(node, nursery, ResultHooks(
                     is_member=self._is_member, elected=self._elected, roster=self.book.round_members,
                     held_attempt=self.store.result_attempt,
-                    stored=self._stored_result, store=self._store_fetched_result), self.metrics, self.me)
+                    stored=self._stored_result, store=self._store_fetched_result,
+                    attempt_window=self._attempt_window), self.metrics, self.me)
                 node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
                 job_sync = JobSync(node, JobSyncHooks(
                     active_jobs=self._active_jobs, records_for=self._records_for, accept=self._accept_synced,
@@ -236,21 +240,32 @@ class Daemon:
 
     def _connect_ahead(self, job: Job, round_number: int) -> None:
         """Connect to the coordinator the election names first for `round_number` before it opens, so
-        that the round does not start with its coordinator dialing a hundred members (that took longer
-        than the roster grace with 100 members on 2 cores). Each member dials once, at a random moment
-        in the first half of the time left before the round (at least a spread of a few ms per
-        member): the handshakes then fall between rounds, not on the result spreading or the next
-        round's first phase."""
+        that the round does not start with its coordinator dialing hundreds of members (with 300
+        members on 2 cores, its probe reached only 31 to 87 of them in time). Each member dials once,
+        at a random moment in the first three quarters of the time left before the round (at least a
+        spread of a few ms per member), so that one process is not handed every handshake at once.
+        Called when the roster arrives (round 0), when the previous round opens, and again before the
+        round if the node is not connected by then (it was restarted, or the dial failed)."""
         if job.roster is None or round_number >= job.spec.rounds or self._nursery is None or self.me not in job.roster:
             return
         coordinator = coordinator_for(job.id, round_number, 0, sorted(job.roster))
-        if coordinator != self.me and self._node is not None and coordinator not in self._node.connected_peers():
-            spread = max(_CONNECT_AHEAD_SPREAD * len(job.roster), (job.round_opens_at(round_number) - time.time()) / 2)
-            self._nursery.start_soon(self._dial_later, coordinator, spread)
+        if (coordinator == self.me or self._node is None or coordinator in self._dialing_ahead
+                or coordinator in self._node.connected_peers()):
+            return
+        spread = max(_CONNECT_AHEAD_SPREAD * len(job.roster), 0.75 * (job.round_opens_at(round_number) - time.time()))
+        self._dialing_ahead.add(coordinator)
+        self._nursery.start_soon(self._dial_later, coordinator, spread)
 
     async def _dial_later(self, member: bytes, delay_limit: float) -> None:
-        await trio.sleep(self._jitter.uniform(0, delay_limit))
-        await self._reachable([member])
+        try:
+            await trio.sleep(self._jitter.uniform(0, delay_limit))
+            await self._reachable([member])
+        finally:
+            self._dialing_ahead.discard(member)
+
+    def _attempt_window(self, job_id: str) -> float:
+        job = self.book.jobs.get(job_id)
+        return job.spec.attempt_window if job is not None else 0.0
 
     def _has_result(self, job_id: str, round_number: int) -> bool:
         return round_number in self.store.result_rounds(job_id)
@@ -348,6 +363,10 @@ class Daemon:
 
     def _on_attempt_event(self, context: RoundContext, event: str, fields: dict[str, object]) -> None:
         log.info(event, job=context.job_id, round=context.round, attempt=context.attempt, **fields)
+        members = self.book.round_members(context.job_id)
+        if event == "client_done" and members and self._results is not None:
+            coordinator = coordinator_for(context.job_id, context.round, context.attempt, members)
+            self._results.expect(context.job_id, context.round, coordinator)
         if event == "coordinator_aborted":
             self.metrics.rounds_aborted.labels(reason=str(fields.get("phase", "unknown"))).inc()
             self.store.record_round(RoundRecord(context.job_id, context.round, context.attempt, self.me, "aborted",

@@ -275,9 +275,10 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
             book.finish(job.id, f"privacy budget used: epsilon {view.get('epsilon_spent')} of {view.get('budget_epsilon')} "
                                 f"spent, round {round_number} of {job.spec.rounds} not started")
             return
-        if round_number > 0:  # round 0's is set off when the roster arrives
-            hooks.connect_ahead(job, round_number)  # here, so that a node back from a restart connects too
+        if round_number > 0:  # a node back from a restart, or whose first dial failed, connects now
+            hooks.connect_ahead(job, round_number)
         await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
+        hooks.connect_ahead(job, round_number + 1)  # a round's result may reach some nodes late: dial now
         if book.me in (job.roster or ()):
             outcome = await _run_round(job, round_number, book, driver, store, hooks)
         else:

@@ -1,12 +1,16 @@
-"""Getting a round's aggregate to every node: pushed down a tree of the survivors, fetched by the rest.
+"""Getting a round's aggregate to every node: pushed down a tree of the roster, fetched by the rest.
 
 The coordinator pushes the signed result announcement and the aggregate to the top of the job's
-tree (protocol/fanout.py) and to its own children; each survivor stores it, acknowledges, and pushes
-on to its own children, adopting the children of any child it cannot reach. Nodes outside the tree (observers,
-dropped participants, a node that restarts) fetch from random survivors, then the coordinator, when
-the gossiped announcement reaches them or when they find a round's result missing. Whatever way the
-aggregate arrives, it is stored only if the announcement is signed by the round's elected
-coordinator and the aggregate matches the announced digest.
+tree (protocol/fanout.py) and to its own children; each recipient stores it, acknowledges, and
+pushes on to its own children, adopting the children of any child it cannot reach. The tree holds
+every roster member but those that dropped out of the round: a member the coordinator did not
+reach in time to invite is often alive and reachable by others. A recipient the push misses
+fetches, from the coordinator and a few connected members, once the push is overdue: a participant
+from the moment it sent its unmasking shares, anyone from the gossiped announcement. Nodes
+outside the tree (observers, dropped participants, a node that restarts) fetch from random
+survivors, then the coordinator. Whatever way the aggregate arrives, it is stored only if the
+announcement is signed by the round's elected coordinator and the aggregate matches the announced
+digest.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ RESULT_PROTOCOL = "/village/result/1.0.0"  # fetch: [job id, round] -> [signed a
 RESULT_PUSH_PROTOCOL = "/village/result-push/1.0.0"  # push: [signed announcement, aggregate] -> b"ok"
 _FETCH_TIMEOUT = 10.0
 _PUSH_TIMEOUT = 10.0
-#: A survivor waits this long per level of the tree for the push before it fetches instead.
+#: A recipient waits this long per level of the tree for the push before it fetches instead, then
+#: at doubling gaps up to `_FETCH_GAP_MAX` until the round's attempt window is over.
 _PUSH_WAIT_PER_HOP = 3.0
+_FETCH_GAP_MAX = 30.0
 #: Nodes outside the tree fetch after a random wait of up to this much per survivor (capped).
 _FETCH_SPREAD_PER_SURVIVOR = 0.02
 _FETCH_SPREAD_MAX = 5.0
@@ -48,6 +54,7 @@ class ResultHooks:
     roster: Callable[[str], list[bytes] | None]  # the job's roster, as this node knows it
     held_attempt: Callable[[str, int], int | None]  # the attempt whose result this node stores for a round
     stored: Callable[[str, int], tuple[bytes, bytes] | None]  # (signed announcement, aggregate words)
+    attempt_window: Callable[[str], float]  # how long one attempt of the job may take
     # (body, coordinator, words, record); raises RemoteProtocolError if the coordinator equivocated
     store: Callable[[ResultAnnouncement, bytes, bytes, bytes], None]
 
@@ -59,7 +66,8 @@ class ResultExchange:
         self._node, self._nursery, self._hooks, self._metrics, self._me = node, nursery, hooks, metrics, me
         self._jitter = random.Random()  # spreads fetches in time (not for secrets)
         self._forwarded: set[tuple[str, int, int]] = set()  # attempts whose result this node pushed on (once each)
-        self._arrivals: dict[tuple[str, int], trio.Event] = {}
+        self._arrivals: dict[tuple[str, int], trio.Event] = {}  # set (and dropped) when a round's result is kept
+        self._awaiting: set[tuple[str, int]] = set()  # rounds whose push this node waits for (one waiter each)
         node.serve(RESULT_PROTOCOL, self._serve_fetch, max_request=1024)
         node.serve(RESULT_PUSH_PROTOCOL, self._serve_push)
 
@@ -72,10 +80,10 @@ class ResultExchange:
             return
         self._forwarded.add(key)
         order = self._tree(body, coordinator)
-        survivors = frozenset(body.survivors)
+        recipients = frozenset(order) - frozenset(body.dropped)
 
         def targets_of(member: bytes) -> list[bytes]:
-            return push_targets(order, member, coordinator, survivors)
+            return push_targets(order, member, coordinator, recipients)
 
         self._nursery.start_soon(self._push_to, targets_of(self._me), targets_of, msgpack.packb([record, words]))
 
@@ -105,7 +113,7 @@ class ResultExchange:
         signed = self._verified(peer, record, words, None)
         body = signed.body
         assert isinstance(body, ResultAnnouncement)
-        self._keep(signed, words)
+        self._keep(signed, words, peer, "push")
         self.push(body, signed.author, words, record)
         return b"ok"
 
@@ -125,20 +133,50 @@ class ResultExchange:
     def on_announcement(self, body: ResultAnnouncement, author: bytes) -> None:
         """A gossiped result announcement: make sure this node ends up with the aggregate."""
         if author != self._me and self._wants(body) and self._hooks.elected(body, author):
-            self._nursery.start_soon(self._collect, body, author)
+            in_tree = self._me in self._tree(body, author) and self._me not in body.dropped
+            if in_tree and self._hooks.held_attempt(body.job_id, body.round) is None:
+                self._await_push(body.job_id, body.round, author)
+            else:
+                self._nursery.start_soon(self._collect, body, author)
+
+    def expect(self, job_id: str, round_number: int, coordinator: bytes) -> None:
+        """This node sent its unmasking shares to `coordinator`: the result comes down the tree, and
+        if the push is overdue (or the announcement's gossip never comes), this node fetches it."""
+        if self._hooks.held_attempt(job_id, round_number) is None:
+            self._await_push(job_id, round_number, coordinator)
+
+    def _await_push(self, job_id: str, round_number: int, coordinator: bytes) -> None:
+        key = (job_id, round_number)
+        if key not in self._awaiting:
+            self._awaiting.add(key)
+            self._nursery.start_soon(self._fetch_when_overdue, job_id, round_number, coordinator)
+
+    async def _fetch_when_overdue(self, job_id: str, round_number: int, coordinator: bytes) -> None:
+        """Wait for the push as long as the tree is deep, then ask the coordinator and two connected
+        members at doubling gaps (the coordinator may still be waiting for unmasking shares)."""
+        key = (job_id, round_number)
+        roster = self._hooks.roster(job_id) or [coordinator]
+        deadline = trio.current_time() + self._hooks.attempt_window(job_id)
+        gap = _PUSH_WAIT_PER_HOP * depth(len(roster) + 1)
+        try:
+            while self._hooks.held_attempt(job_id, round_number) is None and trio.current_time() < deadline:
+                with trio.move_on_after(gap):
+                    await self._arrivals.setdefault(key, trio.Event()).wait()
+                if self._hooks.held_attempt(job_id, round_number) is not None:
+                    return
+                connected = set(self._node.connected_peers())
+                near = [m for m in roster if m in connected and m not in (self._me, coordinator)]
+                if await self.fetch_from([coordinator, *self._jitter.sample(near, min(2, len(near)))], job_id, round_number):
+                    return
+                gap = min(2 * gap, _FETCH_GAP_MAX)
+        finally:
+            self._awaiting.discard(key)
 
     async def _collect(self, body: ResultAnnouncement, author: bytes) -> None:
-        """A survivor waits for the push; anyone else, or a survivor the push missed, waits a random
-        moment and asks two random survivors (those holding it answer, the others refuse at once),
-        then the coordinator."""
-        key = (body.job_id, body.round)
-        if self._me in body.survivors:
-            event = self._arrivals.setdefault(key, trio.Event())
-            with trio.move_on_after(_PUSH_WAIT_PER_HOP * depth(len(self._tree(body, author)) + 1)):
-                await event.wait()
-            self._arrivals.pop(key, None)
-        else:
-            await trio.sleep(self._jitter.uniform(0, min(_FETCH_SPREAD_MAX, _FETCH_SPREAD_PER_SURVIVOR * len(body.survivors))))
+        """A node outside the tree waits a random moment (so that they do not all ask at once) and
+        asks two random survivors (those holding it answer, the others refuse at once), then the
+        coordinator."""
+        await trio.sleep(self._jitter.uniform(0, min(_FETCH_SPREAD_MAX, _FETCH_SPREAD_PER_SURVIVOR * len(body.survivors))))
         if not self._wants(body):
             return
         others = [s for s in body.survivors if s not in (self._me, author)]
@@ -165,7 +203,7 @@ class ResultExchange:
                 reply = await self._node.request(source, RESULT_PROTOCOL, msgpack.packb([job_id, round_number]),
                                                  timeout=_FETCH_TIMEOUT)
                 record, words = msgpack.unpackb(reply)
-                self._keep(self._verified(source, record, words, (job_id, round_number)), words)
+                self._keep(self._verified(source, record, words, (job_id, round_number)), words, source, "fetch")
             except (TransportError, RemoteProtocolError, ValueError, TypeError, msgpack.UnpackException) as exc:
                 log.debug("result_fetch_failed", source=source.hex()[:16], reason=str(exc))
                 return
@@ -206,11 +244,13 @@ class ResultExchange:
         held = self._hooks.held_attempt(body.job_id, body.round)
         return held is None or held > body.attempt
 
-    def _keep(self, signed: SignedAnnouncement, words: bytes) -> None:
+    def _keep(self, signed: SignedAnnouncement, words: bytes, source: bytes, via: str) -> None:
         body = signed.body
         assert isinstance(body, ResultAnnouncement)
         if self._wants(body):
             self._hooks.store(body, signed.author, words, signed.record)
-        event = self._arrivals.get((body.job_id, body.round))
+            log.info("result_received", job=body.job_id, round=body.round, attempt=body.attempt, via=via,
+                     source=source.hex()[:16])
+        event = self._arrivals.pop((body.job_id, body.round), None)
         if event is not None:
             event.set()

@@ -42,11 +42,13 @@ class Peer:
 
 
 @asynccontextmanager
-async def exchanges(n: int, coordinator_index: int = 0) -> AsyncIterator[tuple[list[Peer], object]]:
-    """n nodes with result exchanges; the one at `coordinator_index` is every round's elected coordinator.
-    Yields the peers and a signing function for that coordinator."""
+async def exchanges(n: int, coordinator_index: int = 0, roster_size: int | None = None) -> AsyncIterator[tuple[list[Peer], object]]:
+    """n nodes with result exchanges; the one at `coordinator_index` is every round's elected coordinator,
+    and the first `roster_size` (default: all) form the job's roster. Yields the peers and a signing
+    function for that coordinator."""
     keypairs = [create_new_key_pair() for _ in range(n)]
     coordinator = member_id(keypairs[coordinator_index])
+    roster = sorted(member_id(k) for k in keypairs[:roster_size])
     scopes: list[trio.CancelScope] = []
     async with network(n, keypairs=keypairs, scopes=scopes) as nodes, trio.open_nursery() as nursery:
         await wait_until(lambda: len(nodes[0].connected_peers()) == n - 1, 20, "everyone connected to the bootstrap node")
@@ -62,11 +64,12 @@ async def exchanges(n: int, coordinator_index: int = 0) -> AsyncIterator[tuple[l
             hooks = ResultHooks(
                 is_member=lambda m: True,
                 elected=lambda body, author: author == coordinator,
-                roster=lambda job: sorted(member_id(k) for k in keypairs),
+                roster=lambda job: roster,
                 held_attempt=lambda job, r, results=results: (
                     open_announcement(results[(job, r)][0]).body.attempt if (job, r) in results else None),
                 stored=lambda job, r, results=results: results.get((job, r)),
                 store=store,
+                attempt_window=lambda job: 60.0,
             )
             peer.exchange = ResultExchange(node, nursery, hooks, peer.metrics, node.member_id)
             peers.append(peer)
@@ -78,9 +81,10 @@ async def exchanges(n: int, coordinator_index: int = 0) -> AsyncIterator[tuple[l
         nursery.cancel_scope.cancel()
 
 
-def announcement(survivors: list[bytes], words: bytes = WORDS, round_number: int = 0, attempt: int = 0) -> ResultAnnouncement:
-    return ResultAnnouncement("job-1", round_number, attempt, tuple(sorted(survivors)), (), aggregate_digest(words),
-                              {"masked": 0.5})
+def announcement(survivors: list[bytes], words: bytes = WORDS, round_number: int = 0, attempt: int = 0,
+                 dropped: list[bytes] = ()) -> ResultAnnouncement:  # type: ignore[assignment]
+    return ResultAnnouncement("job-1", round_number, attempt, tuple(sorted(survivors)), tuple(sorted(dropped)),
+                              aggregate_digest(words), {"masked": 0.5})
 
 
 def start_push(coordinator: Peer, body: ResultAnnouncement, record: bytes, words: bytes = WORDS) -> None:
@@ -137,8 +141,37 @@ async def test_a_tampered_aggregate_or_a_wrong_coordinator_is_refused_and_nothin
         assert peers[1].results[("job-1", 0)][1] == WORDS
 
 
+async def test_roster_members_left_out_of_the_round_get_the_push_and_dropped_ones_do_not() -> None:
+    """The coordinator invited only half the roster (it could not reach the rest in time) and one
+    invitee dropped out: every member but the dropped one receives the result down the tree."""
+    async with exchanges(10) as (peers, sign):
+        dropped = peers[9]
+        body = announcement([p.me for p in peers[:5]], dropped=[dropped.me])
+        start_push(peers[0], body, sign(body))
+        await wait_until(lambda: all(("job-1", 0) in p.results for p in peers[:9]), 30, "every member but the dropped one")
+        await trio.sleep(0.5)
+        assert ("job-1", 0) not in dropped.results
+        assert sum(p.node.statistics().bytes_sent.get(RESULT_PUSH_PROTOCOL, 0) for p in peers) // len(WORDS) == 8
+
+
+async def test_a_participant_the_push_misses_fetches_from_the_coordinator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No push and no announcement reach it: from its unmasking shares on, it asks the coordinator
+    once the push is overdue, and again later if the coordinator had no result yet."""
+    monkeypatch.setattr("villaged.results._PUSH_WAIT_PER_HOP", 0.3)
+    async with exchanges(3) as (peers, sign):
+        body = announcement([p.me for p in peers])
+        record = sign(body)
+        peers[1].exchange.expect("job-1", 0, peers[0].me)
+        await trio.sleep(1.0)  # the first request came before the coordinator had the result (refused)
+        assert ("job-1", 0) not in peers[1].results
+        peers[0].results[("job-1", 0)] = (record, WORDS)
+        await wait_until(lambda: ("job-1", 0) in peers[1].results, 10, "the participant fetched the result")
+        assert peers[1].results[("job-1", 0)] == (record, WORDS)
+        assert peers[0].node.statistics().bytes_sent.get(RESULT_PUSH_PROTOCOL, 0) == 0
+
+
 async def test_a_node_outside_the_tree_fetches_the_result_when_the_announcement_reaches_it() -> None:
-    async with exchanges(5) as (peers, sign):
+    async with exchanges(5, roster_size=4) as (peers, sign):
         survivors, observer = peers[:4], peers[4]
         body = announcement([p.me for p in survivors], round_number=3)
         start_push(survivors[0], body, sign(body))
