@@ -28,6 +28,7 @@ from protocol.announcements import (
     MAX_ANNOUNCEMENT_BYTES, MAX_ROSTER_ADDRESSES, aggregate_digest, open_announcement, sign_announcement,
 )
 from protocol.election import coordinator_for
+from protocol.fanout import tree_order
 from protocol.errors import AuthenticationError, ParameterError, RemoteProtocolError
 from protocol.events import RoundResult
 from protocol.jobs import JobSpec
@@ -48,6 +49,7 @@ from villaged.results import ResultExchange, ResultHooks
 from villaged.rounds import ROUND_PROTOCOL, RoundDriver
 from villaged.store import ResultRecord, RoundRecord, Store, StoreError
 from villaged.transport import Node, TransportConfig, open_node
+from villaged.tree_push import push_down
 
 log = structlog.get_logger("villaged")
 
@@ -172,7 +174,8 @@ class Daemon:
                     attempt_window=self._attempt_window), self.metrics, self.me)
                 node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
                 job_sync = JobSync(node, JobSyncHooks(
-                    active_jobs=self._active_jobs, records_for=self._records_for, accept=self._accept_synced,
+                    active_jobs=self._active_jobs, roster_overdue=self._roster_overdue, records_for=self._records_for,
+                    accept=self._accept_synced,
                     is_member=self._is_member, admit=self._admit, certificate=self._certificate), self._jitter)
                 channel = await node.subscribe(self._topic, self._validate_gossip)
                 nursery.start_soon(self._consume_gossip, channel)
@@ -451,36 +454,46 @@ class Daemon:
         return record
 
     async def _announce_roster(self, job: Job) -> None:
-        """Gossip the roster, and hand it to every roster member over a stream: round 0 cannot start
-        until members have it, and gossip may take seconds to reach everyone or drop it."""
-        assert job.roster is not None and self._node is not None
+        """Gossip the roster, and hand it down the job's tree over streams: round 0 cannot start
+        until members have it, and gossip may take seconds to reach everyone, drop it, or (above
+        64 KB, some 230 members) not carry it at all."""
+        assert job.roster is not None
         log.info("roster_announced", job=job.id, members=len(job.roster))
         self._connect_ahead(job, 0)
         record = self._roster_record(job)
+        self._hand_on_roster(job, record)
         await self._gossip(record, "roster")
 
-        async def hand_to(member: bytes) -> None:
-            assert self._node is not None
-            try:
-                await self._node.request(member, ANNOUNCE_PROTOCOL, record, timeout=_PROBE_TIMEOUT * 2, max_reply=64)
-            except TransportError as exc:
-                log.debug("roster_push_failed", peer=member.hex()[:16], reason=exc.reason)
-
-        async with trio.open_nursery() as nursery:
-            for member in job.roster:
-                if member != self.me:
-                    nursery.start_soon(hand_to, member)
+    def _hand_on_roster(self, job: Job, record: bytes) -> None:
+        """Pass the job's signed roster to the members below this node in the job's tree."""
+        assert job.roster is not None and self._node is not None and self._nursery is not None
+        push_down(self._node, self._nursery, ANNOUNCE_PROTOCOL, record, tree_order(job.id, job.roster), job.creator,
+                  job.roster, "roster")
 
     async def _handle_announcement(self, peer: bytes, record: bytes) -> bytes:
-        """ANNOUNCE_PROTOCOL: an announcement handed over directly, checked like a gossiped one."""
+        """ANNOUNCE_PROTOCOL: an announcement handed over directly, checked like a gossiped one. A
+        member (one the roster lists will do: its certificate may not have reached this node yet) hands
+        on rosters it did not sign, down the job's tree; anything else comes from its author."""
         signed = self._opened(record)
-        if signed is None or not self._authentic(signed, peer):
-            raise RemoteProtocolError(peer, "announcement", "rejected: malformed, not signed by the sender, or not a member")
+        if signed is None:
+            raise RemoteProtocolError(peer, "announcement", "rejected: malformed or badly signed")
+        relayed = signed.author != peer
+        if relayed and not (isinstance(signed.body, RosterAnnouncement) and (peer in signed.body.members
+                                                                            or self._is_member(peer))):
+            self.metrics.failed_authentications.inc()
+            raise RemoteProtocolError(peer, "announcement", "rejected: only a member may hand on an announcement "
+                                                            "it did not sign, and only a roster")
+        if not self._authentic(signed, signed.author):
+            raise RemoteProtocolError(peer, "announcement", "rejected: not signed by a member with a valid certificate")
         await self._on_announcement(signed)
         return b"ok"
 
     def _active_jobs(self) -> dict[str, bool]:
         return {j.id: j.roster is not None for j in self.book.jobs.values() if j.state in ("pending", "running")}
+
+    def _roster_overdue(self) -> bool:
+        now = time.time()
+        return any(j.roster is None and j.state == "pending" and now > j.start_at for j in self.book.jobs.values())
 
     def _records_for(self, job_id: str, with_job: bool) -> list[bytes]:
         """A job's creator-signed announcement (if `with_job`) and roster, for job sync."""
@@ -584,6 +597,7 @@ class Daemon:
             if job is not None and job.creator == author and self.book.set_roster(job.id, body.members):
                 log.info("roster_fixed", job=job.id, members=len(body.members), in_roster=self.me in body.members)
                 self._learn_roster(body)
+                self._hand_on_roster(job, signed.record)
                 self._connect_ahead(job, 0)
             if job is not None and job.creator == author and job.roster == body.members:
                 self._roster_records.setdefault(job.id, signed.record)

@@ -5,7 +5,9 @@ and then (GRAFT flood penalties): in net-100 about one node in a hundred never h
 sat out every round. So each node asks one connected member, a few seconds after it starts and
 then every `SYNC_INTERVAL` or so, which active jobs it is missing. The peer answers with the
 creator-signed job and roster announcements it holds, as they arrived, and the asker checks them
-exactly as it checks gossip: a peer can withhold a job, never forge one.
+exactly as it checks gossip: a peer can withhold a job, never forge one. A node that knows a job
+whose start has passed without its roster reaching it asks every `ROSTER_CHASE_INTERVAL` or so
+instead: round 0 opens a short grace after the start, and a member without the roster sits it out.
 
 The request names the active jobs the asker knows and whether it has their rosters, so the usual
 answer is an empty list: one small stream per node per interval. It carries the asker's membership
@@ -32,6 +34,7 @@ JOB_SYNC_PROTOCOL = "/village/jobs/1.0.0"
 #: The first sync waits for the node's first connections; later ones are jittered around the interval.
 FIRST_SYNC = (3.0, 6.0)
 SYNC_INTERVAL = 20.0
+ROSTER_CHASE_INTERVAL = 2.0
 #: Active jobs named in one request (a village runs a handful at a time).
 MAX_JOBS = 64
 MAX_CERTIFICATE = 1024
@@ -47,6 +50,7 @@ class JobSyncHooks:
     """What job sync needs from the daemon."""
 
     active_jobs: Callable[[], dict[str, bool]]  # pending or running job id -> roster known
+    roster_overdue: Callable[[], bool]  # a known job's start has passed and its roster is not here
     records_for: Callable[[str, bool], list[bytes]]  # job id, job record wanted too -> signed records
     accept: Callable[[bytes, bytes], Awaitable[None]]  # (peer, signed record); raises RemoteProtocolError
     is_member: Callable[[bytes], bool]
@@ -62,13 +66,16 @@ class JobSync:
         node.serve(JOB_SYNC_PROTOCOL, self._serve, max_request=MAX_REQUEST)
 
     async def run(self) -> None:
-        """Sync with one random connected peer now and then, for as long as the node runs."""
-        await trio.sleep(self._jitter.uniform(*FIRST_SYNC))
+        """Sync with one random connected peer now and then (often while a roster is overdue), for as
+        long as the node runs."""
+        next_sync = trio.current_time() + self._jitter.uniform(*FIRST_SYNC)
         while True:
+            await trio.sleep(min(self._jitter.uniform(0.5, 1.5) * ROSTER_CHASE_INTERVAL,
+                                 max(0.0, next_sync - trio.current_time())))
             peers = self._node.connected_peers()
-            if peers:
+            if peers and (trio.current_time() >= next_sync or self._hooks.roster_overdue()):
                 await self.sync_with(self._jitter.choice(peers))
-            await trio.sleep(self._jitter.uniform(0.5, 1.5) * SYNC_INTERVAL)
+                next_sync = trio.current_time() + self._jitter.uniform(0.5, 1.5) * SYNC_INTERVAL
 
     async def sync_with(self, peer: bytes) -> int:
         """Ask `peer` for the jobs and rosters this node lacks; returns how many records it accepted."""

@@ -25,17 +25,17 @@ import trio
 
 from protocol.announcements import ResultAnnouncement, SignedAnnouncement, aggregate_digest, open_announcement
 from protocol.errors import RemoteProtocolError
-from protocol.fanout import depth, push_targets, tree_order
+from protocol.fanout import depth, tree_order
 from villaged.errors import TransportError
 from villaged.metrics import Metrics
 from villaged.transport import Node
+from villaged.tree_push import push_down
 
 log = structlog.get_logger("villaged.results")
 
 RESULT_PROTOCOL = "/village/result/1.0.0"  # fetch: [job id, round] -> [signed announcement, aggregate]
 RESULT_PUSH_PROTOCOL = "/village/result-push/1.0.0"  # push: [signed announcement, aggregate] -> b"ok"
 _FETCH_TIMEOUT = 10.0
-_PUSH_TIMEOUT = 10.0
 #: A recipient waits this long per level of the tree for the push before it fetches instead, then
 #: at doubling gaps up to `_FETCH_GAP_MAX` until the round's attempt window is over.
 _PUSH_WAIT_PER_HOP = 3.0
@@ -80,28 +80,11 @@ class ResultExchange:
             return
         self._forwarded.add(key)
         order = self._tree(body, coordinator)
-        recipients = frozenset(order) - frozenset(body.dropped)
-
-        def targets_of(member: bytes) -> list[bytes]:
-            return push_targets(order, member, coordinator, recipients)
-
-        self._nursery.start_soon(self._push_to, targets_of(self._me), targets_of, msgpack.packb([record, words]))
+        push_down(self._node, self._nursery, RESULT_PUSH_PROTOCOL, msgpack.packb([record, words]), order, coordinator,
+                  frozenset(order) - frozenset(body.dropped), "result")
 
     def _tree(self, body: ResultAnnouncement, coordinator: bytes) -> list[bytes]:
         return tree_order(body.job_id, self._hooks.roster(body.job_id) or [coordinator, *body.survivors])
-
-    async def _push_to(self, targets: list[bytes], targets_of: Callable[[bytes], list[bytes]], payload: bytes) -> None:
-        async with trio.open_nursery() as nursery:
-            for target in targets:
-                nursery.start_soon(self._push_one, target, targets_of, payload)
-
-    async def _push_one(self, target: bytes, targets_of: Callable[[bytes], list[bytes]], payload: bytes) -> None:
-        try:
-            await self._node.request(target, RESULT_PUSH_PROTOCOL, payload, timeout=_PUSH_TIMEOUT, max_reply=64)
-        except TransportError as exc:
-            # Dead or refusing: the nodes below it would wait for a push that never comes.
-            log.info("result_push_failed", peer=target.hex()[:16], reason=exc.reason)
-            await self._push_to(targets_of(target), targets_of, payload)
 
     async def _serve_push(self, peer: bytes, request: bytes) -> bytes:
         self._check_member(peer)

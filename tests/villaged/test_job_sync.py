@@ -6,13 +6,14 @@ import random
 
 import msgpack
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.errors import RemoteProtocolError
 from villaged.errors import RemoteRefusal
 from villaged.job_sync import JOB_SYNC_PROTOCOL, MAX_JOBS, JobSync, JobSyncHooks, _parse_request
-from tests.villaged.nodes import network
+from tests.villaged.nodes import network, wait_until
 
 # The records are opaque to job sync (the daemon checks them like gossip): stand-in bytes suffice.
 RECORDS = {"job-a": [b"job-a announcement", b"job-a roster"], "job-b": [b"job-b announcement"]}
@@ -37,14 +38,16 @@ def serving_hooks(accepted: list[bytes], members: set[bytes] | None = None) -> J
         if members is not None:
             members.add(peer)
 
-    return JobSyncHooks(active_jobs=lambda: {"job-a": True, "job-b": False}, records_for=records_for,
+    return JobSyncHooks(active_jobs=lambda: {"job-a": True, "job-b": False}, roster_overdue=lambda: False,
+                        records_for=records_for,
                         accept=accept, is_member=lambda peer: members is None or peer in members, admit=admit,
                         certificate=b"valid")
 
 
 def asking_hooks(known: dict[str, bool], accepted: list[bytes], certificate: bytes = b"valid") -> JobSyncHooks:
     hooks = serving_hooks(accepted)
-    return JobSyncHooks(active_jobs=lambda: known, records_for=hooks.records_for, accept=hooks.accept,
+    return JobSyncHooks(active_jobs=lambda: known, roster_overdue=lambda: not all(known.values()),
+                        records_for=hooks.records_for, accept=hooks.accept,
                         is_member=hooks.is_member, admit=hooks.admit, certificate=certificate)
 
 
@@ -64,6 +67,20 @@ async def test_a_peer_hands_on_only_what_the_asker_lacks(known: dict[str, bool],
         sync = JobSync(asker, asking_hooks(known, accepted), random.Random(2))
         assert await sync.sync_with(server.member_id) == len(expected)
         assert accepted == expected
+
+
+async def test_a_node_whose_roster_is_overdue_asks_at_once_not_at_its_next_regular_sync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("villaged.job_sync.FIRST_SYNC", (1000.0, 1000.0))  # no regular sync during the test
+    async with network(2) as (server, asker), trio.open_nursery() as nursery:
+        asker.add_addresses(server.member_id, server.listen_addrs)
+        await wait_until(lambda: server.member_id in asker.connected_peers(), 20, "connected to the server")
+        JobSync(server, serving_hooks([]), random.Random(1))
+        accepted: list[bytes] = []
+        nursery.start_soon(JobSync(asker, asking_hooks({"job-a": False, "job-b": True}, accepted), random.Random(2)).run)
+        await wait_until(lambda: b"job-a roster" in accepted, 20, "the overdue roster fetched")
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_bad_request_is_refused_with_the_reason_and_the_server_keeps_serving() -> None:

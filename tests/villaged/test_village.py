@@ -14,17 +14,18 @@ import trio
 
 from protocol import messages, wire
 from protocol.wire import RoundContext
-from villaged.errors import TransportError
+from villaged.errors import RemoteRefusal, TransportError
 from villaged.rounds import ROUND_PROTOCOL
 
 from protocol.announcements import ResultAnnouncement, sign_announcement
 from protocol.election import coordinator_for
+from protocol.fanout import push_targets, tree_order
 from protocol.jobs import JobSpec
 from protocol.membership import AdminKeyPair, issue_certificate
 from villaged.identity import load_or_create_identity, member_id
 
 from villaged.control import NotFound
-from villaged.daemon import Daemon
+from villaged.daemon import ANNOUNCE_PROTOCOL, Daemon
 from tests.villaged.village import running_village, village_configs, wait_for
 
 pytestmark = pytest.mark.slow
@@ -278,3 +279,51 @@ async def test_an_announcement_too_large_for_gossip_is_left_to_the_streams(tmp_p
         assert creator._node is not None
         await creator._gossip(b"\x00" * (creator._node.max_gossip_size + 1), "roster")
         assert (await creator.status())["member_id"] == creator.me.hex()
+
+
+async def test_the_roster_reaches_every_member_down_the_tree_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # net-300: the roster (83 KB) is too large for gossip, and the creator handing it to 300 members
+    # itself timed out for most of them. With roster gossip and job sync both off, only the members
+    # handing it on to their children in the job's tree can bring it to all nine.
+    original_gossip = Daemon._gossip
+
+    async def no_roster_gossip(self: Daemon, record: bytes, what: str) -> None:
+        if what != "roster":
+            await original_gossip(self, record, what)
+
+    async def no_job_sync(self: object) -> None:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(Daemon, "_gossip", no_roster_gossip)
+    monkeypatch.setattr("villaged.job_sync.JobSync.run", no_job_sync)
+    configs = village_configs(tmp_path, 9)
+    async with running_village(configs) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        for i, daemon in enumerate(daemons):
+            await daemon.put_data("stats", [float(i)] * 8)
+
+        async def admitted() -> bool:
+            return min([len(await d.members()) for d in daemons]) == 9
+
+        await wait_for(admitted, timeout=30)
+        job = await daemons[0].create_job(dict(SPEC, rounds=1))
+        await wait_for_results(daemons, job["id"], 1, timeout=60)
+        for daemon in daemons:
+            (result,) = await daemon.results(job["id"])
+            assert len(result["participants"]) == 9
+            assert np.allclose(result["values"], [36.0] * 8, atol=result["error_bound"])
+
+        roster = daemons[0]._roster_records[job["id"]]
+        assert daemons[0]._node is not None
+        members = sorted(d.me for d in daemons)
+        tree_copies = push_targets(tree_order(job["id"], members), daemons[0].me, daemons[0].me, members)
+        # The creator sent only the copies the tree gives it (at most 7 of 8); members sent the rest.
+        assert daemons[0]._node.statistics().bytes_sent.get(ANNOUNCE_PROTOCOL, 0) // len(roster) == len(tree_copies)
+        assert len(tree_copies) < 8
+
+        # A member may hand on the creator's roster; it may not hand on anything else it did not sign.
+        relay, target = daemons[2], daemons[3]
+        assert relay._node is not None
+        assert await relay._node.request(target.me, ANNOUNCE_PROTOCOL, roster, timeout=10) == b"ok"
+        with pytest.raises(RemoteRefusal, match="only a roster"):
+            await relay._node.request(target.me, ANNOUNCE_PROTOCOL, daemons[0]._job_records[job["id"]], timeout=10)
