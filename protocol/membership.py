@@ -24,6 +24,7 @@ Next: `villaged/` loads the certificates from disk and the network and feeds the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Final
@@ -247,6 +248,17 @@ def decode_certificate(cert_bytes: bytes) -> MembershipCertificate:
         raise _reject(f"certificate field {exc.field}: {exc.reason}") from None
 
 
+@functools.lru_cache(maxsize=8192)
+def _signed_by_admin(signed: bytes, signature: bytes, admin_public_key: bytes) -> bool:
+    """Checked once per certificate: a node meets the same certificates again and again (in rosters,
+    job sync, certificate exchanges; in netsim, twenty daemons of one process learn the same 300)."""
+    try:
+        nacl.signing.VerifyKey(admin_public_key).verify(signed, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
+        return False
+    return True
+
+
 def verify_certificate(
     cert_bytes: bytes,
     admin_public_key: bytes,
@@ -271,10 +283,8 @@ def verify_certificate(
         raise _reject(f"certificate is for village {cert.village_id.hex()}, not {village_id.hex()}")
     if member_id is not None and cert.member_id != member_id:
         raise _reject(f"certificate is for member {cert.member_id.hex()[:16]}, presented by {member_id.hex()[:16]}")
-    try:
-        nacl.signing.VerifyKey(admin_public_key).verify(cert.signed_bytes(), cert.signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
-        raise _reject("bad certificate signature") from None
+    if not _signed_by_admin(cert.signed_bytes(), cert.signature, admin_public_key):
+        raise _reject("bad certificate signature")
     if now < cert.issued_at - MAX_CLOCK_SKEW_SECONDS:
         raise _reject(f"certificate not valid until {cert.issued_at} (now {now:.0f}); check the clocks")
     if now >= cert.expires_at:

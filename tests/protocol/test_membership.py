@@ -91,6 +91,18 @@ def test_forged_signature_and_tampered_fields() -> None:
         verify_certificate(msgpack.packb(fields), ADMIN.public_key, ADMIN.village_id, now=T0)
 
 
+def test_a_verified_certificate_is_remembered_but_a_forged_signature_on_it_is_not() -> None:
+    raw = issue()
+    for _ in range(2):  # the second check is answered from memory, and still checks the time
+        assert verify_certificate(raw, ADMIN.public_key, ADMIN.village_id, now=T0).member_id == ALICE
+    with pytest.raises(RemoteProtocolError, match="expired"):
+        verify_certificate(raw, ADMIN.public_key, ADMIN.village_id, now=T0 + 3650 * DAY)
+    fields = msgpack.unpackb(raw)
+    fields[-1] = bytes([fields[-1][0] ^ 1]) + fields[-1][1:]  # the signature, one bit off
+    with pytest.raises(RemoteProtocolError, match="bad certificate signature"):
+        verify_certificate(msgpack.packb(fields), ADMIN.public_key, ADMIN.village_id, now=T0)
+
+
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [
