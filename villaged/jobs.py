@@ -264,12 +264,17 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
                                 f"the job needs {job.spec.min_participants}", "failed")
             return
         book.set_state(job.id, "running")
+        resumed = False
+    else:
+        resumed = job.state == "running"  # this node was restarted while the job ran
     for round_number in range(job.spec.rounds):
         if job.state != "running":
             return
         if hooks.has_result(job.id, round_number):
             continue
-        if time.time() > job.round_opens_at(round_number) + job.spec.phase_timeout and await catch_up(job, round_number, hooks):
+        late = arrives_late(job, round_number, resumed, time.time())
+        resumed = False
+        if late and await catch_up(job, round_number, hooks):
             continue  # this node was away when the round ran (a restart): the others have its result
         if not book.budget_allows_round(job):
             log.info("privacy_budget_used", job=job.id, round=round_number)
@@ -330,6 +335,14 @@ async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDr
         last_reason = outcome
         attempt = next_attempt
     return f"gave up after {attempt} attempts: {last_reason}"
+
+
+def arrives_late(job: Job, round_number: int, resumed: bool, now: float) -> bool:
+    """Whether this node comes to a round after its invitations went out: a phase timeout after the
+    round opened, or at all after it opened for a node back from a restart (in net-100 a node
+    restarted 16 s into a round waited the rest of a 30 s phase timeout for an invite that had
+    gone out before it started, and only then fetched the result)."""
+    return now > job.round_opens_at(round_number) + (0.0 if resumed else job.spec.phase_timeout)
 
 
 async def catch_up(job: Job, round_number: int, hooks: JobHooks) -> bool:

@@ -12,7 +12,7 @@ import trio.testing
 
 from protocol.jobs import JobSpec
 from protocol.kinds import InputError
-from villaged.jobs import CATCH_UP_DELAYS, Job, JobBook, JobHooks, catch_up, observe_round
+from villaged.jobs import CATCH_UP_DELAYS, Job, JobBook, JobHooks, arrives_late, catch_up, observe_round
 from villaged.store import Store
 
 SPEC = JobSpec.from_dict({
@@ -85,3 +85,14 @@ async def test_an_observer_asks_for_the_result_it_was_not_told_of(book: JobBook,
     assert await observe_round(job, 0, fetching_hooks(asked_at, succeed_on=3)) == "completed"
     half = job.spec.phase_timeout / 2
     assert [round(t - start, 6) for t in asked_at] == [half, 3 * half, 7 * half]
+
+
+def test_a_node_back_from_a_restart_fetches_a_round_that_opened_without_it(book: JobBook) -> None:
+    """Its invitation went out before it started: waiting a phase timeout for one only delays the fetch."""
+    job = book.jobs["job-1"]
+    opened = job.round_opens_at(0)
+    assert arrives_late(job, 0, resumed=True, now=opened + 1.0)
+    assert not arrives_late(job, 0, resumed=True, now=opened - 1.0)  # back before the round: it takes part
+    # A node that ran all along is late only a phase timeout in (a slow previous round ends after this one opened).
+    assert not arrives_late(job, 0, resumed=False, now=opened + 1.0)
+    assert arrives_late(job, 0, resumed=False, now=opened + job.spec.phase_timeout + 1.0)
