@@ -28,9 +28,9 @@ from protocol.announcements import (
     MAX_ANNOUNCEMENT_BYTES, MAX_ROSTER_ADDRESSES, aggregate_digest, open_announcement, sign_announcement,
 )
 from protocol.election import coordinator_for
-from protocol.fanout import tree_order
 from protocol.errors import AuthenticationError, ParameterError, RemoteProtocolError
 from protocol.events import RoundResult
+from protocol.fanout import tree_order
 from protocol.jobs import JobSpec
 from protocol.kinds import KINDS, InputError
 from protocol.membership import MemberRegistry, MembershipCertificate, decode_certificate
@@ -366,10 +366,10 @@ class Daemon:
 
     def _on_attempt_event(self, context: RoundContext, event: str, fields: dict[str, object]) -> None:
         log.info(event, job=context.job_id, round=context.round, attempt=context.attempt, **fields)
-        members = self.book.round_members(context.job_id)
-        if event == "client_done" and members and self._results is not None:
-            coordinator = coordinator_for(context.job_id, context.round, context.attempt, members)
-            self._results.expect(context.job_id, context.round, coordinator)
+        members = self.book.round_members(context.job_id) if event == "client_done" else None
+        if members and self._results is not None:  # unmasked: the result is due, make sure it comes
+            self._results.expect(context.job_id, context.round,
+                                 coordinator_for(context.job_id, context.round, context.attempt, members))
         if event == "coordinator_aborted":
             self.metrics.rounds_aborted.labels(reason=str(fields.get("phase", "unknown"))).inc()
             self.store.record_round(RoundRecord(context.job_id, context.round, context.attempt, self.me, "aborted",
