@@ -171,7 +171,8 @@ class Daemon:
                     is_member=self._is_member, elected=self._elected, roster=self.book.round_members,
                     held_attempt=self.store.result_attempt,
                     stored=self._stored_result, store=self._store_fetched_result,
-                    attempt_window=self._attempt_window), self.metrics, self.me)
+                    attempt_window=self._attempt_window, admit=self._admit, certificate=self._certificate),
+                    self.metrics, self.me)
                 node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
                 job_sync = JobSync(node, JobSyncHooks(
                     active_jobs=self._active_jobs, roster_overdue=self._roster_overdue, records_for=self._records_for,

@@ -33,7 +33,10 @@ from villaged.tree_push import push_down
 
 log = structlog.get_logger("villaged.results")
 
-RESULT_PROTOCOL = "/village/result/1.0.0"  # fetch: [job id, round] -> [signed announcement, aggregate]
+#: fetch: [job id, round, asker's certificate] -> [signed announcement, aggregate]. The certificate
+#: lets a holder that never met the asker serve it: a node whose join never reached the creator is
+#: in no roster, and in net-300 two such observers were refused by every holder for minutes.
+RESULT_PROTOCOL = "/village/result/1.0.0"
 RESULT_PUSH_PROTOCOL = "/village/result-push/1.0.0"  # push: [signed announcement, aggregate] -> b"ok"
 _FETCH_TIMEOUT = 10.0
 #: A recipient waits this long per level of the tree for the push before it fetches instead, then
@@ -55,6 +58,8 @@ class ResultHooks:
     held_attempt: Callable[[str, int], int | None]  # the attempt whose result this node stores for a round
     stored: Callable[[str, int], tuple[bytes, bytes] | None]  # (signed announcement, aggregate words)
     attempt_window: Callable[[str], float]  # how long one attempt of the job may take
+    admit: Callable[[bytes, bytes], None]  # (certificate, peer): admit or raise RemoteProtocolError
+    certificate: bytes  # this node's own membership certificate, sent with its fetches
     # (body, coordinator, words, record); raises RemoteProtocolError if the coordinator equivocated
     store: Callable[[ResultAnnouncement, bytes, bytes, bytes], None]
 
@@ -103,12 +108,17 @@ class ResultExchange:
     # --- fetching ---------------------------------------------------------------------------------
 
     async def _serve_fetch(self, peer: bytes, request: bytes) -> bytes:
-        self._check_member(peer)
         try:
-            job_id, round_number = msgpack.unpackb(request)
+            job_id, round_number, certificate = msgpack.unpackb(request)
+            if type(certificate) is not bytes:
+                raise TypeError("certificate")
             found = self._hooks.stored(str(job_id), int(round_number))
         except (ValueError, TypeError, msgpack.UnpackException):
-            raise RemoteProtocolError(peer, "result", "request is not [job id, round]") from None
+            self._metrics.malformed_messages.labels(kind="result").inc()
+            raise RemoteProtocolError(peer, "result", "request is not [job id, round, certificate]") from None
+        if not self._hooks.is_member(peer):
+            self._hooks.admit(certificate, peer)  # raises (and counts) if the certificate is not valid
+        self._check_member(peer)
         if found is None:
             raise RemoteProtocolError(peer, "result", "no such result here")
         return msgpack.packb(list(found))  # the signed announcement travels with the vector
@@ -183,8 +193,8 @@ class ResultExchange:
 
         async def ask(source: bytes, cancel_all: trio.CancelScope) -> None:
             try:
-                reply = await self._node.request(source, RESULT_PROTOCOL, msgpack.packb([job_id, round_number]),
-                                                 timeout=_FETCH_TIMEOUT)
+                request = msgpack.packb([job_id, round_number, self._hooks.certificate])
+                reply = await self._node.request(source, RESULT_PROTOCOL, request, timeout=_FETCH_TIMEOUT)
                 record, words = msgpack.unpackb(reply)
                 self._keep(self._verified(source, record, words, (job_id, round_number)), words, source, "fetch")
             except (TransportError, RemoteProtocolError, ValueError, TypeError, msgpack.UnpackException) as exc:

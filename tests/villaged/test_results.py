@@ -13,12 +13,13 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from protocol.announcements import ResultAnnouncement, aggregate_digest, open_announcement, sign_announcement
+from protocol.errors import RemoteProtocolError
 from protocol.fanout import push_targets, tree_order
 from tests.villaged.nodes import network, wait_until
 from villaged.errors import RemoteRefusal
 from villaged.identity import member_id, signing_key
 from villaged.metrics import Metrics
-from villaged.results import RESULT_PUSH_PROTOCOL, ResultExchange, ResultHooks
+from villaged.results import RESULT_PROTOCOL, RESULT_PUSH_PROTOCOL, ResultExchange, ResultHooks
 from villaged.transport import Node
 
 pytestmark = pytest.mark.slow
@@ -42,10 +43,13 @@ class Peer:
 
 
 @asynccontextmanager
-async def exchanges(n: int, coordinator_index: int = 0, roster_size: int | None = None) -> AsyncIterator[tuple[list[Peer], object]]:
+async def exchanges(
+    n: int, coordinator_index: int = 0, roster_size: int | None = None, known: set[bytes] | None = None,
+) -> AsyncIterator[tuple[list[Peer], object]]:
     """n nodes with result exchanges; the one at `coordinator_index` is every round's elected coordinator,
-    and the first `roster_size` (default: all) form the job's roster. Yields the peers and a signing
-    function for that coordinator."""
+    and the first `roster_size` (default: all) form the job's roster. Every node takes every other for
+    a member, or (with `known`) only those in `known`, which a node joins by showing the certificate
+    b"valid". Yields the peers and a signing function for that coordinator."""
     keypairs = [create_new_key_pair() for _ in range(n)]
     coordinator = member_id(keypairs[coordinator_index])
     roster = sorted(member_id(k) for k in keypairs[:roster_size])
@@ -53,6 +57,13 @@ async def exchanges(n: int, coordinator_index: int = 0, roster_size: int | None 
     async with network(n, keypairs=keypairs, scopes=scopes) as nodes, trio.open_nursery() as nursery:
         await wait_until(lambda: len(nodes[0].connected_peers()) == n - 1, 20, "everyone connected to the bootstrap node")
         peers: list[Peer] = []
+
+        def admit(certificate: bytes, peer: bytes) -> None:
+            if certificate != b"valid":
+                raise RemoteProtocolError(peer, "certificate", "not signed by the village admin")
+            if known is not None:
+                known.add(peer)
+
         for node, scope in zip(nodes, scopes):
             peer = Peer(node, scope, None, Metrics())  # type: ignore[arg-type]
             results = peer.results
@@ -62,7 +73,7 @@ async def exchanges(n: int, coordinator_index: int = 0, roster_size: int | None 
                 results[(body.job_id, body.round)] = (record, words)
 
             hooks = ResultHooks(
-                is_member=lambda m: True,
+                is_member=lambda m: known is None or m in known,
                 elected=lambda body, author: author == coordinator,
                 roster=lambda job: roster,
                 held_attempt=lambda job, r, results=results: (
@@ -70,6 +81,8 @@ async def exchanges(n: int, coordinator_index: int = 0, roster_size: int | None 
                 stored=lambda job, r, results=results: results.get((job, r)),
                 store=store,
                 attempt_window=lambda job: 60.0,
+                admit=admit,
+                certificate=b"valid",
             )
             peer.exchange = ResultExchange(node, nursery, hooks, peer.metrics, node.member_id)
             peers.append(peer)
@@ -190,6 +203,25 @@ async def test_a_missed_result_is_fetched_from_the_roster() -> None:
         assert await peers[3].exchange.fetch_missed([p.me for p in peers], "job-1", 1)
         assert peers[3].results[("job-1", 1)] == (record, WORDS)
         assert not await peers[3].exchange.fetch_missed([p.me for p in peers], "job-1", 2)
+
+
+async def test_a_holder_that_never_met_the_asker_admits_it_by_the_certificate_its_fetch_carries() -> None:
+    """A node whose join never reached the creator is in no roster and known to few: its fetch shows
+    its certificate. A fetch with a bad certificate, or in the old two-field form, is refused."""
+    holder_and_coordinator: set[bytes] = set()
+    async with exchanges(2, known=holder_and_coordinator) as (peers, sign):
+        holder, asker = peers
+        body = announcement([holder.me], round_number=2)
+        record = sign(body)
+        holder.results[("job-1", 2)] = (record, WORDS)
+        with pytest.raises(RemoteRefusal, match="not signed by the village admin"):
+            await asker.node.request(holder.me, RESULT_PROTOCOL, msgpack.packb(["job-1", 2, b"forged"]), timeout=10)
+        with pytest.raises(RemoteRefusal, match=r"\[job id, round, certificate\]"):
+            await asker.node.request(holder.me, RESULT_PROTOCOL, msgpack.packb(["job-1", 2]), timeout=10)
+        assert asker.me not in holder_and_coordinator
+        assert await asker.exchange.fetch_from([holder.me], "job-1", 2)
+        assert asker.results[("job-1", 2)] == (record, WORDS)
+        assert asker.me in holder_and_coordinator
 
 
 async def test_a_result_of_an_earlier_attempt_replaces_a_later_ones_and_not_the_other_way_round() -> None:
