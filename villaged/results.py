@@ -126,7 +126,7 @@ class ResultExchange:
     def on_announcement(self, body: ResultAnnouncement, author: bytes) -> None:
         """A gossiped result announcement: make sure this node ends up with the aggregate."""
         if author != self._me and self._wants(body) and self._hooks.elected(body, author):
-            in_tree = self._me in self._tree(body, author) and self._me not in body.dropped
+            in_tree = self._me in (self._hooks.roster(body.job_id) or body.survivors) and self._me not in body.dropped
             if in_tree and self._hooks.held_attempt(body.job_id, body.round) is None:
                 self._await_push(body.job_id, body.round, author)
             else:

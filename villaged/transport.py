@@ -133,12 +133,12 @@ class _Route:
     handler_timeout: float
 
 
-
 @functools.lru_cache(maxsize=16384)
 def _parsed_address(text: str) -> multiaddr.Multiaddr:
     """Parsed once per address: every roster names hundreds, and py-multiaddr's parser is slow (in
     netsim's net-300, parsing took 8 % of the CPU while rosters spread)."""
     return multiaddr.Multiaddr(text)
+
 
 class Node:
     """A running village node: request/response, gossip, and peer status.
