@@ -55,8 +55,9 @@ ACK = b"ok"
 _CLIENT_KINDS = frozenset({"invite", "keys", "delivery", "survivors", "unmask_request", "abort"})
 #: A failed send is retried after each of these delays (capped at a tenth of the phase timeout), unless
 #: the peer refused it or is down: a client SIGKILLed mid-phase breaks the coordinator's stream, and
-#: the retry's refused dial tells the coordinator to stop waiting for it.
-_RETRY_DELAYS = (0.25, 1.0)
+#: the retry's refused dial tells the coordinator to stop waiting for it. The swarm itself does not
+#: redial (transport.py), so a dial that fails for another reason gets its retries here.
+_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
 #: An invite may arrive before the creator's roster announcement; wait this long for it.
 _ROSTER_WAIT = 5.0
 

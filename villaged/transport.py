@@ -33,7 +33,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import MultiError
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
-from libp2p.network.config import ConnectionConfig
+from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
@@ -441,7 +441,10 @@ class Node:
         except ValueError as exc:
             raise TransportError(peer, str(exc)) from exc
         network = self._host.get_network()
-        dialing = not network.get_connections(peer_id)
+        # A peer that just died can still be listed with its closed connection, and the swarm then
+        # fails the stream ("no valid connections") without dialing: dial anew, so that a refusal
+        # says at once that the peer is down (net-100 took 2-3 s to give up on SIGKILLed clients).
+        dialing = all(conn.is_closed for conn in network.get_connections(peer_id))
         if dialing:
             if not self._known_addrs(peer_id):
                 info = await self._dht.find_peer(peer_id)
@@ -454,6 +457,8 @@ class Node:
             if isinstance(network, Swarm):
                 network.unblock_peer(peer_id)
         try:
+            if dialing:
+                await network.dial_peer(peer_id)
             return await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
         except Exception as exc:  # libp2p's dial errors have no common base
             if dialing and _connection_refused(exc):
@@ -574,7 +579,7 @@ def _connection_refused(exc: BaseException) -> bool:
 
 
 def _build_host(keypair: KeyPair, config: TransportConfig) -> IHost:
-    return new_host(
+    host = new_host(
         key_pair=keypair,
         # Noise only: the default host also accepts /plaintext/2.0.0 (notes §1).
         sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(keypair, noise_privkey=x25519.create_new_key_pair().private_key)},
@@ -605,6 +610,12 @@ def _build_host(keypair: KeyPair, config: TransportConfig) -> IHost:
             )
         ),
     )
+    network = host.get_network()
+    if isinstance(network, Swarm):  # new_host takes no retry settings
+        # The swarm would redial a failed address 3 times over 0.7 s. Every caller here has its
+        # own deadline and retries, and a refused dial must say at once that the peer is down.
+        network.retry_config = RetryConfig(max_retries=0)
+    return host
 
 
 def _build_gossipsub(config: TransportConfig) -> GossipSub:

@@ -7,6 +7,9 @@ numbers quoted in the commit messages.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -160,6 +163,54 @@ async def test_request_to_a_closed_peer_fails_fast() -> None:
         assert took < 2.0
         with pytest.raises(TransportError, match="no known address"):
             await client.request(b"\x05" * 32, ECHO, b"ab", timeout=5)
+
+
+#: A node in its own process whose handler SIGKILLs that process: a peer dying mid-request.
+_DYING_PEER = """
+import os, signal, sys, trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+from villaged.transport import TransportConfig, open_node
+
+async def main():
+    async with open_node(create_new_key_pair(), ["/ip4/127.0.0.1/tcp/0"], [sys.argv[1]], TransportConfig()) as node:
+        async def die(peer, request):
+            os.kill(os.getpid(), signal.SIGKILL)
+        node.serve(sys.argv[2], die)
+        print(node.member_id.hex(), flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+async def test_a_peer_killed_mid_request_is_reported_down_at_the_next_request() -> None:
+    # The swarm still lists the dead connection for a while and used to fail the next stream with "no
+    # valid connections", not as a refused dial: a coordinator then waited 1-3 s more for a SIGKILLed client.
+    async with open_node(create_new_key_pair(), LOOPBACK, [], FAST) as client:
+        bootstrap = client.listen_addrs[0]
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-c", _DYING_PEER, bootstrap, ECHO], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        try:
+            assert process.stdout is not None
+            line = b""
+            with trio.fail_after(30):
+                while not line.endswith(b"\n"):
+                    line += await process.stdout.receive_some(100)
+            dying = bytes.fromhex(line.decode().strip())
+            await wait_until(lambda: dying in client.connected_peers(), 10, "connection")
+            with pytest.raises(TransportError, match="stream ended"):
+                await client.request(dying, ECHO, b"ab", timeout=5)
+            start = time.perf_counter()
+            with pytest.raises(PeerDown, match="connection refused"):
+                await client.request(dying, ECHO, b"ab", timeout=5)
+            took = time.perf_counter() - start
+            print(f"the request after the peer died failed as down after {1000 * took:.0f} ms")
+            assert await process.wait() == -signal.SIGKILL
+        finally:
+            process.kill()
+            await process.wait()
+            await process.stdout.aclose()
 
 
 async def test_a_peer_that_comes_back_is_reachable_at_once_despite_the_failed_dial() -> None:
