@@ -13,11 +13,14 @@ node's CPU with 16 daemons on 2 cores). It waits the full `stable_interval` at o
 is a lookup per non-empty bucket, each querying up to k peers, and 100 nodes doubling their way
 up from 10 s kept 2 cores saturated for minutes.
 
-A node that lost every connection re-dials its bootstrap list with exponential backoff. It checks
-for that every `first_interval` while it rests: a settled node rests `stable_interval` (600 s), and
-one whose few connections closed stayed alone that long (net-300: a node with no connection and
-no result). The swarm refuses to dial a peer for 60 s after a failed dial (its negative cache), so
-each retry first lifts that block for the bootstrap peers.
+A node re-dials its bootstrap list with exponential backoff until one of them answers, and again
+whenever it has lost every connection. Connections alone do not mean it joined: in net-100 two
+nodes started before all of their bootstrap peers listened, one of them was the other's bootstrap
+peer, and the two connected to each other and nobody else for the whole run (an island that never
+learned the job). It checks for that every `first_interval` while it rests: a settled node rests
+`stable_interval` (600 s), and one whose few connections closed stayed alone that long (net-300: a
+node with no connection and no result). The swarm refuses to dial a peer for 60 s after a failed
+dial (its negative cache), so each retry first lifts that block for the bootstrap peers.
 """
 
 from __future__ import annotations
@@ -75,16 +78,18 @@ async def maintain_peers(
 ) -> None:
     """Run forever: join, keep the routing table filled, rejoin when isolated."""
     bootstrap = [info for info in bootstrap if info.peer_id != host.get_id()]
-    await _join(host, dht, bootstrap, settings, emit)
+    joined = await _join(host, dht, bootstrap, settings, emit)
     interval = settings.first_interval
     backoff = settings.first_interval
     known = dht.get_routing_table_size()
     while True:
         await _rest(host, bootstrap, interval, settings.first_interval)
-        if bootstrap and not host.get_connected_peers():
+        if bootstrap and not (joined and host.get_connected_peers()):
             emit("bootstrap_retry", None, backoff=backoff)
-            state.settled = False
-            if await _join(host, dht, bootstrap, settings, emit):
+            if not host.get_connected_peers():
+                state.settled = False
+            joined = await _join(host, dht, bootstrap, settings, emit)
+            if joined:
                 backoff = interval = settings.first_interval
             else:
                 backoff = interval = min(backoff * 2, settings.backoff_max)

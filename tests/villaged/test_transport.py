@@ -22,6 +22,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from protocol.errors import RemoteProtocolError
 from tests.villaged.nodes import FAST, LOOPBACK, network, wait_until
 from villaged.errors import PeerDown, RemoteRefusal, TransportError
+from villaged.identity import member_id, peer_id_from_member_id
 from villaged.transport import TransportConfig, open_node
 
 pytestmark = pytest.mark.slow
@@ -243,6 +244,23 @@ async def test_a_settled_node_that_lost_every_connection_goes_back_to_its_bootst
         async with open_node(key, [f"/ip4/127.0.0.1/tcp/{port}"], [], config):
             took = await wait_until(lambda: seed_id in member.connected_peers(), 15, "back with its bootstrap peer")
             print(f"reconnected {took:.1f} s after the seed came back")
+
+
+async def test_a_node_whose_bootstrap_peer_was_not_up_yet_joins_it_even_when_others_dialed_it() -> None:
+    # In net-100 two nodes started before their bootstrap peers listened; one was the other's bootstrap
+    # peer, and with a connection each, neither dialed its own bootstrap peers again: an island of two.
+    seed_key = create_new_key_pair()
+    with trio.socket.socket() as probe:  # a free port for the seed, which starts last
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    seed_address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_from_member_id(member_id(seed_key))}"
+    async with AsyncExitStack() as stack:
+        early = await stack.enter_async_context(open_node(create_new_key_pair(), LOOPBACK, [seed_address], FAST))
+        other = await stack.enter_async_context(open_node(create_new_key_pair(), LOOPBACK, early.listen_addrs, FAST))
+        await wait_until(lambda: early.member_id in other.connected_peers(), 10, "the island of two")
+        seed = await stack.enter_async_context(open_node(seed_key, [f"/ip4/127.0.0.1/tcp/{port}"], [], FAST))
+        took = await wait_until(lambda: seed.member_id in early.connected_peers(), 15, "the seed reached")
+        print(f"the early node reached its bootstrap peer {took:.1f} s after it came up")
 
 
 async def test_per_peer_concurrency_limit_and_connect_hook() -> None:
