@@ -72,8 +72,10 @@ class JobSync:
         while True:
             await trio.sleep(min(self._jitter.uniform(0.5, 1.5) * ROSTER_CHASE_INTERVAL,
                                  max(0.0, next_sync - trio.current_time())))
-            peers = self._node.connected_peers()
-            if peers and (trio.current_time() >= next_sync or self._hooks.roster_overdue()):
+            if trio.current_time() < next_sync and not self._hooks.roster_overdue():
+                continue
+            peers = self._node.connected_peers()  # listed only when needed: a node may have 300
+            if peers:
                 await self.sync_with(self._jitter.choice(peers))
                 next_sync = trio.current_time() + self._jitter.uniform(0.5, 1.5) * SYNC_INTERVAL
 
