@@ -48,9 +48,9 @@ async def read_exact(stream: ByteStream, n: int, peer: bytes | None) -> bytes:
         try:
             chunk = await stream.read(n - len(buf))
         except StreamError as exc:  # StreamEOF, StreamReset and StreamClosed
-            raise TransportError(peer, f"stream ended after {len(buf)} of {n} bytes ({type(exc).__name__})") from exc
+            raise StreamEnded(peer, len(buf), n, f" ({type(exc).__name__})") from exc
         if not chunk:  # libp2p raises at EOF; an empty read would otherwise spin forever
-            raise TransportError(peer, f"stream ended after {len(buf)} of {n} bytes")
+            raise StreamEnded(peer, len(buf), n)
         buf += chunk
     return bytes(buf)
 
@@ -85,6 +85,14 @@ async def write_frame(stream: ByteStream, body: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):
             await stream.write(bytes(data[start : start + WRITE_CHUNK]))
+
+
+class StreamEnded(TransportError):
+    """The stream ended (EOF or reset) after `received` of the `wanted` bytes."""
+
+    def __init__(self, peer: bytes | None, received: int, wanted: int, how: str = "") -> None:
+        super().__init__(peer, f"stream ended after {received} of {wanted} bytes{how}")
+        self.received = received
 
 
 class FrameTooLarge(TransportError):

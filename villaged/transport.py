@@ -52,12 +52,13 @@ from villaged.errors import PeerDown, TransportError
 from villaged.framing import (
     HARD_MAX_FRAME,
     HEADER,
+    REPLY_OK,
     FrameTooLarge,
+    StreamEnded,
     error_reply,
     ok_reply,
     open_reply,
     read_exact,
-    read_frame,
     read_length,
     write_frame,
 )
@@ -65,6 +66,7 @@ from villaged.gossip import Gossip, GossipValidator
 from villaged.identity import member_id_from_peer_id, peer_id_from_member_id
 from villaged.libp2p_tuning import install as install_libp2p_tuning
 from villaged.peer_limits import PeerLimits
+from villaged.stream_pool import StreamPool
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ class TransportConfig:
     read_timeout: float = 30.0  # inbound: receive the whole request; also the reply write
     handler_timeout: float = 60.0  # inbound: the handler's time to produce a reply
     max_inbound_streams_per_peer: int = 16
-    inbound_rate_per_peer: float = 50.0  # streams per second, refilled continuously
+    inbound_rate_per_peer: float = 50.0  # requests per second, refilled continuously
     inbound_burst_per_peer: float = 100.0
     max_gossip_size: int = 64 * 1024  # announcements only; gossipsub drops ≥1 MiB silently
     gossip_publish_spacing: float = 0.010  # back-to-back publishes overflow peer queues (§6)
@@ -111,6 +113,7 @@ class TransportConfig:
     bootstrap_backoff_max: float = 60.0
     dial_timeout: float = 10.0
     close_timeout: float = 5.0
+    stream_idle_timeout: float = 30.0  # inbound: a kept stream with no next request for this long is closed
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,8 @@ class Node:
         self._sent: Counter[str] = Counter()
         self._received: Counter[str] = Counter()
         self._connected: set[ID] = set()
+        # Reused only while idle for under a third of the peer's idle limit (if it runs our defaults).
+        self._idle_streams: StreamPool[INetStream] = StreamPool(max_idle=config.stream_idle_timeout / 3)
         self._gossip = Gossip(
             pubsub,
             nursery,
@@ -262,7 +267,8 @@ class Node:
         read_timeout: float | None = None,
         handler_timeout: float | None = None,
     ) -> None:
-        """Answer each inbound stream on `protocol_id` with one reply frame, then close it.
+        """Answer each request frame on `protocol_id` with one reply frame. A stream carries requests
+        one after another until the asker closes it or leaves it idle (keep-alive, stream_pool.py).
 
         A handler exception becomes an error reply carrying `str(exc)` (the caller raises
         TransportError with it); it never reaches libp2p.
@@ -285,47 +291,72 @@ class Node:
         self._host.set_stream_handler(TProtocol(protocol_id), on_stream)
 
     async def _handle_stream(self, route: _Route, stream: INetStream) -> None:
+        """Serve requests on one inbound stream until the asker closes it, it stays idle for
+        `stream_idle_timeout`, or a request cannot be answered and read past (keep-alive, stream_pool.py)."""
         peer: bytes | None = None
-        replied = False
+        graceful = False
         try:
             peer = member_id_from_peer_id(stream.muxed_conn.peer_id)
-            replied = await self._admit_and_serve(route, stream, peer)
+            header_timeout, served = route.read_timeout, False
+            while True:
+                length = await self._next_request_length(route, stream, peer, header_timeout, served)
+                if length is None:
+                    graceful = True  # a refusal was sent, or the asker is done with the stream
+                    return
+                graceful, keep = await self._admit_and_serve(route, stream, peer, length)
+                if not keep:
+                    return
+                header_timeout, served = self._config.stream_idle_timeout, True
         except Exception as exc:  # an exception escaping here would end the whole trio run
             self._emit("inbound_failed", peer, protocol=route.protocol_id, error=repr(exc))
         finally:
-            await _finish(stream, graceful=replied)
+            await _finish(stream, graceful=graceful)
 
-    async def _admit_and_serve(self, route: _Route, stream: INetStream, peer: bytes) -> bool:
-        """Serve one stream within the peer's limits; True if a reply frame was sent."""
-        refusal = self._limits.admit(peer, trio.current_time())
-        if refusal is not None:
-            self._emit("inbound_refused", peer, protocol=route.protocol_id, reason=refusal)
-            await self._send_reply(route, stream, error_reply(refusal))
-            return True
+    async def _next_request_length(
+        self, route: _Route, stream: INetStream, peer: bytes, timeout: float, between_requests: bool
+    ) -> int | None:
+        """The next request's length, or None when the stream has no further request to serve (an
+        idle kept stream's end is no event)."""
         try:
-            return await self._serve_one(route, stream, peer)
-        finally:
-            self._limits.release(peer)
-
-    async def _serve_one(self, route: _Route, stream: INetStream, peer: bytes) -> bool:
-        try:
-            with trio.fail_after(route.read_timeout):
-                length = await read_length(stream, route.max_request, peer)
-                request = await read_exact(stream, length, peer)
+            with trio.fail_after(timeout):
+                return await read_length(stream, route.max_request, peer)
         except FrameTooLarge as exc:
             self._emit("inbound_oversize", peer, protocol=route.protocol_id, size=exc.length)
             await self._send_reply(route, stream, error_reply(exc.reason))
-            return True
+        except trio.TooSlowError:
+            if not between_requests:
+                self._emit("inbound_timeout", peer, protocol=route.protocol_id)
+        except StreamEnded as exc:
+            if exc.received or not between_requests:
+                self._emit("inbound_broken", peer, protocol=route.protocol_id, reason=exc.reason)
+        return None
+
+    async def _admit_and_serve(self, route: _Route, stream: INetStream, peer: bytes, length: int) -> tuple[bool, bool]:
+        """Serve one request within the peer's limits: (a reply frame was sent, the stream can carry another)."""
+        refusal = self._limits.admit(peer, trio.current_time())
+        if refusal is not None:  # the body stays unread, so the stream ends with this reply
+            self._emit("inbound_refused", peer, protocol=route.protocol_id, reason=refusal)
+            await self._send_reply(route, stream, error_reply(refusal))
+            return True, False
+        try:
+            return await self._serve_one(route, stream, peer, length)
+        finally:
+            self._limits.release(peer)
+
+    async def _serve_one(self, route: _Route, stream: INetStream, peer: bytes, length: int) -> tuple[bool, bool]:
+        try:
+            with trio.fail_after(route.read_timeout):
+                request = await read_exact(stream, length, peer)
         except trio.TooSlowError:
             self._emit("inbound_timeout", peer, protocol=route.protocol_id)
-            return False
+            return False, False
         except TransportError as exc:
             self._emit("inbound_broken", peer, protocol=route.protocol_id, reason=exc.reason)
-            return False
+            return False, False
         self._received[route.protocol_id] += HEADER.size + length
         reply = await self._call_handler(route, peer, request)
         await self._send_reply(route, stream, reply)
-        return True
+        return True, True
 
     async def _call_handler(self, route: _Route, peer: bytes, request: bytes) -> bytes:
         try:
@@ -377,23 +408,48 @@ class Node:
     ) -> bytes:
         if len(request) > HARD_MAX_FRAME:
             raise TransportError(peer, f"request of {len(request)} bytes exceeds {HARD_MAX_FRAME}")
-        stream: INetStream | None = None
-        done = False
         try:
             with trio.fail_after(timeout):
-                stream = await self._open_stream(peer, protocol_id)
-                reply = await self._exchange(stream, peer, protocol_id, request, max_reply)
-                done = True
+                kept, stale = self._idle_streams.take(peer, protocol_id, trio.current_time())
+                for old in stale:
+                    await _finish(old, graceful=True)
+                reply = None
+                if kept is not None:  # None back: the server had closed it; go on with a fresh one
+                    reply = await self._exchange_on(kept, peer, protocol_id, request, max_reply, kept=True)
+                if reply is None:
+                    stream = await self._open_stream(peer, protocol_id)
+                    reply = await self._exchange_on(stream, peer, protocol_id, request, max_reply, kept=False)
         except trio.TooSlowError:
             raise TransportError(peer, f"no reply within {timeout:g} s") from None
         except TransportError:
             raise
         except Exception as exc:  # libp2p's dial and stream errors have no common base
             raise TransportError(peer, f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            if stream is not None:
-                await _finish(stream, graceful=done)
+        assert reply is not None
         return open_reply(reply, peer)
+
+    async def _exchange_on(
+        self, stream: INetStream, peer: bytes, protocol_id: str, request: bytes, max_reply: int, *, kept: bool
+    ) -> bytes | None:
+        """One exchange; the stream goes back to the pool after an ok reply and is reset on any failure.
+
+        None if `kept` (from the pool) and it ended before a single reply byte: the server closed
+        it as idle without reading the request, so sending it again on a new stream is safe."""
+        reply = None
+        try:
+            reply = await self._exchange(stream, peer, protocol_id, request, max_reply)
+        except _EndedBeforeReply:
+            if kept:
+                return None
+            raise
+        finally:
+            if reply is not None and reply[:1] == bytes([REPLY_OK]):
+                surplus = self._idle_streams.give(peer, protocol_id, stream, trio.current_time())
+                if surplus is not None:
+                    await _finish(surplus, graceful=True)
+            else:  # an error reply may end the stream on the server's side too
+                await _finish(stream, graceful=reply is not None)
+        return reply
 
     async def _exchange(
         self, stream: INetStream, peer: bytes, protocol_id: str, request: bytes, max_reply: int
@@ -420,7 +476,13 @@ class Node:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send)
             try:
-                reply = await read_frame(stream, max_reply + 1, peer)  # +1: status byte
+                try:
+                    length = await read_length(stream, max_reply + 1, peer)  # +1: status byte
+                except StreamEnded as exc:
+                    if exc.received == 0:
+                        raise _EndedBeforeReply(peer, 0, HEADER.size) from exc
+                    raise
+                reply = await read_exact(stream, length, peer)
             except FrameTooLarge as exc:
                 failure = TransportError(peer, f"reply of {exc.length - 1} bytes exceeds the limit of {max_reply}")
             except TransportError as exc:
@@ -459,11 +521,13 @@ class Node:
         try:
             if dialing:
                 await network.dial_peer(peer_id)
-            return await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
+            stream = await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
         except Exception as exc:  # libp2p's dial errors have no common base
             if dialing and _connection_refused(exc):
                 raise PeerDown(peer, "connection refused at its known addresses: the peer is down") from exc
             raise
+        self._emit("stream_opened", peer, protocol=protocol_id)
+        return stream
 
     def _known_addrs(self, peer_id: ID) -> bool:
         try:
@@ -507,9 +571,11 @@ class Node:
             return
         self._connected.discard(peer_id)
         try:
-            self._emit("peer_disconnected", member_id_from_peer_id(peer_id))
+            member = member_id_from_peer_id(peer_id)
         except ValueError:
             return
+        self._idle_streams.forget(member)  # they died with the connection
+        self._emit("peer_disconnected", member)
 
     async def _run_connected_hook(self, hook: PeerConnectedHook, member: bytes) -> None:
         try:
@@ -542,6 +608,10 @@ class _ConnectionEvents(INotifee):
 
     async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         pass
+
+
+class _EndedBeforeReply(StreamEnded):
+    """The stream ended before the first byte of the reply."""
 
 
 async def _finish(stream: INetStream, *, graceful: bool) -> None:

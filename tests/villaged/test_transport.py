@@ -148,6 +148,43 @@ async def test_request_response_round_trips_and_failures() -> None:
         assert server.statistics().bytes_received[ECHO] == sent
 
 
+async def test_requests_share_a_kept_stream_which_survives_the_servers_idle_close_and_error_replies() -> None:
+    async def picky(peer: bytes, request: bytes) -> bytes:
+        if request == b"bad":
+            raise RemoteProtocolError(peer, "test", "not that")
+        return request[::-1]
+
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(
+            open_node(create_new_key_pair(), LOOPBACK, [], replace(FAST, stream_idle_timeout=0.5)))
+        server.serve(ECHO, picky)
+        client = await stack.enter_async_context(open_node(create_new_key_pair(), LOOPBACK, server.listen_addrs, FAST))
+        await wait_until(lambda: server.member_id in client.connected_peers(), 10, "connection")
+
+        def opened() -> int:
+            return client.statistics().events["stream_opened"]
+
+        for i in range(20):
+            assert await client.request(server.member_id, ECHO, bytes([i, 1]), timeout=5) == bytes([1, i])
+        assert opened() == 1
+        async with trio.open_nursery() as nursery:  # concurrent requests each need a stream of their own
+            for i in range(3):
+                nursery.start_soon(partial(client.request, server.member_id, ECHO, b"ab", timeout=5))
+        assert opened() == 3
+        # The server closes kept streams idle for 0.5 s; the client would still reuse one, sees it end
+        # before any reply byte, and sends the request again on a new stream.
+        await trio.sleep(1.0)
+        assert await client.request(server.member_id, ECHO, b"ab", timeout=5) == b"ba"
+        assert opened() == 4
+        # An error reply is not kept (the server may end the stream with it); the next request still works.
+        with pytest.raises(RemoteRefusal, match="not that"):
+            await client.request(server.member_id, ECHO, b"bad", timeout=5)
+        assert await client.request(server.member_id, ECHO, b"ab", timeout=5) == b"ba"
+        assert opened() == 5
+        events = server.statistics().events
+        assert "inbound_broken" not in events and "inbound_timeout" not in events  # idle ends are no faults
+
+
 async def test_request_to_a_closed_peer_fails_fast() -> None:
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(open_node(create_new_key_pair(), LOOPBACK, [], FAST))
@@ -202,12 +239,13 @@ async def test_a_peer_killed_mid_request_is_reported_down_at_the_next_request() 
             await wait_until(lambda: dying in client.connected_peers(), 10, "connection")
             with pytest.raises(TransportError, match="stream ended"):
                 await client.request(dying, ECHO, b"ab", timeout=5)
+            # Once it is gone (a dial an instant earlier can still reach its closing listener).
+            assert await process.wait() == -signal.SIGKILL
             start = time.perf_counter()
             with pytest.raises(PeerDown, match="connection refused"):
                 await client.request(dying, ECHO, b"ab", timeout=5)
             took = time.perf_counter() - start
             print(f"the request after the peer died failed as down after {1000 * took:.0f} ms")
-            assert await process.wait() == -signal.SIGKILL
         finally:
             process.kill()
             await process.wait()
