@@ -80,7 +80,16 @@ async def test_five_nodes_mesh_and_agree_on_three_rounds(tmp_path: Path) -> None
                 assert np.allclose(result["values"], expected, atol=result["error_bound"])
             digests = {r["digest"] for r in results}
             assert len(digests) == 1  # the same inputs each round give the same exact aggregate
-        assert {(await d.get_job(job["id"]))["state"] for d in daemons} == {"completed"}
+        async def all_completed() -> bool:  # a node marks the job completed just after storing the last result
+            return {(await d.get_job(job["id"]))["state"] for d in daemons} == {"completed"}
+
+        await wait_for(all_completed, timeout=10)
+        # Every member can dial every other from the roster's addresses, connected when it came or not
+        # (a connection the other side opened leaves no address to dial once it closes).
+        for daemon in daemons:
+            for other, started, _ in nodes:
+                if other is not daemon:
+                    assert started.addresses[0] in daemon._node.addresses_of(other.me)
 
 
 async def test_next_attempt_completes_after_the_coordinator_dies(tmp_path: Path) -> None:
