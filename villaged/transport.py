@@ -74,6 +74,8 @@ GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.2.0"), TProtocol("/meshsub/1.1.0")]
 # The swarm admits inbound connections up to max_connections - min_connections over the
 # whole process lifetime (slots are never freed, notes §4), so "huge" means lifetime total.
 HUGE_CONNECTION_CAP = 1_000_000
+# A dial that fails without being refused is tried again after each of these (seconds).
+DIAL_RETRY_DELAYS = (0.1, 0.3, 0.6)
 # Addresses learned from a DHT lookup stay usable this long (libp2p's connect() uses 120 s).
 LOOKUP_ADDR_TTL = 600
 # Addresses handed over in a job's roster: the job may run for a day.
@@ -513,21 +515,38 @@ class Node:
                 if info is None or not info.addrs:
                     raise TransportError(peer, "no known address, and the DHT lookup found none")
                 self._host.get_peerstore().add_addrs(peer_id, info.addrs, LOOKUP_ADDR_TTL)
+            await self._dial(peer, peer_id)
+        try:
+            stream = await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
+        except Exception as exc:  # libp2p's stream errors have no common base
+            if dialing and _connection_refused(exc):  # the new connection died at once: so did the peer
+                raise PeerDown(peer, "connection refused at its known addresses: the peer is down") from exc
+            raise
+        self._emit("stream_opened", peer, protocol=protocol_id)
+        return stream
+
+    async def _dial(self, peer: bytes, peer_id: ID) -> None:
+        """Connect, retrying after `DIAL_RETRY_DELAYS` unless the dial is refused (PeerDown at once).
+
+        The swarm's own retries are off (`_build_host`): they redialed a refused address for 0.7 s.
+        Other failures (a handshake that timed out or broke under load) are retried here, as the
+        swarm did, so that turning its retries off costs no reachability."""
+        network = self._host.get_network()
+        for delay in (*DIAL_RETRY_DELAYS, None):
             # The swarm refuses to dial a peer for 60 s after a failed dial. Every caller here has
             # its own deadline and retry policy (joins back off, rounds retry within a phase), and
             # a restarted creator or coordinator must be reachable again as soon as it is back.
             if isinstance(network, Swarm):
                 network.unblock_peer(peer_id)
-        try:
-            if dialing:
+            try:
                 await network.dial_peer(peer_id)
-            stream = await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
-        except Exception as exc:  # libp2p's dial errors have no common base
-            if dialing and _connection_refused(exc):
-                raise PeerDown(peer, "connection refused at its known addresses: the peer is down") from exc
-            raise
-        self._emit("stream_opened", peer, protocol=protocol_id)
-        return stream
+                return
+            except Exception as exc:  # libp2p's dial errors have no common base
+                if _connection_refused(exc):
+                    raise PeerDown(peer, "connection refused at its known addresses: the peer is down") from exc
+                if delay is None:
+                    raise
+            await trio.sleep(delay)
 
     def _known_addrs(self, peer_id: ID) -> bool:
         try:
@@ -682,8 +701,7 @@ def _build_host(keypair: KeyPair, config: TransportConfig) -> IHost:
     )
     network = host.get_network()
     if isinstance(network, Swarm):  # new_host takes no retry settings
-        # The swarm would redial a failed address 3 times over 0.7 s. Every caller here has its
-        # own deadline and retries, and a refused dial must say at once that the peer is down.
+        # The swarm would redial a refused address 3 times over 0.7 s; Node._dial retries the rest.
         network.retry_config = RetryConfig(max_retries=0)
     return host
 
