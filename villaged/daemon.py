@@ -60,8 +60,11 @@ ANNOUNCE_PROTOCOL = "/village/announce/1.0.0"
 _PROBE_TIMEOUT = 2.0
 _PROBE_TIMEOUT_PER_DIAL = 0.05
 _CONCURRENT_DIALS = 32
-#: Members connect to an upcoming coordinator at a random moment within this much per roster member.
+#: Members connect to an upcoming coordinator at a random moment within this much per roster member,
+#: and give that dial this long: nobody waits for it, and one cut off mid-handshake wasted both ends'
+#: CPU (with the probe's 2 s, a loaded net-300 coordinator still had to dial half the roster itself).
 _CONNECT_AHEAD_SPREAD = 0.02
+_CONNECT_AHEAD_TIMEOUT = 15.0
 #: A member's join waits a random part (up to this share) of the time left before the job starts,
 #: and each attempt waits this long for the creator's answer. A creator taking 100 joins (most of
 #: them new connections) within 40 % of the window answered half of them after the 10 s the
@@ -214,15 +217,16 @@ class Daemon:
         finally:
             self._running_jobs.discard(job.id)
 
-    async def _reachable(self, members: list[bytes]) -> set[bytes]:
+    async def _reachable(self, members: list[bytes], timeout: float | None = None) -> set[bytes]:
         """Members connected now with a known certificate, plus those that answer a certificate
-        exchange within a few seconds (dialed with the roster's addresses if need be)."""
+        exchange within `timeout` (by default a few seconds; dialed with the roster's addresses if
+        need be)."""
         assert self._node is not None
         connected = {m for m in self._node.connected_peers() if self._is_member(m)}
         answered = {m for m in members if m in connected}
         unconnected = [m for m in members if m not in connected]
-        # Dials queue for the CPU when many are new (a Noise handshake in Python each): allow for that.
-        timeout = _PROBE_TIMEOUT + _PROBE_TIMEOUT_PER_DIAL * len(unconnected)
+        if timeout is None:  # dials queue for the CPU when many are new (a Noise handshake in Python each)
+            timeout = _PROBE_TIMEOUT + _PROBE_TIMEOUT_PER_DIAL * len(unconnected)
         limiter = trio.CapacityLimiter(_CONCURRENT_DIALS)
 
         async def probe(member: bytes) -> None:
@@ -263,7 +267,7 @@ class Daemon:
     async def _dial_later(self, member: bytes, delay_limit: float) -> None:
         try:
             await trio.sleep(self._jitter.uniform(0, delay_limit))
-            await self._reachable([member])
+            await self._reachable([member], timeout=_CONNECT_AHEAD_TIMEOUT)
         finally:
             self._dialing_ahead.discard(member)
 
