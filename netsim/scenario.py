@@ -90,6 +90,12 @@ def _parallel(fn: Any, items: list[Any], workers: int = 32) -> list[Any]:
         return list(pool.map(fn, items))
 
 
+def rounds_missing(held: dict[int, set[int]]) -> dict[int, list[int]]:
+    """Peer index -> the rounds it lacks that some other peer holds (given each peer's held rounds)."""
+    everywhere = set().union(*held.values()) if held else set()
+    return {peer: sorted(everywhere - rounds) for peer, rounds in held.items() if rounds != everywhere}
+
+
 def _quiet(fn: Any) -> Any:
     def call(*args: Any) -> Any:
         try:
@@ -338,9 +344,9 @@ class Scenario:
             self.transition(r, r + 1 if r + 1 < c.rounds else None)
             if self.armed:
                 prev = self._snapshot()
-        self._wait_caught_up(job_id, timeout=15.0 + 0.2 * c.n)
-        results = self._final_check()
-        ok = all(v in ("exact", "aborted") for v in verdicts) and results["mismatches"] == 0
+        missing = self._wait_caught_up(job_id, timeout=15.0 + 0.2 * c.n)
+        results = self._final_check(missing)
+        ok = all(v in ("exact", "aborted") for v in verdicts) and results["mismatches"] == results["missing"] == 0
         return {
             "netsim": "run", "ok": ok, "seed": self.seed,
             "config": {**{k: v for k, v in asdict(c).items() if k not in ("plan", "shape", "root", "report_dir")},
@@ -351,20 +357,18 @@ class Scenario:
             "rounds": self.rounds, "events": self.events, "final_check": results,
         }
 
-    def _wait_caught_up(self, job_id: str, timeout: float) -> None:
+    def _wait_caught_up(self, job_id: str, timeout: float) -> dict[int, list[int]]:
         """Until every live peer holds every round some peer holds (restarted peers fetch the rounds
-        they missed from the others), or `timeout`."""
+        they missed from the others), or `timeout`; returns who still lacks which rounds."""
         deadline = time.monotonic() + timeout
         while True:
             views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/results", timeout=30)), self.live_peers)
-            held = [{x["round"] for x in v or []} for v in views]
-            everywhere = set().union(*held) if held else set()
-            behind = [p.index for p, h in zip(self.live_peers, held) if h != everywhere]
-            if not behind:
-                return
+            missing = rounds_missing({p.index: {x["round"] for x in v or []} for p, v in zip(self.live_peers, views)})
+            if not missing:
+                return missing
             if time.monotonic() > deadline:
-                self.log(f"peers {behind} still miss some of rounds {sorted(everywhere)} after {timeout:.0f} s")
-                return
+                self.log(f"peers {sorted(missing)} still miss rounds after {timeout:.0f} s: {missing}")
+                return missing
             time.sleep(0.5)
 
     def _wait_joined(self, job_id: str, start_at: float) -> None:
@@ -554,8 +558,9 @@ class Scenario:
         return {"verdict": verdict, "peers_with_result": len(have), "missing": missing, "mismatches": mismatches,
                 "digests": len(digests)}
 
-    def _final_check(self) -> dict[str, Any]:
-        """Every result every live peer holds at the end, including rounds caught up after a restart."""
+    def _final_check(self, missing: dict[int, list[int]]) -> dict[str, Any]:
+        """Every result every live peer holds at the end, including rounds caught up after a restart;
+        a round a live peer still lacks (`missing`, from `_wait_caught_up`) fails the run too."""
         job_id = self.job["id"]
         views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/results", timeout=30)), self.live_peers)
         checked = mismatches = 0
@@ -567,7 +572,10 @@ class Scenario:
                 if problems:
                     mismatches += 1
                     offending.append({"peer": peer.index, "round": result["round"], "problems": problems})
-        return {"results_checked": checked, "mismatches": mismatches, "offending": offending}
+        for index, rounds in missing.items():
+            offending += [{"peer": index, "round": r, "problems": ["missing: never fetched"]} for r in rounds]
+        return {"results_checked": checked, "mismatches": mismatches, "missing": sum(map(len, missing.values())),
+                "offending": offending}
 
 
 def run_scenario(config: RunConfig) -> dict[str, Any]:
