@@ -76,6 +76,7 @@ GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.2.0"), TProtocol("/meshsub/1.1.0")]
 HUGE_CONNECTION_CAP = 1_000_000
 # A dial that fails without being refused is tried again after each of these (seconds).
 DIAL_RETRY_DELAYS = (0.1, 0.3, 0.6)
+_REFUSED = "connection refused at its known addresses: the peer is down"
 # Addresses learned from a DHT lookup stay usable this long (libp2p's connect() uses 120 s).
 LOOKUP_ADDR_TTL = 600
 # Addresses handed over in a job's roster: the job may run for a day.
@@ -520,7 +521,7 @@ class Node:
             stream = await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
         except Exception as exc:  # libp2p's stream errors have no common base
             if dialing and _connection_refused(exc):  # the new connection died at once: so did the peer
-                raise PeerDown(peer, "connection refused at its known addresses: the peer is down") from exc
+                raise PeerDown(peer, _REFUSED) from exc
             raise
         self._emit("stream_opened", peer, protocol=protocol_id)
         return stream
@@ -543,7 +544,7 @@ class Node:
                 return
             except Exception as exc:  # libp2p's dial errors have no common base
                 if _connection_refused(exc):
-                    raise PeerDown(peer, "connection refused at its known addresses: the peer is down") from exc
+                    raise PeerDown(peer, _REFUSED) from exc
                 if delay is None:
                     raise
             await trio.sleep(delay)
