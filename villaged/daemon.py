@@ -252,8 +252,9 @@ class Daemon:
         members on 2 cores, its probe reached only 31 to 87 of them in time). Each member dials once,
         at a random moment in the first three quarters of the time left before the round (at least a
         spread of a few ms per member), so that one process is not handed every handshake at once.
-        Called when the roster arrives (round 0), when the previous round opens, and again before the
-        round if the node is not connected by then (it was restarted, or the dial failed)."""
+        Called when the roster arrives (round 0) and when the previous round is over on this node (a
+        restarted node too): 300 handshakes with the next coordinator while a round ran slowed that
+        round down."""
         if job.roster is None or round_number >= job.spec.rounds or self._nursery is None or self.me not in job.roster:
             return
         coordinator = coordinator_for(job.id, round_number, 0, sorted(job.roster))

@@ -282,10 +282,9 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
             book.finish(job.id, f"privacy budget used: epsilon {view.get('epsilon_spent')} of {view.get('budget_epsilon')} "
                                 f"spent, round {round_number} of {job.spec.rounds} not started")
             return
-        if round_number > 0:  # a node back from a restart, or whose first dial failed, connects now
+        if round_number > 0:  # the previous round is over here: its handshakes no longer slow it down
             hooks.connect_ahead(job, round_number)
         await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
-        hooks.connect_ahead(job, round_number + 1)  # a round's result may reach some nodes late: dial now
         if book.me in (job.roster or ()):
             outcome = await _run_round(job, round_number, book, driver, store, hooks)
         else:
