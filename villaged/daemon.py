@@ -254,7 +254,8 @@ class Daemon:
         spread of a few ms per member), so that one process is not handed every handshake at once.
         Called when the roster arrives (round 0) and when the previous round is over on this node (a
         restarted node too): 300 handshakes with the next coordinator while a round ran slowed that
-        round down."""
+        round down. Rounds that run back to back leave no gap, so there it is called as the previous
+        round opens."""
         if job.roster is None or round_number >= job.spec.rounds or self._nursery is None or self.me not in job.roster:
             return
         coordinator = coordinator_for(job.id, round_number, 0, sorted(job.roster))

@@ -285,6 +285,8 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
         if round_number > 0:  # the previous round is over here: its handshakes no longer slow it down
             hooks.connect_ahead(job, round_number)
         await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
+        if not job.spec.round_interval:  # back to back, the next round has no gap to dial in: dial during this one
+            hooks.connect_ahead(job, round_number + 1)
         if book.me in (job.roster or ()):
             outcome = await _run_round(job, round_number, book, driver, store, hooks)
         else:

@@ -1,10 +1,12 @@
 """JobBook's view of this node's own input (encoded once per version of the stored data), and the job
-loop's catching up on rounds a restarted node missed."""
+loop's catching up on rounds a restarted node missed and its timing of the next coordinator's dial."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import nacl.signing
 import numpy as np
 import pytest
 import trio
@@ -12,7 +14,8 @@ import trio.testing
 
 from protocol.jobs import JobSpec
 from protocol.kinds import InputError
-from villaged.jobs import CATCH_UP_DELAYS, Job, JobBook, JobHooks, arrives_late, catch_up, observe_round
+from villaged.jobs import CATCH_UP_DELAYS, Job, JobBook, JobHooks, arrives_late, catch_up, observe_round, run_job
+from villaged.rounds import RoundDriver
 from villaged.store import Store
 
 SPEC = JobSpec.from_dict({
@@ -96,3 +99,38 @@ def test_a_node_back_from_a_restart_fetches_a_round_that_opened_without_it(book:
     # A node that ran all along is late only a phase timeout in (a slow previous round ends after this one opened).
     assert not arrives_late(job, 0, resumed=False, now=opened + 1.0)
     assert arrives_late(job, 0, resumed=False, now=opened + job.spec.phase_timeout + 1.0)
+
+
+@pytest.mark.parametrize(("interval", "expected"), [
+    (10.0, [("end", 0), ("connect", 1), ("end", 1)]),
+    (0.0, [("connect", 1), ("end", 0), ("connect", 1), ("connect", 2), ("end", 1)]),
+])
+async def test_the_next_coordinator_is_dialed_after_the_round_unless_rounds_run_back_to_back(
+    book: JobBook, store: Store, interval: float, expected: list[tuple[str, int]], autojump_clock: trio.testing.MockClock
+) -> None:
+    """With a gap between rounds, the dial waits for the gap: in net-300, 300 handshakes with the next
+    coordinator during a round slowed that round down. Back to back there is no gap, so it overlaps."""
+    spec = JobSpec.from_dict({**SPEC.to_dict(), "rounds": 2, "round_interval": interval})
+    others = tuple(bytes([i]) * 32 for i in (2, 3, 4))  # this node (0x01) only observes: no round traffic
+    job = book.add_job("job-2", spec, others[0], time.time() - spec.start_delay)
+    assert job is not None and book.set_roster("job-2", others)
+    events: list[tuple[str, int]] = []
+
+    async def fetched(job: Job, round_number: int) -> bool:
+        return True
+
+    async def ended(job: Job, round_number: int, outcome: str) -> None:
+        assert outcome == "completed"
+        events.append(("end", round_number))
+
+    async def unused(*_args: object) -> None:
+        raise AssertionError("an observer neither probes nor announces")
+
+    hooks = JobHooks(reachable=unused, has_result=lambda job_id, round_number: False, fetch_result=fetched,  # type: ignore[arg-type]
+                     on_round_end=ended, announce_roster=unused,  # type: ignore[arg-type]
+                     connect_ahead=lambda job, round_number: events.append(("connect", round_number)))
+    async with trio.open_nursery() as nursery:
+        driver = RoundDriver(None, nacl.signing.SigningKey.generate(), book, nursery, unused, lambda *_: None)  # type: ignore[arg-type]
+        await run_job(job, book, driver, store, hooks)
+    assert job.state == "completed"
+    assert events == expected
