@@ -9,6 +9,12 @@ exactly as it checks gossip: a peer can withhold a job, never forge one. A node 
 whose start has passed without its roster reaching it asks every `ROSTER_CHASE_INTERVAL` or so
 instead: round 0 opens a short grace after the start, and a member without the roster sits it out.
 
+A sync that fails (the peer did not answer in time, or refused) is tried again with another random
+peer after `ROSTER_CHASE_INTERVAL` or so, doubling with each failure in a row up to `SYNC_INTERVAL`:
+in net-300 a node whose few connections had stopped answering streams learned a job 90 s after it
+was created, after its start, and was left out of the roster. (The doubling keeps a village whose
+syncs fail because it is overloaded from syncing ten times as often.)
+
 The request names the active jobs the asker knows and whether it has their rosters, so the usual
 answer is an empty list: one small stream per node per interval. It carries the asker's membership
 certificate, and the asker may pick any connected peer: a node that missed the job often missed
@@ -69,6 +75,7 @@ class JobSync:
         """Sync with one random connected peer now and then (often while a roster is overdue), for as
         long as the node runs."""
         next_sync = trio.current_time() + self._jitter.uniform(*FIRST_SYNC)
+        failures = 0  # in a row
         while True:
             await trio.sleep(min(self._jitter.uniform(0.5, 1.5) * ROSTER_CHASE_INTERVAL,
                                  max(0.0, next_sync - trio.current_time())))
@@ -76,11 +83,13 @@ class JobSync:
                 continue
             peers = self._node.connected_peers()  # listed only when needed: a node may have 300
             if peers:
-                await self.sync_with(self._jitter.choice(peers))
-                next_sync = trio.current_time() + self._jitter.uniform(0.5, 1.5) * SYNC_INTERVAL
+                failures = 0 if await self.sync_with(self._jitter.choice(peers)) is not None else failures + 1
+                gap = min(SYNC_INTERVAL, ROSTER_CHASE_INTERVAL * 2 ** (failures - 1)) if failures else SYNC_INTERVAL
+                next_sync = trio.current_time() + self._jitter.uniform(0.5, 1.5) * gap
 
-    async def sync_with(self, peer: bytes) -> int:
-        """Ask `peer` for the jobs and rosters this node lacks; returns how many records it accepted."""
+    async def sync_with(self, peer: bytes) -> int | None:
+        """Ask `peer` for the jobs and rosters this node lacks; returns how many records it accepted,
+        or None if the peer did not answer or refused the request."""
         known = sorted(self._hooks.active_jobs().items())[:MAX_JOBS]
         try:
             request = msgpack.packb([self._hooks.certificate, [[j, r] for j, r in known]])
@@ -90,10 +99,10 @@ class JobSync:
                 raise RemoteProtocolError(peer, "job_sync", "reply is not a list of records")
         except (TransportError, ValueError, msgpack.UnpackException) as exc:
             log.debug("job_sync_failed", peer=peer.hex()[:16], reason=str(exc))
-            return 0
+            return None
         except RemoteProtocolError as exc:
             log.info("job_sync_rejected", peer=peer.hex()[:16], reason=exc.reason)
-            return 0
+            return None
         accepted = 0
         for record in records:
             try:

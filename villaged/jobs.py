@@ -349,11 +349,16 @@ def arrives_late(job: Job, round_number: int, resumed: bool, now: float) -> bool
 async def catch_up(job: Job, round_number: int, hooks: JobHooks) -> bool:
     """Fetch the result of a round that ran while this node was away. Its first requests go out while
     a restarted node is still connecting (and its peers are busy admitting it), so it tries again
-    after `CATCH_UP_DELAYS` instead of waiting a whole attempt for a round that is long over."""
+    after `CATCH_UP_DELAYS`, then every last delay until the round's last attempt window is over,
+    instead of waiting a whole attempt for a round that is long over. (Three tries were not enough:
+    in net-100, the five nodes of a restarted process had streams time out for 25-35 s.)"""
     if await hooks.fetch_result(job, round_number):
         return True
-    for delay in CATCH_UP_DELAYS:
-        await trio.sleep(delay)
+    give_up = wall_deadline(job.round_opens_at(round_number) + ROUND_WINDOWS * job.spec.attempt_window)
+    tries = 0
+    while tries < len(CATCH_UP_DELAYS) or trio.current_time() < give_up:
+        await trio.sleep(CATCH_UP_DELAYS[min(tries, len(CATCH_UP_DELAYS) - 1)])
+        tries += 1
         if hooks.has_result(job.id, round_number) or await hooks.fetch_result(job, round_number):
             return True
     return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import msgpack
@@ -83,6 +84,26 @@ async def test_a_node_whose_roster_is_overdue_asks_at_once_not_at_its_next_regul
         nursery.cancel_scope.cancel()
 
 
+async def test_a_sync_that_fails_is_tried_again_soon_not_at_the_next_regular_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The only peer does not serve job sync at first (a connection that stopped answering looks the
+    same to the asker): the asker tries again a few seconds later and learns the jobs."""
+    monkeypatch.setattr("villaged.job_sync.FIRST_SYNC", (0.0, 0.0))
+    monkeypatch.setattr("villaged.job_sync.SYNC_INTERVAL", 1000.0)  # the regular sync would come too late
+    async with network(2) as (server, asker), trio.open_nursery() as nursery:
+        asker.add_addresses(server.member_id, server.listen_addrs)
+        await wait_until(lambda: server.member_id in asker.connected_peers(), 20, "connected to the server")
+        accepted: list[bytes] = []
+        asked: list[float] = []
+        hooks = asking_hooks({}, accepted)
+        hooks = dataclasses.replace(hooks, active_jobs=lambda: asked.append(trio.current_time()) or {})
+        nursery.start_soon(JobSync(asker, hooks, random.Random(2)).run)
+        await wait_until(lambda: bool(asked), 20, "the first sync sent")
+        await trio.sleep(0.5)  # on loopback it is refused within milliseconds
+        JobSync(server, serving_hooks([]), random.Random(1))
+        await wait_until(lambda: len(accepted) == 3, 20, "the jobs learned on a later try")
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_bad_request_is_refused_with_the_reason_and_the_server_keeps_serving() -> None:
     async with network(2) as (server, asker):
         asker.add_addresses(server.member_id, server.listen_addrs)
@@ -112,7 +133,7 @@ async def test_an_asker_the_server_does_not_know_is_admitted_by_its_certificate(
         members: set[bytes] = set()
         JobSync(server, serving_hooks([], members), random.Random(1))
         refused: list[bytes] = []
-        assert await JobSync(asker, asking_hooks({}, refused, b"forged"), random.Random(2)).sync_with(server.member_id) == 0
+        assert await JobSync(asker, asking_hooks({}, refused, b"forged"), random.Random(2)).sync_with(server.member_id) is None
         assert refused == [] and members == set()
         accepted: list[bytes] = []
         assert await JobSync(asker, asking_hooks({}, accepted), random.Random(3)).sync_with(server.member_id) == 3
