@@ -346,8 +346,7 @@ class Scenario:
                 prev = self._snapshot()
         # A process restarted after the last round had its streams time out for 30-40 s in net-100
         # (its nodes fetched the round 36 s after they were up): give it that long, then call it missing.
-        missing = self._wait_caught_up(job_id, timeout=45.0 + 0.2 * c.n)
-        results = self._final_check(missing)
+        results = self._final_check(self._wait_caught_up(job_id, timeout=45.0 + 0.2 * c.n))
         ok = all(v in ("exact", "aborted") for v in verdicts) and results["mismatches"] == results["missing"] == 0
         return {
             "netsim": "run", "ok": ok, "seed": self.seed,
@@ -359,19 +358,22 @@ class Scenario:
             "rounds": self.rounds, "events": self.events, "final_check": results,
         }
 
-    def _wait_caught_up(self, job_id: str, timeout: float) -> dict[int, list[int]]:
+    def _wait_caught_up(self, job_id: str, timeout: float) -> list[list[dict[str, Any]] | None]:
         """Until every live peer holds every round some peer holds (restarted peers fetch the rounds
-        they missed from the others), or `timeout`; returns who still lacks which rounds."""
+        they missed from the others), or `timeout`; returns each live peer's stored results then."""
         deadline = time.monotonic() + timeout
         while True:
             views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/results", timeout=30)), self.live_peers)
-            missing = rounds_missing({p.index: {x["round"] for x in v or []} for p, v in zip(self.live_peers, views)})
+            missing = self._rounds_missing(views)
             if not missing:
-                return missing
+                return views
             if time.monotonic() > deadline:
                 self.log(f"peers {sorted(missing)} still miss rounds after {timeout:.0f} s: {missing}")
-                return missing
+                return views
             time.sleep(0.5)
+
+    def _rounds_missing(self, views: list[list[dict[str, Any]] | None]) -> dict[int, list[int]]:
+        return rounds_missing({p.index: {x["round"] for x in v or []} for p, v in zip(self.live_peers, views)})
 
     def _wait_joined(self, job_id: str, start_at: float) -> None:
         """Until the job's creator (peer 0) holds every peer's join, or the job starts."""
@@ -560,11 +562,10 @@ class Scenario:
         return {"verdict": verdict, "peers_with_result": len(have), "missing": missing, "mismatches": mismatches,
                 "digests": len(digests)}
 
-    def _final_check(self, missing: dict[int, list[int]]) -> dict[str, Any]:
-        """Every result every live peer holds at the end, including rounds caught up after a restart;
-        a round a live peer still lacks (`missing`, from `_wait_caught_up`) fails the run too."""
-        job_id = self.job["id"]
-        views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/results", timeout=30)), self.live_peers)
+    def _final_check(self, views: list[list[dict[str, Any]] | None]) -> dict[str, Any]:
+        """Every result every live peer holds at the end (`views`, from `_wait_caught_up`), including
+        rounds caught up after a restart; a round a live peer still lacks fails the run too."""
+        missing = self._rounds_missing(views)
         checked = mismatches = 0
         offending = []
         for peer, results in zip(self.live_peers, views):

@@ -63,11 +63,6 @@ async def read_length(stream: ByteStream, max_size: int, peer: bytes | None) -> 
     return length
 
 
-async def read_frame(stream: ByteStream, max_size: int, peer: bytes | None) -> bytes:
-    """Read one whole frame body of at most max_size bytes."""
-    return await read_exact(stream, await read_length(stream, max_size, peer), peer)
-
-
 async def write_frame(stream: ByteStream, body: bytes) -> None:
     """Write one frame; cancellation takes effect only between chunks.
 

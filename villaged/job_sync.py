@@ -84,8 +84,7 @@ class JobSync:
             peers = self._node.connected_peers()  # listed only when needed: a node may have 300
             if peers:
                 failures = 0 if await self.sync_with(self._jitter.choice(peers)) is not None else failures + 1
-                gap = min(SYNC_INTERVAL, ROSTER_CHASE_INTERVAL * 2 ** (failures - 1)) if failures else SYNC_INTERVAL
-                next_sync = trio.current_time() + self._jitter.uniform(0.5, 1.5) * gap
+                next_sync = trio.current_time() + self._jitter.uniform(0.5, 1.5) * _gap_after(failures)
 
     async def sync_with(self, peer: bytes) -> int | None:
         """Ask `peer` for the jobs and rosters this node lacks; returns how many records it accepted,
@@ -125,6 +124,11 @@ class JobSync:
             elif have_roster and not asker[job_id]:
                 records += self._hooks.records_for(job_id, False)
         return msgpack.packb(records)
+
+
+def _gap_after(failures: int) -> float:
+    """Seconds to the next sync after `failures` failed ones in a row (see the module docstring)."""
+    return min(SYNC_INTERVAL, ROSTER_CHASE_INTERVAL * 2 ** (failures - 1)) if failures else SYNC_INTERVAL
 
 
 def _parse_request(peer: bytes, request: bytes) -> tuple[bytes, dict[str, bool]]:

@@ -12,7 +12,8 @@ from villaged.framing import (
     error_reply,
     ok_reply,
     open_reply,
-    read_frame,
+    read_exact,
+    read_length,
     write_frame,
 )
 from villaged.peer_limits import PeerLimits
@@ -47,14 +48,14 @@ async def test_frame_round_trip_survives_small_chunks() -> None:
     out = ChunkedStream()
     await write_frame(out, b"x" * 1000)
     back = ChunkedStream(bytes(out.written), chunk=7)
-    assert await read_frame(back, 1000, PEER) == b"x" * 1000
+    assert await read_exact(back, await read_length(back, 1000, PEER), PEER) == b"x" * 1000
     assert back.reads > 101  # libp2p's read_exactly would have given up here
 
 
 async def test_oversize_header_is_refused_before_reading_the_body() -> None:
     stream = ChunkedStream(HEADER.pack(2_000_000) + b"y" * 10, chunk=100)
     with pytest.raises(FrameTooLarge) as info:
-        await read_frame(stream, 1_000_000, PEER)
+        await read_length(stream, 1_000_000, PEER)
     assert (info.value.length, info.value.limit, info.value.peer) == (2_000_000, 1_000_000, PEER)
     assert len(stream.data) == 10  # body untouched
 
@@ -62,7 +63,7 @@ async def test_oversize_header_is_refused_before_reading_the_body() -> None:
 async def test_eof_mid_frame_is_a_transport_error() -> None:
     stream = ChunkedStream(HEADER.pack(10) + b"abc")
     with pytest.raises(TransportError, match="3 of 10 bytes"):
-        await read_frame(stream, 100, PEER)
+        await read_exact(stream, await read_length(stream, 100, PEER), PEER)
 
 
 def test_reply_envelope() -> None:
