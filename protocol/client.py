@@ -14,7 +14,13 @@ Rules this machine enforces, whatever the coordinator says:
 - For each neighbour w it reveals at most one kind of share, once: the seed share b_w only if w is
   in the signed U3, the key share s_w^SK only if w sent shares (U2) and is not in U3. A request
   naming a survivor as dropped is refused and reported, and nothing is revealed.
-- It reveals anything only after t holders of each affected secret signed the same U3.
+- It reveals anything only after t holders of each affected secret signed the same U3, not
+  counting the coordinator's own vote: the coordinator is a participant and could sign two lists.
+- When its input is unchanged since it was last summed (`same_survivors_as`), it signs only the
+  survivor set it was summed with: two sums of one unchanged input over sets that differ by a few
+  members give away those members' inputs (their difference).
+- It reports `Revealing` before the frame that reveals shares, so the driver can record durably
+  that this round is spent before anything leaves.
 Any invalid message from the coordinator is raised as `RemoteProtocolError` (for the driver to
 log and count) and leaves the machine in ABORTED with its secrets wiped; frames from anyone else
 are rejected the same way without changing state.
@@ -30,7 +36,7 @@ import numpy as np
 
 from protocol import crypto, masking, shamir
 from protocol.errors import LocalProtocolError, ParameterError, RemoteProtocolError
-from protocol.events import ClientFinished, Output, RoundAborted, Send, StartTimer
+from protocol.events import ClientFinished, Output, Revealing, RoundAborted, Send, StartTimer
 from protocol.graph import NeighbourGraph
 from protocol.messages import (
     Abort, AdvertiseKeys, ConsistencySignature, EncryptedShares, Invite, KeyBundle, MaskedInput,
@@ -62,6 +68,7 @@ class ClientRound:
         random_bytes: crypto.RandomBytes,
         is_member: Callable[[bytes], bool] = lambda _member: True,
         invite_timeout: float = 30.0,
+        same_survivors_as: bytes | None = None,
     ) -> None:
         if vector.dtype != np.uint32 or vector.ndim != 1:
             raise LocalProtocolError(f"input must be a 1-d uint32 vector, got {vector.dtype} {vector.shape}")
@@ -75,6 +82,7 @@ class ClientRound:
         self._random = random_bytes
         self._is_member = is_member
         self._invite_timeout = invite_timeout
+        self._same_survivors_as = same_survivors_as  # masking.member_set_digest of an earlier U3, or None
         self._params: RoundParams | None = None
         self._graph: NeighbourGraph | None = None
         self._channel_secret = b""
@@ -208,7 +216,11 @@ class ClientRound:
             shared = crypto.x25519(self._channel_secret, keys.channel_key, sender, "share")
             key = masking.channel_key(shared, self._ctx, sender, self.me)
             plaintext = crypto.open_sealed(key, ciphertext, masking.channel_aad(self._ctx, sender, self.me), sender, "share")
-            self._held[sender] = (shamir.decode_share(plaintext[: shamir.SHARE_BYTES]), shamir.decode_share(plaintext[shamir.SHARE_BYTES :]))
+            try:
+                self._held[sender] = (shamir.decode_share(plaintext[: shamir.SHARE_BYTES]),
+                                      shamir.decode_share(plaintext[shamir.SHARE_BYTES :]))
+            except ValueError as exc:  # authentic but malformed: the sender's fault, not ours
+                raise RemoteProtocolError(sender, "share", f"bad Shamir share: {exc}") from None
         self._need(len(self._held) + 1, "share", "neighbours that shared their keys")
         y = self._vector.copy()
         masking.add_mask(y, masking.self_seed(self._seed, self._ctx, params.dimension, params.bits), positive=True)
@@ -239,6 +251,9 @@ class ClientRound:
         if len(u3) < params.min_survivors:
             raise RemoteProtocolError(self.coordinator, "masked", f"{len(u3)} survivors < min_survivors {params.min_survivors}")
         self._need(len(live_neighbours) + 1, "masked", "surviving neighbours")
+        if self._same_survivors_as is not None and masking.member_set_digest(u3) != self._same_survivors_as:
+            raise _Shortfall("masked", "this node's input is unchanged since it was summed with a different "
+                                       "survivor set; a second sum over another set would give away the difference")
         self._survivors = u3
         self._survivors_digest = masking.survivors_digest(self._ctx, survivors.survivors)
         frame = encode(self.context, ConsistencySignature(self._survivors_digest), self._signing_key)
@@ -264,6 +279,7 @@ class ClientRound:
             if vote.sender not in self._survivors or vote.message.survivors_digest != self._survivors_digest:
                 raise RemoteProtocolError(vote.sender, "consistency", "vote for a different survivor set")
             signers.add(vote.sender)
+        signers.discard(self.coordinator)  # it could have signed another list for other holders
         seed_owners = sorted((self._survivors & self._held.keys()) | {self.me})
         for owner in seed_owners + sorted(dropped):
             quorum = len(signers & set(graph.holders(owner)))
@@ -278,7 +294,7 @@ class ClientRound:
         self._wipe()
         self.phase = ClientPhase.DONE
         frame = encode(self.context, UnmaskShares(seeds, keys), self._signing_key)
-        return [Send(self.coordinator, frame), ClientFinished(self.context)]
+        return [Revealing(self.context, self._survivors), Send(self.coordinator, frame), ClientFinished(self.context)]
 
     # --- helpers --------------------------------------------------------------------------------
 

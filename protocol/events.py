@@ -43,6 +43,15 @@ class RoundFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class Revealing:
+    """The next `Send` reveals unmasking shares of this round. The driver records it durably before
+    that frame leaves, so that no restart lets this node take part in another attempt of the round."""
+
+    context: RoundContext
+    survivors: frozenset[bytes]  # the signed U3 the shares are revealed for
+
+
+@dataclass(frozen=True, slots=True)
 class ClientFinished:
     """The client sent its unmasking shares; the sum is the coordinator's to publish."""
 
@@ -56,4 +65,4 @@ class RoundAborted:
     reason: str
 
 
-Output = Send | StartTimer | RoundFinished | ClientFinished | RoundAborted
+Output = Send | StartTimer | RoundFinished | Revealing | ClientFinished | RoundAborted

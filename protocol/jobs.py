@@ -42,7 +42,8 @@ class JobSpec:
     min_participants: int = 3
     max_participants: int = 1000
     neighbours: int = 14
-    threshold: int | None = None  # None: a strict majority of each secret's holders
+    threshold: int | None = None  # None: the smallest safe t, (k_eff + 1 + colluders) // 2 + 1
+    colluders: int = 0  # corrupt participants besides a round's coordinator that t must withstand
     phase_timeout: float = 10.0
     quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
     priors: dict[str, Any] | None = None  # routing-priors key space (protocol/priors.py)
@@ -101,7 +102,9 @@ class JobSpec:
         _int("max_participants", self.max_participants, self.min_participants, MAX_PARTICIPANTS)
         if self.threshold is not None:
             _int("threshold", self.threshold, 2, self.neighbours + 1)
-        self.round_params(self.min_participants).check_for(self.min_participants)
+        _int("colluders", self.colluders, 0, self.neighbours)
+        for participants in {self.min_participants, self.max_participants}:
+            self.round_params(participants).check_for(participants, self.colluders)
         if self.privacy is not None:
             self.privacy.validate()
             if self.privacy.colluders >= self.min_participants:
@@ -109,10 +112,10 @@ class JobSpec:
         self.quantizer()
 
     def threshold_for(self, participants: int) -> int:
-        """t for a round of n participants: the spec's value, or a strict majority of k_eff + 1 holders."""
+        """t for a round of n participants: the spec's value, or the smallest t > (k_eff + 1 + colluders)/2."""
         if self.threshold is not None:
             return self.threshold
-        return (min(self.neighbours, participants - 1) + 1) // 2 + 1
+        return (min(self.neighbours, participants - 1) + 1 + self.colluders) // 2 + 1
 
     def round_params(self, participants: int) -> RoundParams:
         try:

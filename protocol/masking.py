@@ -51,6 +51,11 @@ def survivors_digest(context: bytes, survivors: tuple[bytes, ...]) -> bytes:
     return sha256(b"village/secagg/survivors/v1", context, *survivors)
 
 
+def member_set_digest(members: frozenset[bytes] | set[bytes]) -> bytes:
+    """A set of members, independent of any round: to tell whether two rounds summed the same inputs."""
+    return sha256(b"village/secagg/member-set/v1", *sorted(members))
+
+
 def adds_pairwise_mask(me: bytes, peer: bytes) -> bool:
     """True when `me` adds the pair's mask, False when it subtracts it."""
     return me < peer

@@ -2,9 +2,11 @@
 
 Threshold rule: a secret of client w has k+1 holders (w and its k neighbours). The consistency
 check lets a holder reveal a share of w only after t holders of w signed the same survivor set,
-so two conflicting survivor sets can both reach quorum only if 2t - (k+1) holders signed both;
-an honest holder signs one. Hence t > (k+1)/2 (a strict majority of the holders), and t <= k+1
-so that the secret is recoverable at all.
+and the vote of the attempt's coordinator never counts (it is a participant and could sign both
+of two survivor lists it shows to different halves of w's holders). With c other corrupt
+holders, who may sign both lists, two conflicting lists both reach quorum only if
+2t - c <= k+1; an honest holder signs one. Hence t > (k+1+c)/2, and t <= k+1 so that the secret
+is recoverable at all. `protocol/threat-model.md` has the whole argument.
 """
 
 from __future__ import annotations
@@ -50,15 +52,16 @@ class RoundParams:
         """k for a round of n participants: the complete graph when k >= n - 1."""
         return min(self.neighbours, participants - 1)
 
-    def check_for(self, participants: int) -> None:
-        """Reject a participant count the thresholds cannot serve safely."""
+    def check_for(self, participants: int, colluders: int = 0) -> None:
+        """Reject a participant count the thresholds cannot serve safely against a lying coordinator
+        and `colluders` corrupt participants besides it."""
         _int_in("participants", participants, 2, MAX_PARTICIPANTS)
         holders = self.effective_neighbours(participants) + 1
-        if 2 * self.threshold <= holders:
+        if 2 * self.threshold <= holders + colluders:
             raise ParameterError(
                 "threshold",
-                f"t={self.threshold} must be a strict majority of the {holders} holders of each secret "
-                f"(t > {holders / 2:g}) so that a lying coordinator cannot collect both shares of a client",
+                f"t={self.threshold} must exceed (holders + colluders)/2 = ({holders} + {colluders})/2 "
+                f"so that a lying coordinator and {colluders} colluding participants cannot collect both shares of a client",
             )
         if self.threshold > holders:
             raise ParameterError(

@@ -40,13 +40,18 @@ class Cluster:
         keys: list[nacl.signing.SigningKey] | None = None,
         randoms: dict[bytes, crypto.RandomBytes] | None = None,
         stop_at: dict[int, str] | None = None,
+        coordinator_index: int | None = None,
     ) -> None:
+        """`coordinator_index`: the coordinator is that participant (as in villaged) rather than an outsider."""
         self.params = params
         self.context = context
         self.keys = keys or member_keys(n, seed)
         self.ids = [crypto.member_id_of(k) for k in self.keys]
         self.key_of = dict(zip(self.ids, self.keys))
-        self.coordinator_key = nacl.signing.SigningKey(crypto.sha256(b"coordinator", seed))
+        self.coordinator_key = (
+            nacl.signing.SigningKey(crypto.sha256(b"coordinator", seed))
+            if coordinator_index is None else self.keys[coordinator_index]
+        )
         self.coordinator_id = crypto.member_id_of(self.coordinator_key)
         self.coordinator = CoordinatorRound(context, self.coordinator_key, self.ids, params)
         self.graph = self.coordinator.graph

@@ -18,7 +18,7 @@ from protocol import crypto, masking
 from protocol.client import ClientPhase, ClientRound
 from protocol.coordinator import CoordinatorPhase
 from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.events import ClientFinished, RoundAborted, Send, StartTimer
+from protocol.events import ClientFinished, Revealing, RoundAborted, Send, StartTimer
 from protocol.messages import (
     Abort, AdvertiseKeys, ConsistencySignature, Invite, KeyBundle, ShareDelivery, SurvivorList, UnmaskRequest,
     UnmaskShares,
@@ -85,7 +85,7 @@ def test_honest_round_finishes_with_every_client_done() -> None:
     assert np.array_equal(cluster.result.result.aggregate, cluster.expected_sum(cluster.ids))
     for m, client in cluster.clients.items():
         assert client.phase is ClientPhase.DONE
-        assert cluster.client_events[m] == [ClientFinished(cluster.context)]
+        assert cluster.client_events[m] == [Revealing(cluster.context, frozenset(cluster.ids)), ClientFinished(cluster.context)]
     _assert_never_both(cluster)
 
 
@@ -186,7 +186,7 @@ def test_coordinator_abort_message_ends_the_round() -> None:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"threshold": 2}, "strict majority"),  # t <= (k+1)/2 lets a liar collect both shares
+        ({"threshold": 2}, "must exceed"),  # t <= (k+1)/2 lets a liar collect both shares
         ({"dimension": 9}, "dimension"),
         ({"min_survivors": N + 1}, "min_survivors"),
     ],
@@ -585,6 +585,81 @@ def test_split_view_with_an_even_split_makes_b_refuse_at_the_consistency_check()
         assert "holders of a secret signed U3" in error.reason
         assert cluster.clients[b].phase is ClientPhase.ABORTED
     assert cluster.revealed()[cluster.ids[0]]["key"] == set()
+
+
+# --- the coordinator is a participant: it holds shares and could sign both lists ----------------------
+
+SMALL = RoundParams(dimension=8, bits=32, neighbours=4, threshold=3, min_survivors=3, phase_timeout=5.0)  # job defaults at n=5
+
+
+def _honest_holder_splits() -> list[frozenset[int]]:
+    """Ways to split the honest holders of client 1's secrets (all but client 1 and coordinator 0) into A and B."""
+    return [frozenset(c) for r in range(4) for c in itertools.combinations((2, 3, 4), r)]
+
+
+@pytest.mark.parametrize("b_indexes", _honest_holder_splits(), ids=lambda s: "B" + "".join(map(str, sorted(s))))
+def test_a_participating_coordinator_signing_both_lists_never_gets_both_secrets(b_indexes: frozenset[int]) -> None:
+    """Issue 15 attack 1: the coordinator (participant 0) shows U3 to the victim and group A and U3 - {victim}
+    to group B, signs both lists itself, and adds its own shares to each side. Its vote must not count."""
+    cluster = Cluster(SMALL, 5, coordinator_index=0)
+    coordinator, victim = cluster.ids[0], cluster.ids[1]
+    group_b = {cluster.ids[i] for i in b_indexes}
+    assert cluster.run(until=CoordinatorPhase.CONSISTENCY)
+    u3 = tuple(sorted(cluster.ids))
+    u3_without_victim = tuple(m for m in u3 if m != victim)
+    votes: dict[tuple[bytes, ...], list[bytes]] = {}
+    for view in (u3, u3_without_victim):  # the liar signs both lists with its own member key
+        digest = masking.survivors_digest(cluster.context.encode(), view)
+        votes[view] = [cluster.forge(ConsistencySignature(digest))]
+    for m in cluster.ids:
+        if m == coordinator:
+            continue
+        view = u3_without_victim if m in group_b else u3
+        for frame in cluster.to_client(m, cluster.forge(SurvivorList(view))):
+            votes[view].append(frame)
+    for m in cluster.ids:
+        if m == coordinator or cluster.clients[m].phase is not ClientPhase.CONSISTENCY:
+            continue
+        if m in group_b:
+            request = UnmaskRequest(tuple(votes[u3_without_victim]), (victim,))
+        else:
+            request = UnmaskRequest(tuple(votes[u3]), ())
+        cluster.to_client(m, cluster.forge(request))
+    revealed = cluster.revealed()[victim]
+    seeds = len(revealed["seed"] - {coordinator}) + 1  # + the coordinator's own share of the victim's seed
+    keys = len(revealed["key"] - {coordinator}) + 1
+    assert not (seeds >= SMALL.threshold and keys >= SMALL.threshold), f"liar holds {seeds} seed and {keys} key shares"
+    for m in cluster.ids[1:]:
+        if cluster.unmask_messages_from(m) == []:
+            assert any("holders of a secret signed U3" in e.reason for e in cluster.client_errors[m]), m.hex()
+
+
+def test_an_honest_round_with_a_participating_coordinator_still_finishes() -> None:
+    cluster = Cluster(SMALL, 5, coordinator_index=0)
+    cluster.run()
+    assert cluster.result is not None
+    assert np.array_equal(cluster.result.result.aggregate, cluster.expected_sum(cluster.ids))
+
+
+def test_unchanged_input_signs_only_the_survivor_set_it_was_summed_with() -> None:
+    """A coordinator that drops one member from the second sum of unchanged inputs learns that member's
+    input (the difference); a client whose input is unchanged refuses to sign another survivor set."""
+    probe = Cluster(SMALL, 5)
+    earlier = masking.member_set_digest(frozenset(probe.ids))
+    cluster = Cluster(SMALL, 5)
+    me, victim = cluster.ids[0], cluster.ids[1]
+    cluster.clients[me] = ClientRound(cluster.context, cluster.key_of[me], cluster.coordinator_id, cluster.inputs[me],
+                                      crypto.DeterministicRandom(b"me"), same_survivors_as=earlier)
+    assert cluster.run(until=CoordinatorPhase.CONSISTENCY)
+    assert cluster.to_client(me, cluster.forge(SurvivorList(tuple(sorted(set(cluster.ids) - {victim}))))) == []
+    [event] = cluster.client_events[me]
+    assert isinstance(event, RoundAborted) and "unchanged" in event.reason
+    # the same set is signed as usual
+    again = Cluster(SMALL, 5)
+    again.clients[me] = ClientRound(again.context, again.key_of[me], again.coordinator_id, again.inputs[me],
+                                    crypto.DeterministicRandom(b"me"), same_survivors_as=earlier)
+    again.run()
+    assert again.result is not None and again.clients[me].phase is ClientPhase.DONE
 
 
 # --- replay across rounds and attempts --------------------------------------------------------------
