@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from protocol.params import MAX_PARTICIPANTS
+from protocol.policy import DEFAULT_PARTICIPANT_FLOOR
 from villaged.errors import ConfigError
 
 JOIN_POLICIES = ("auto", "manual")
@@ -23,7 +25,9 @@ class DaemonConfig:
     certificate: Path | None = None  # default: data_dir/membership.cert
     # Pins the village: without it the admin key is taken from this node's own certificate.
     admin_public_key: str | None = None
-    join_policy: str = "auto"  # auto: join every job whose named local input this node holds
+    join_policy: str = "auto"  # auto: join every job whose named local input this node holds and allows
+    # The fewest participants a round with this node's input may have (an input's policy may raise it).
+    participant_floor: int = DEFAULT_PARTICIPANT_FLOOR
     log_level: str = "info"
     discovery_interval: float = 15.0
     announce_interval: float = 2.0  # re-announce pending jobs and joins (gossip is best effort)
@@ -35,6 +39,9 @@ class DaemonConfig:
     def validate(self, source: Path | str = "command line") -> DaemonConfig:
         if self.join_policy not in JOIN_POLICIES:
             raise ConfigError(source, "join_policy", f"must be one of {', '.join(JOIN_POLICIES)}, got {self.join_policy!r}")
+        if type(self.participant_floor) is not int or not 2 <= self.participant_floor <= MAX_PARTICIPANTS:
+            raise ConfigError(source, "participant_floor",
+                              f"must be an integer in [2, {MAX_PARTICIPANTS}], got {self.participant_floor!r}")
         if not 0 <= self.api_port <= 65535:
             raise ConfigError(source, "api_port", f"must be a port number, got {self.api_port}")
         for name in ("discovery_interval", "announce_interval"):
@@ -54,7 +61,7 @@ class DaemonConfig:
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "data_dir": (str,), "listen": (list,), "bootstrap": (list,), "api_host": (str,), "api_port": (int,),
     "certificate": (str,), "join_policy": (str,), "log_level": (str,), "discovery_interval": (int, float),
-    "announce_interval": (int, float), "admin_public_key": (str,),
+    "announce_interval": (int, float), "admin_public_key": (str,), "participant_floor": (int,),
 }
 
 

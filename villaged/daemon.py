@@ -34,6 +34,7 @@ from protocol.fanout import tree_order
 from protocol.jobs import JobSpec
 from protocol.kinds import KINDS, InputError
 from protocol.membership import MemberRegistry, MembershipCertificate, decode_certificate
+from protocol.policy import InputPolicy
 from protocol.priors import validate_round
 from protocol.wire import RoundContext
 from villaged.api import serve_api
@@ -113,7 +114,7 @@ class Daemon:
                 self.registry.admit(record.certificate, time.time(), member_id=record.member_id)
             except RemoteProtocolError:
                 continue  # expired since: forgotten
-        self.book = JobBook(self.store, self.me, self._is_member)
+        self.book = JobBook(self.store, self.me, self._is_member, config.participant_floor, self.metrics)
         self._topic = f"village/{cert.village_id.hex()}"
         self._node: Node | None = None
         self._driver: RoundDriver | None = None
@@ -675,7 +676,16 @@ class Daemon:
         except InputError as exc:
             log.info("not_joining", job=job.id, reason=str(exc))
             return
-        await self._join(job)
+        if self._join_refusal(job) is None:
+            await self._join(job)
+
+    def _join_refusal(self, job: Job) -> str | None:
+        """Why this node's input policy keeps it out of `job` (logged and counted), or None."""
+        refusal = self.book.policy_refusal(job)
+        if refusal is not None:
+            log.warning("job_not_joined", job=job.id, creator=job.creator.hex()[:16], input=job.spec.data, reason=refusal)
+            self.metrics.input_refusals.labels(stage="join").inc()
+        return refusal
 
     async def _join(self, job: Job) -> None:
         """Join locally; a member that did not create the job tells the creator, who fixes the roster."""
@@ -789,6 +799,9 @@ class Daemon:
             raise InvalidRequest("data", str(exc)) from None
         if job.state not in ("pending", "running"):
             raise Conflict(f"job {job_id} is {job.state}")
+        refusal = self._join_refusal(job)
+        if refusal is not None:
+            raise Conflict(f"input {job.spec.data!r} may not be used by job {job_id}: {refusal}")
         await self._join(job)
         return self._job_view(job)
 
@@ -860,13 +873,25 @@ class Daemon:
         if not (0 < len(name) <= 128):
             raise InvalidRequest("name", "must be 1 to 128 characters")
         self.store.put_local_input(name, payload, time.time())
-        return {"name": name, "updated_at": time.time()}
+        return {"name": name, "updated_at": time.time(), "policy": self.store.get_input_policy(name).to_dict()}
+
+    async def put_data_policy(self, name: str, raw: object) -> dict[str, object]:
+        if not (0 < len(name) <= 128):
+            raise InvalidRequest("name", "must be 1 to 128 characters")
+        try:
+            policy = InputPolicy.from_dict(raw)
+        except ParameterError as exc:
+            raise InvalidRequest(exc.field, exc.reason) from None
+        self.store.set_input_policy(name, policy)
+        log.info("input_policy_set", input=name, policy=policy.to_dict())
+        return {"name": name, "policy": policy.to_dict()}
 
     async def get_data(self, name: str) -> dict[str, object]:
         local = self.store.get_local_input(name)
         if local is None:
             raise NotFound(f"local input {name!r}")
-        return {"name": local.name, "payload": local.payload, "updated_at": local.updated_at}
+        return {"name": local.name, "payload": local.payload, "updated_at": local.updated_at,
+                "policy": self.store.get_input_policy(name).to_dict()}
 
     def _job(self, job_id: str) -> Job:
         job = self.book.jobs.get(job_id)

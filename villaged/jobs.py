@@ -31,7 +31,9 @@ from protocol.errors import ParameterError, ProtocolError
 from protocol.jobs import JobSpec
 from protocol.kinds import KINDS, InputError
 from protocol.params import RoundParams
+from protocol.policy import DEFAULT_PARTICIPANT_FLOOR, InputPolicy
 from protocol.wire import RoundContext
+from villaged.metrics import Metrics
 from villaged.rounds import RoundDriver, RoundTracker
 from villaged.store import JobRecord, RoundRecord, Store
 
@@ -73,10 +75,13 @@ class Job:
 class JobBook:
     """The jobs this node knows, their members, and its own inputs (the round driver's directory)."""
 
-    def __init__(self, store: Store, me: bytes, is_member: Callable[[bytes], bool]) -> None:
+    def __init__(self, store: Store, me: bytes, is_member: Callable[[bytes], bool],
+                 participant_floor: int = DEFAULT_PARTICIPANT_FLOOR, metrics: Metrics | None = None) -> None:
         self._store = store
+        self.metrics = metrics or Metrics()
         self.me = me
         self._is_member = is_member
+        self.participant_floor = participant_floor  # fewest participants a round with this node's input may have
         self.jobs: dict[str, Job] = {}
         self._encoded: dict[str, tuple[float, np.ndarray]] = {}  # job id -> (input version, encoded input)
         for record in store.list_jobs():
@@ -141,6 +146,19 @@ class JobBook:
         self._encoded[job.id] = (local.updated_at, vector)
         return vector
 
+    def policy_refusal(self, job: Job) -> str | None:
+        """Why this node's input policy forbids `job` to use its input (None: it may)."""
+        policy = self._store.get_input_policy(job.spec.data)
+        return policy.refusal(job.id, job.spec, job.creator, self.participant_floor)
+
+    def contribution_floor(self, job: Job) -> int:
+        """The fewest participants a round of `job` may have for this node to put its input in:
+        the node's floor, raised by the input's own policy."""
+        return self._store.get_input_policy(job.spec.data).min_for(self.participant_floor)
+
+    def input_policy(self, job: Job) -> InputPolicy:
+        return self._store.get_input_policy(job.spec.data)
+
     # --- RoundDirectory ---------------------------------------------------------------------------
 
     def is_member(self, member: bytes) -> bool:
@@ -169,7 +187,7 @@ class JobBook:
 
     def contributes(self, job: Job) -> bool:
         """Whether this node would put an input into the job's rounds (without computing it)."""
-        if not self._joined_and_active(job):
+        if not self._joined_and_active(job) or self.policy_refusal(job) is not None:
             return False
         try:
             self.check_input(job)
@@ -180,6 +198,11 @@ class JobBook:
     def client_input(self, job_id: str) -> np.ndarray | None:
         job = self.jobs.get(job_id)
         if job is None or not self._joined_and_active(job):
+            return None
+        refusal = self.policy_refusal(job)
+        if refusal is not None:
+            log.warning("input_refused", job=job_id, input=job.spec.data, reason=refusal)
+            self.metrics.input_refusals.labels(stage="round").inc()
             return None
         try:
             values = self.check_input(job)

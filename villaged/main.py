@@ -26,6 +26,8 @@ def start(
     api_port: int = typer.Option(None, "--api-port", help="control API port on 127.0.0.1 (default: any free port)"),
     certificate: Path = typer.Option(None, "--certificate", help="membership certificate (default: DATA_DIR/membership.cert)"),
     join_policy: str = typer.Option(None, "--join-policy", help="auto: join every job whose local input exists; manual"),
+    participant_floor: int = typer.Option(None, "--participant-floor",
+                                          help="fewest participants a round with this node's input may have (default 5)"),
     log_level: str = typer.Option(None, "--log-level", help="debug, info, warning or error"),
     admin_public_key: str = typer.Option(None, "--admin-public-key", help="pin the village's admin key (hex)"),
 ) -> None:
@@ -38,6 +40,7 @@ def start(
             "data_dir": str(data_dir) if data_dir else None, "listen": listen, "bootstrap": bootstrap,
             "api_port": api_port, "certificate": str(certificate) if certificate else None,
             "join_policy": join_policy, "log_level": log_level, "admin_public_key": admin_public_key,
+            "participant_floor": participant_floor,
         })
         configure_logging(settings.log_level)
         from villaged.daemon import Daemon  # imports libp2p: only once the flags are known good

@@ -64,6 +64,12 @@ class Metrics:
         self.bytes_received = Counter(
             "village_bytes_received", "Payload bytes received, by libp2p protocol id.", ["protocol"], registry=r
         )
+        self.input_refusals = Counter(
+            "federation_input_refusals",
+            "Jobs this node's input policy kept from using its input, by stage (join, round).",
+            ["stage"],
+            registry=r,
+        )
         self.prior_stability = Gauge(
             "federation_prior_stability",
             "1 - fraction (0..1) of routing decisions that changed from the previous routing-priors round.",

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from protocol.policy import InputPolicy
 from villaged.errors import VillagedError
 
 __all__ = [
@@ -139,6 +140,14 @@ MIGRATIONS: Final[Sequence[Sequence[str]]] = (
             member_id BLOB PRIMARY KEY CHECK (length(member_id) = 32),
             addresses TEXT NOT NULL,
             updated_at REAL NOT NULL
+        ) STRICT""",
+    ),
+    (
+        # What each local input may be used for (protocol/policy.py), as JSON; an input without a
+        # row (every input of an older village.db) has the default policy.
+        """CREATE TABLE IF NOT EXISTS input_policies (
+            name TEXT PRIMARY KEY,
+            policy TEXT NOT NULL
         ) STRICT""",
     ),
 )
@@ -521,7 +530,8 @@ class Store:
     # -- local inputs ------------------------------------------------------------------------
 
     def put_local_input(self, name: str, payload: Any, updated_at: float) -> None:
-        """Store (or replace) the JSON-serializable input this node contributes under ``name``."""
+        """Store (or replace) the JSON-serializable input this node contributes under ``name``
+        (its policy, `set_input_policy`, is kept)."""
         try:
             text = json.dumps(payload, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -532,6 +542,20 @@ class Store:
                 "DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at",
                 (name, text, updated_at),
             )
+
+    def set_input_policy(self, name: str, policy: InputPolicy) -> None:
+        """Set what the local input ``name`` may be used for. It may precede the input itself, so
+        that an input never exists under a policy its owner did not mean."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO input_policies (name, policy) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET policy = excluded.policy",
+                (name, json.dumps(policy.to_dict(), sort_keys=True)),
+            )
+
+    def get_input_policy(self, name: str) -> InputPolicy:
+        """The named input's policy; the default one when none was set."""
+        row = self._db.execute("SELECT policy FROM input_policies WHERE name = ?", (name,)).fetchone()
+        return InputPolicy() if row is None else InputPolicy.from_dict(json.loads(row[0]))
 
     def local_input_version(self, name: str) -> float | None:
         """When the named input was last put (None if there is none), without loading it."""
