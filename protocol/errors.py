@@ -40,3 +40,17 @@ class RemoteProtocolError(ProtocolError):
 class AuthenticationError(RemoteProtocolError):
     """The peer is not who may send this: not a village member, or not the signer of its frame.
     Counted apart from malformed input (villaged's `failed_authentications` metric)."""
+
+
+class InviteRefused(RemoteProtocolError):
+    """An invitation this node will not answer. `code` is a short label for metrics
+    (``federation_invites_refused_total{reason}``); `reason` says what was wrong."""
+
+    def __init__(self, peer: bytes | None, code: str, reason: str) -> None:
+        super().__init__(peer, "invite", reason)
+        self.code = code
+
+
+class MemberRevoked(AuthenticationError):
+    """The peer's member id is on the village admin's revocation list: refused whatever certificate it shows.
+    Counted as a failed authentication and, apart, as a refusal of a revoked member."""
