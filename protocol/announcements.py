@@ -149,24 +149,40 @@ class CancelAnnouncement:
 
 @dataclass(frozen=True, slots=True)
 class ResultAnnouncement:
+    """A round's result, signed by the attempt's coordinator. It stays small enough for gossip at any
+    round size: the aggregate and the consistency votes (the evidence that the attempt ran, checked
+    by protocol/evidence.py) travel beside it on the push and fetch streams, bound here by digest."""
+
     KIND: ClassVar[str] = "result"
+    #: The form of the fields. Form 1 (before issue #15) carried no evidence and is refused.
+    FORM: ClassVar[int] = 2
     job_id: str
     round: int
     attempt: int
-    survivors: tuple[bytes, ...]
-    dropped: tuple[bytes, ...]
+    survivors: tuple[bytes, ...]  # U3: whose inputs are in the sum
+    dropped: tuple[bytes, ...]  # invited, not in the sum
     aggregate_digest: bytes  # SHA-256 of the aggregate's little-endian uint32 words
+    votes_digest: bytes  # protocol.evidence.votes_digest of the ConsistencySignature frames
     phase_seconds: dict[str, float]
 
+    @property
+    def participants(self) -> tuple[bytes, ...]:
+        """Everyone the coordinator invited: U3 and the dropped, sorted."""
+        return tuple(sorted(self.survivors + self.dropped))
+
     def fields(self) -> Any:
-        return [self.job_id, self.round, self.attempt, list(self.survivors), list(self.dropped),
-                self.aggregate_digest, sorted(self.phase_seconds.items())]
+        return [self.FORM, self.job_id, self.round, self.attempt, list(self.survivors), list(self.dropped),
+                self.aggregate_digest, self.votes_digest, sorted(self.phase_seconds.items())]
 
     @classmethod
     def parse(cls, value: Any) -> ResultAnnouncement:
-        job_id, round_number, attempt, survivors, dropped, digest, phases = _list(value, 7)
-        if type(digest) is not bytes or len(digest) != 32:
-            raise ValueError("aggregate_digest must be 32 bytes")
+        if type(value) is not list or not value or value[0] != cls.FORM or type(value[0]) is not int:
+            form = value[0] if type(value) is list and value and type(value[0]) is int else 1
+            raise ValueError(f"result form {form} is not accepted: form {cls.FORM} (with the round's evidence) is required")
+        _, job_id, round_number, attempt, survivors, dropped, digest, votes_digest, phases = _list(value, 9)
+        for name, hashed in (("aggregate_digest", digest), ("votes_digest", votes_digest)):
+            if type(hashed) is not bytes or len(hashed) != 32:
+                raise ValueError(f"{name} must be 32 bytes")
         if type(phases) is not list or len(phases) > 16:
             raise ValueError("phase_seconds must be a short list")
         timings = {}
@@ -175,8 +191,11 @@ class ResultAnnouncement:
             if type(name) is not str or len(name) > 32 or type(seconds) is not float or not 0 <= seconds <= 86_400:
                 raise ValueError("phase_seconds entries must be [name, seconds]")
             timings[name] = seconds
+        survivor_ids, dropped_ids = _ids(survivors, "survivors"), _ids(dropped, "dropped")
+        if set(survivor_ids) & set(dropped_ids):
+            raise ValueError("a member is both a survivor and dropped")
         return cls(_job_id(job_id), _count(round_number, "round"), _count(attempt, "attempt"),
-                   _ids(survivors, "survivors"), _ids(dropped, "dropped"), digest, timings)
+                   survivor_ids, dropped_ids, digest, votes_digest, timings)
 
 
 Announcement = JobAnnouncement | JoinAnnouncement | RosterAnnouncement | CancelAnnouncement | ResultAnnouncement

@@ -274,6 +274,8 @@ class CoordinatorRound:
             survivors=self._survivors,
             dropped=tuple(sorted(self._participant_set - set(self._survivors))),
             phase_seconds=dict(self._phase_seconds),
+            participants=self.participants,
+            votes=tuple(self._votes[v] for v in sorted(self._votes)),
         )
         return [RoundFinished(result)]
 

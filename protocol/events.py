@@ -35,6 +35,10 @@ class RoundResult:
     survivors: tuple[bytes, ...]  # U3: whose inputs are in the sum
     dropped: tuple[bytes, ...]  # invited, not in the sum
     phase_seconds: dict[str, float]  # from the `now` values the driver passed in
+    # Evidence that the attempt ran (protocol/evidence.py checks it): the invited participants and
+    # the ConsistencySignature frames collected, each a survivor's signature over this U3.
+    participants: tuple[bytes, ...]
+    votes: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +47,21 @@ class RoundFinished:
 
 
 @dataclass(frozen=True, slots=True)
-class Revealing:
-    """The next `Send` reveals unmasking shares of this round. The driver records it durably before
-    that frame leaves, so that no restart lets this node take part in another attempt of the round."""
+class SendingMaskedInput:
+    """The next `Send` carries this client's masked input. The driver records durably, before it
+    leaves, that the round is spent in this attempt: an input goes into at most one attempt of a
+    round, so no two attempts' sums (over sets that may differ by one member) both hold it."""
 
     context: RoundContext
-    survivors: frozenset[bytes]  # the signed U3 the shares are revealed for
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSurvivors:
+    """The next `Send` signs this survivor set. The driver records it durably first for an input
+    that must not be summed again over another set (`ClientRound(same_survivors_as=...)`)."""
+
+    context: RoundContext
+    survivors: frozenset[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,4 +78,4 @@ class RoundAborted:
     reason: str
 
 
-Output = Send | StartTimer | RoundFinished | Revealing | ClientFinished | RoundAborted
+Output = Send | StartTimer | RoundFinished | SendingMaskedInput | SigningSurvivors | ClientFinished | RoundAborted

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.announcements import (
-    MAX_ROSTER_ADDRESSES, JobAnnouncement, JoinAnnouncement, RosterAnnouncement, RosterEntry, open_announcement,
-    sign_announcement,
+    MAX_ROSTER_ADDRESSES, JobAnnouncement, JoinAnnouncement, ResultAnnouncement, RosterAnnouncement, RosterEntry,
+    open_announcement, sign_announcement,
 )
 from protocol.errors import ParameterError, RemoteProtocolError
 from protocol.jobs import JobSpec
@@ -124,3 +124,28 @@ def test_arbitrary_roster_fields_raise_only_remote_protocol_error(fields: object
     except RemoteProtocolError:
         pass
 
+
+
+def result_announcement() -> ResultAnnouncement:
+    return ResultAnnouncement("job-1", 2, 1, (b"\x01" * 32, b"\x03" * 32), (b"\x02" * 32,), b"\x0a" * 32, b"\x0b" * 32,
+                              {"masked": 0.25})
+
+
+def test_a_result_round_trips_with_its_votes_digest_and_participants() -> None:
+    key, cert = member(5001)
+    body = open_announcement(sign_announcement(result_announcement(), key, cert)).body
+    assert body == result_announcement()
+    assert isinstance(body, ResultAnnouncement)
+    assert body.participants == (b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
+
+
+def test_a_result_in_the_old_form_without_evidence_is_refused_by_name() -> None:
+    """Form 1 (before issue #15) had no votes digest: a node refuses it, saying which form it needs."""
+    key, cert = member(5001)
+    old = ["job-1", 2, 1, [b"\x01" * 32], [], b"\x0a" * 32, [["masked", 0.25]]]
+    with pytest.raises(RemoteProtocolError, match="result form 1 is not accepted: form 2 .* is required"):
+        open_announcement(resign(old, key, cert, kind="result"))
+    overlapping = result_announcement().fields()
+    overlapping[5] = [b"\x01" * 32]
+    with pytest.raises(RemoteProtocolError, match="both a survivor and dropped"):
+        open_announcement(resign(overlapping, key, cert, kind="result"))
