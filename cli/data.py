@@ -12,7 +12,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 from urllib.parse import quote
 
 import numpy as np
@@ -27,6 +27,15 @@ __all__ = ["data_app", "load_input_file", "load_json_file"]
 data_app = typer.Typer(help="This node's local inputs: the data it contributes to jobs.", no_args_is_help=True)
 
 Name = Annotated[str, typer.Argument(metavar="NAME", help="Input name; a job's spec names the input it takes (field 'data').")]
+AllowJob = Annotated[list[str], typer.Option("--allow-job", metavar="ID", help="Only this job may use the input (repeatable; default: any job).")]
+AllowCreator = Annotated[list[str], typer.Option(
+    "--allow-creator", metavar="MEMBER_ID", help="Only jobs created by this member may use it (repeatable; default: any member).")]
+MinParticipants = Annotated[Optional[int], typer.Option(
+    "--min-participants", metavar="N", help="Rounds using it need at least N participants (default: the node's floor).")]
+RequireDp = Annotated[bool, typer.Option("--require-dp", help="Only jobs with distributed DP noise (a privacy section) may use it.")]
+Repeat = Annotated[str, typer.Option(
+    "--repeat", metavar="same-survivors|allow",
+    help="same-survivors: an unchanged input is summed again only with the same survivors (or in a DP job); allow: always.")]
 
 
 def _reject_constant(name: str) -> Any:
@@ -111,19 +120,27 @@ def load_input_file(path: Path) -> Any:
 def data_put(
     name: Name,
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A .json file (any JSON), or a numeric vector as .npy or .csv.")],
+    allow_job: AllowJob = [],  # noqa: B006 (typer reads the default, never mutates it)
+    allow_creator: AllowCreator = [],  # noqa: B006
+    min_participants: MinParticipants = None,
+    require_dp: RequireDp = False,
+    repeat: Repeat = "same-survivors",
     data_dir: DataDir = None,
     api: ApiUrl = None,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """Store FILE as this node's local input NAME (replacing an earlier one).
+    """Store FILE as this node's local input NAME (replacing an earlier one), with what it may be used
+    for: without options, any job whose rounds have at least the node's floor of participants.
 
     Example:
 
-        villagectl data put stats latencies.csv
+        villagectl data put stats latencies.csv --allow-creator 3f2a...e9 --min-participants 10
     """
     payload = load_input_file(file)
+    policy = _policy(allow_job, allow_creator, min_participants, require_dp, repeat)
     client = ApiClient.discover(data_dir, api, token)
+    _put_policy(client, name, policy)  # first: the input never exists under a policy not meant for it
     try:
         reply = client.put(f"/v1/data/{quote(name, safe='')}", payload)
     except ApiError as exc:
@@ -135,6 +152,50 @@ def data_put(
         return
     size = f" ({len(payload)} values)" if isinstance(payload, list) else ""
     print(f"stored local input {name!r}{size}")
+
+
+@data_app.command("policy")
+@friendly_errors
+def data_policy(
+    name: Name,
+    allow_job: AllowJob = [],  # noqa: B006
+    allow_creator: AllowCreator = [],  # noqa: B006
+    min_participants: MinParticipants = None,
+    require_dp: RequireDp = False,
+    repeat: Repeat = "same-survivors",
+    data_dir: DataDir = None,
+    api: ApiUrl = None,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Set what local input NAME may be used for, without putting it again (options as in `data put`;
+    the ones left out go back to their defaults).
+
+    Example:
+
+        villagectl data policy stats --require-dp --min-participants 20
+    """
+    client = ApiClient.discover(data_dir, api, token)
+    reply = _put_policy(client, name, _policy(allow_job, allow_creator, min_participants, require_dp, repeat))
+    if as_json:
+        print_json(reply)
+        return
+    print_record(reply["policy"], f"policy of local input {name}")
+
+
+def _policy(jobs: list[str], creators: list[str], min_participants: int | None, require_dp: bool, repeat: str) -> dict[str, Any]:
+    return {"jobs": jobs, "creators": creators, "min_participants": min_participants, "require_dp": require_dp,
+            "repeat": repeat}
+
+
+def _put_policy(client: ApiClient, name: str, policy: dict[str, Any]) -> Any:
+    """Set the policy; a refused field is named as the daemon names it (policy.creators[0]: ...)."""
+    try:
+        return client.put(f"/v1/data/{quote(name, safe='')}/policy", policy)
+    except ApiError as exc:
+        if exc.status == 422:
+            raise CliError(f"villaged refused the policy of {name!r}: {exc.message.removeprefix('request body: ')}") from None
+        raise
 
 
 @data_app.command("show")

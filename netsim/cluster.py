@@ -220,6 +220,7 @@ class Cluster:
             "bootstrap = [" + ", ".join(f'"{b}"' for b in bootstrap) + "]",
             f'api_host = "{api_host}"',
             'join_policy = "auto"',
+            "participant_floor = 2",  # netsim's villages test rounds of any size, down to 2
             f'log_level = "{self.log_level}"',
             "discovery_interval = 5.0",
             "announce_interval = 1.0",

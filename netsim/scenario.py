@@ -37,6 +37,7 @@ from netsim.workloads import Workload, make_workload
 from protocol.election import coordinator_for
 
 DATA_NAME = "netsim"
+INPUT_POLICY = {"repeat": "allow"}  # see `Scenario.put_inputs`
 #: villaged gives up a round after this many attempts (`villaged/jobs.py` MAX_ATTEMPTS).
 MAX_ATTEMPTS = 5
 #: How often netsim asks every peer whether it holds the round's result. Round times come from
@@ -188,8 +189,14 @@ class Scenario:
     def put_inputs(self) -> None:
         assert self.cluster is not None
         payloads = self.workload.make_inputs([p.member_id.hex() for p in self.cluster.peers], self.seed)
-        _parallel(lambda p: api_call(p, "PUT", f"/v1/data/{DATA_NAME}", payloads[p.member_id.hex()], timeout=60),
-                  self.cluster.peers, workers=8)
+
+        def put(peer: Peer) -> None:
+            # netsim's inputs never change between rounds and it checks every round's exact sum,
+            # whatever its survivors: each input may be summed again with other survivors.
+            api_call(peer, "PUT", f"/v1/data/{DATA_NAME}/policy", INPUT_POLICY, timeout=60)
+            api_call(peer, "PUT", f"/v1/data/{DATA_NAME}", payloads[peer.member_id.hex()], timeout=60)
+
+        _parallel(put, self.cluster.peers, workers=8)
 
     def spec(self, start_delay: float, round_interval: float) -> dict[str, Any]:
         """The job spec (and the workload bound to it, so it quantizes exactly as the daemons will)."""

@@ -182,6 +182,10 @@ async def _put_data(api: ControlApi, params: Params, body: Any) -> Response:
     return json_response(200, await api.control.put_data(params["name"], body))
 
 
+async def _put_data_policy(api: ControlApi, params: Params, body: Any) -> Response:
+    return json_response(200, await api.control.put_data_policy(params["name"], body))
+
+
 async def _get_data(api: ControlApi, params: Params, body: Any) -> Response:
     return json_response(200, await api.control.get_data(params["name"]))
 
@@ -219,8 +223,9 @@ ROUTES: Final[tuple[Route, ...]] = (
         "POST", "/v1/jobs/{id}/cancel", "cancelJob", "Cancel a job", _cancel_job, _OBJECT, errors=(404, 409)
     ),
     Route(
-        "POST", "/v1/jobs/{id}/join", "joinJob", "Contribute this node's local input to a job", _join_job, _OBJECT,
-        errors=(404, 409, 422),
+        "POST", "/v1/jobs/{id}/join", "joinJob",
+        "Contribute this node's local input to a job (409 with the reason when the input's policy forbids it)",
+        _join_job, _OBJECT, errors=(404, 409, 422),
     ),
     Route(
         "GET", "/v1/jobs/{id}/progress", "getJobProgress",
@@ -247,7 +252,31 @@ ROUTES: Final[tuple[Route, ...]] = (
         request_schema={"description": "Any JSON value; the daemon validates it for the job kind."},
         errors=(400, 413, 415, 422),
     ),
-    Route("GET", "/v1/data/{name}", "getData", "Read back a local input", _get_data, _OBJECT, errors=(404,)),
+    Route(
+        "PUT",
+        "/v1/data/{name}/policy",
+        "putDataPolicy",
+        "Set what a local input may be used for (it may precede the input, which keeps it)",
+        _put_data_policy,
+        _OBJECT,
+        request_schema={
+            "type": "object",
+            "description": "Input policy; an invalid field gives a 422 naming it (policy.creators[1], ...).",
+            "properties": {
+                "jobs": {"type": "array", "items": {"type": "string"}, "description": "job ids allowed; empty: any"},
+                "creators": {"type": "array", "items": {"type": "string"},
+                             "description": "hex member ids whose jobs may use it; empty: any"},
+                "min_participants": {"type": ["integer", "null"],
+                                     "description": "fewest participants a round may have; null: the node's floor"},
+                "require_dp": {"type": "boolean", "description": "only jobs with a privacy section"},
+                "repeat": {"enum": ["same-survivors", "allow"],
+                           "description": "an unchanged input summed again only with the same survivors, or always"},
+            },
+        },
+        errors=(400, 413, 415, 422),
+    ),
+    Route("GET", "/v1/data/{name}", "getData", "Read back a local input and its policy", _get_data, _OBJECT,
+          errors=(404,)),
     Route(
         "GET",
         "/v1/health",

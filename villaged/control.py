@@ -87,7 +87,8 @@ class NodeControl(Protocol):
 
     async def join_job(self, job_id: str) -> dict[str, JSON]:
         """Contribute this node's local input to a job; returns the job. Raises NotFound, InvalidRequest
-        (field ``data``: the local input is missing or does not fit the spec), or Conflict if it finished."""
+        (field ``data``: the local input is missing or does not fit the spec), or Conflict if it finished
+        or the input's policy forbids the job (the message says why)."""
         ...
 
     async def job_progress(self, job_id: str) -> dict[str, JSON]:
@@ -120,6 +121,11 @@ class NodeControl(Protocol):
         """Store this node's local input ``name``. Raises InvalidRequest naming the bad field."""
         ...
 
+    async def put_data_policy(self, name: str, policy: JSON) -> dict[str, JSON]:
+        """Set what the local input ``name`` may be used for (protocol/policy.py). Raises InvalidRequest
+        naming the bad field."""
+        ...
+
     async def get_data(self, name: str) -> dict[str, JSON]:
-        """Raises NotFound."""
+        """The input, its ``updated_at`` and ``policy``. Raises NotFound."""
         ...

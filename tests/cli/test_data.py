@@ -31,7 +31,8 @@ async def test_put_json_npy_csv_and_show(data_dir: Path, control: FakeControl, t
     assert shown.exit_code == 0, shown.output
     assert "[1, 2, 3]" in shown.stdout and "local input vec" in shown.stdout
     as_json = await villagectl("data", "show", "stats", "--json", "--data-dir", str(data_dir))
-    assert json.loads(as_json.stdout) == {"name": "stats", "payload": {"values": [1.5, 2]}}
+    assert json.loads(as_json.stdout) == {"name": "stats", "payload": {"values": [1.5, 2]}, "policy": {
+        "jobs": [], "creators": [], "min_participants": None, "require_dp": False, "repeat": "same-survivors"}}
     put_json = await villagectl("data", "put", "vec", str(tmp_path / "vector.npy"), "--json", "--data-dir", str(data_dir))
     assert json.loads(put_json.stdout)["name"] == "vec"
 
@@ -79,3 +80,29 @@ async def test_broken_data_files_are_one_line(
         path.write_text(content)
     result = await villagectl("data", "put", "x", str(path), "--data-dir", str(data_dir))
     assert_one_line_error(result, 1, fragment)
+
+
+async def test_put_sets_the_policy_and_policy_changes_it(data_dir: Path, control: FakeControl, tmp_path: Path) -> None:
+    (tmp_path / "stats.json").write_text("[1, 2]")
+    creator = "ab" * 32
+    put = await villagectl("data", "put", "stats", str(tmp_path / "stats.json"), "--allow-creator", creator,
+                           "--allow-job", "j1", "--min-participants", "8", "--require-dp", "--data-dir", str(data_dir))
+    assert put.exit_code == 0, put.output
+    policy = control.policies["stats"]
+    assert (policy.creators, policy.jobs, policy.min_participants, policy.require_dp, policy.repeat) == (
+        (bytes.fromhex(creator),), ("j1",), 8, True, "same-survivors")
+    changed = await villagectl("data", "policy", "stats", "--repeat", "allow", "--json", "--data-dir", str(data_dir))
+    assert changed.exit_code == 0, changed.output
+    assert json.loads(changed.stdout)["policy"] == {"jobs": [], "creators": [], "min_participants": None,
+                                                    "require_dp": False, "repeat": "allow"}
+    assert control.data["stats"] == [1, 2]  # the input itself is untouched
+
+
+async def test_a_bad_policy_is_refused_before_the_data_is_stored(data_dir: Path, control: FakeControl, tmp_path: Path) -> None:
+    (tmp_path / "stats.json").write_text("[1, 2]")
+    result = await villagectl("data", "put", "stats", str(tmp_path / "stats.json"), "--allow-creator", "zz",
+                              "--data-dir", str(data_dir))
+    assert_one_line_error(result, 1, "villaged refused the policy of 'stats': policy.creators[0]: must be a hex member id")
+    assert "stats" not in control.data
+    result = await villagectl("data", "policy", "stats", "--repeat", "never", "--data-dir", str(data_dir))
+    assert_one_line_error(result, 1, "policy.repeat: must be one of same-survivors, allow, got 'never'")

@@ -117,7 +117,7 @@ def test_every_command_has_help_with_an_example() -> None:
     expected = {
         ("status",), ("peers",), ("rounds",), ("priors",), ("village", "init"), ("village", "admit"), ("village", "members"),
         ("jobs", "create"), ("jobs", "list"), ("jobs", "show"), ("jobs", "result"), ("jobs", "cancel"),
-        ("jobs", "join"), ("jobs", "watch"), ("data", "put"), ("data", "show"),
+        ("jobs", "join"), ("jobs", "watch"), ("data", "put"), ("data", "show"), ("data", "policy"),
     }  # fmt: skip
     assert set(commands) == expected
     for command in commands:

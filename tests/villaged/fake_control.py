@@ -12,6 +12,8 @@ from typing import Any
 import h11
 import trio
 
+from protocol.errors import ParameterError
+from protocol.policy import InputPolicy
 from villaged.control import Conflict, InvalidRequest, NotFound
 
 
@@ -19,6 +21,7 @@ from villaged.control import Conflict, InvalidRequest, NotFound
 class FakeControl:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    policies: dict[str, InputPolicy] = field(default_factory=dict)
     explode: bool = False  # make status() raise, to test the 500 path
 
     async def status(self) -> dict[str, Any]:
@@ -106,10 +109,17 @@ class FakeControl:
         self.data[name] = payload
         return {"name": name, "payload": payload}
 
+    async def put_data_policy(self, name: str, raw: Any) -> dict[str, Any]:
+        try:
+            self.policies[name] = InputPolicy.from_dict(raw)
+        except ParameterError as exc:
+            raise InvalidRequest(exc.field, exc.reason) from None
+        return {"name": name, "policy": self.policies[name].to_dict()}
+
     async def get_data(self, name: str) -> dict[str, Any]:
         if name not in self.data:
             raise NotFound(f"data {name!r}")
-        return {"name": name, "payload": self.data[name]}
+        return {"name": name, "payload": self.data[name], "policy": self.policies.get(name, InputPolicy()).to_dict()}
 
 
 @dataclass(frozen=True)

@@ -142,9 +142,19 @@ async def test_data_put_and_get(server: Server) -> None:
     put = await http(port, "PUT", "/v1/data/latency", token=server.token, body=b'{"gpt": [1.5]}')
     assert put.status == 200
     got = await server.get("/v1/data/latency")
-    assert got.json() == {"name": "latency", "payload": {"gpt": [1.5]}}
+    assert got.json()["payload"] == {"gpt": [1.5]} and got.json()["policy"]["repeat"] == "same-survivors"
     bad = await http(port, "PUT", "/v1/data/latency", token=server.token, body=b'"text"')
     assert bad.status == 422 and error_of(bad)["message"] == "request body: payload: must be a JSON object or array"
+
+
+async def test_data_policy_put_names_the_bad_field(server: Server) -> None:
+    port = server.endpoint.port
+    policy = await http(port, "PUT", "/v1/data/latency/policy", token=server.token,
+                        body=b'{"min_participants": 7, "require_dp": true}')
+    assert policy.status == 200 and policy.json()["policy"]["min_participants"] == 7
+    bad = await http(port, "PUT", "/v1/data/latency/policy", token=server.token, body=b'{"jobs": ["a", 3]}')
+    assert bad.status == 422
+    assert error_of(bad)["message"] == "request body: policy.jobs[1]: must be a job id of 1 to 128 characters, got 3"
 
 
 @pytest.mark.parametrize(
@@ -273,6 +283,7 @@ async def test_openapi_document_lists_every_route(server: Server) -> None:
         ("GET", "/v1/jobs/{id}"), ("POST", "/v1/jobs/{id}/cancel"), ("GET", "/v1/jobs/{id}/rounds"),
         ("POST", "/v1/jobs/{id}/join"), ("GET", "/v1/jobs/{id}/progress"),
         ("GET", "/v1/jobs/{id}/results"), ("GET", "/v1/jobs/{id}/priors"), ("PUT", "/v1/data/{name}"), ("GET", "/v1/data/{name}"),
+        ("PUT", "/v1/data/{name}/policy"),
         ("GET", "/v1/members"), ("GET", "/v1/health"), ("GET", "/metrics"), ("GET", "/v1/openapi.json"),
     }  # fmt: skip
     assert documented == expected

@@ -32,7 +32,9 @@ def village_configs(root: Path, n: int, admin: AdminKeyPair | None = None) -> li
     for i in range(n):
         data_dir = root / f"node{i}"
         admit(admin, data_dir)
-        configs.append(DaemonConfig(data_dir=data_dir, discovery_interval=2.0, announce_interval=0.5))
+        # Test villages run rounds of 2 or 3 nodes: below the default floor, so lowered explicitly.
+        configs.append(DaemonConfig(data_dir=data_dir, discovery_interval=2.0, announce_interval=0.5,
+                                    participant_floor=2))
     return configs
 
 
