@@ -19,8 +19,9 @@ Rules this machine enforces, whatever the coordinator says:
 - When its input is unchanged since it was last summed (`same_survivors_as`), it signs only the
   survivor set it was summed with: two sums of one unchanged input over sets that differ by a few
   members give away those members' inputs (their difference).
-- It reports `Revealing` before the frame that reveals shares, so the driver can record durably
-  that this round is spent before anything leaves.
+- It reports `SendingMaskedInput` and `SigningSurvivors` before those frames, so the driver can
+  record durably that the round is spent (no other attempt of it gets this input) and which set
+  an unchanged input was summed with, before anything leaves.
 Any invalid message from the coordinator is raised as `RemoteProtocolError` (for the driver to
 log and count) and leaves the machine in ABORTED with its secrets wiped; frames from anyone else
 are rejected the same way without changing state.
@@ -36,7 +37,9 @@ import numpy as np
 
 from protocol import crypto, masking, shamir
 from protocol.errors import LocalProtocolError, ParameterError, RemoteProtocolError
-from protocol.events import ClientFinished, Output, Revealing, RoundAborted, Send, StartTimer
+from protocol.events import (
+    ClientFinished, Output, RoundAborted, Send, SendingMaskedInput, SigningSurvivors, StartTimer,
+)
 from protocol.graph import NeighbourGraph
 from protocol.messages import (
     Abort, AdvertiseKeys, ConsistencySignature, EncryptedShares, Invite, KeyBundle, MaskedInput,
@@ -236,7 +239,7 @@ class ClientRound:
         # The secrets are in the shares now; this node no longer needs them.
         self._mask_secret = self._seed = self._channel_secret = b""
         frame = encode(self.context, MaskedInput(y.astype("<u4").tobytes()), self._signing_key)
-        return self._advance(ClientPhase.MASKED, frame)
+        return [SendingMaskedInput(self.context), *self._advance(ClientPhase.MASKED, frame)]
 
     def _on_survivors(self, survivors: SurvivorList) -> list[Output]:
         params, graph = self._require()
@@ -257,7 +260,7 @@ class ClientRound:
         self._survivors = u3
         self._survivors_digest = masking.survivors_digest(self._ctx, survivors.survivors)
         frame = encode(self.context, ConsistencySignature(self._survivors_digest), self._signing_key)
-        return self._advance(ClientPhase.CONSISTENCY, frame)
+        return [SigningSurvivors(self.context, u3), *self._advance(ClientPhase.CONSISTENCY, frame)]
 
     def _on_unmask_request(self, request: UnmaskRequest) -> list[Output]:
         params, graph = self._require()
@@ -294,7 +297,7 @@ class ClientRound:
         self._wipe()
         self.phase = ClientPhase.DONE
         frame = encode(self.context, UnmaskShares(seeds, keys), self._signing_key)
-        return [Revealing(self.context, self._survivors), Send(self.coordinator, frame), ClientFinished(self.context)]
+        return [Send(self.coordinator, frame), ClientFinished(self.context)]
 
     # --- helpers --------------------------------------------------------------------------------
 
