@@ -1,0 +1,135 @@
+"""RoundDriver in memory: real drivers, machines, JobBooks and SQLite stores, frames passed by a loopback network.
+
+What the driver must get right beyond the machines: it records durably, before a frame leaves, the
+attempt a round's input goes into; and a node restarted after that refuses every other attempt of
+the round, naming the reason (issue 15: unmask-once was only in memory).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nacl.signing
+import numpy as np
+import pytest
+import trio
+
+from protocol import crypto
+from protocol.election import coordinator_for
+from protocol.errors import InviteRefused, ProtocolError
+from protocol.events import RoundResult
+from protocol.jobs import JobSpec
+from protocol.messages import Invite, MaskedInput
+from protocol.wire import RoundContext, decode, encode
+from villaged.errors import RemoteRefusal
+from villaged.jobs import JobBook
+from villaged.rounds import RoundDriver
+from villaged.store import Store
+
+JOB = "job-rounds"
+SPEC = JobSpec.from_dict({"kind": "vector", "data": "x", "dimension": 4, "rounds": 2, "min_participants": 3,
+                          "neighbours": 2, "phase_timeout": 5.0, "quantization": {"rounding": "nearest"}})
+KEYS = [nacl.signing.SigningKey(crypto.sha256(b"rounds", bytes([i]))) for i in range(3)]
+IDS = [bytes(k.verify_key) for k in KEYS]
+
+
+class Loopback:
+    """The `Network` of one driver: a request is the peer driver's `handle_frame`, a refusal a RemoteRefusal."""
+
+    def __init__(self, me: bytes, drivers: dict[bytes, RoundDriver], log: list[tuple[bytes, bytes, bytes]]) -> None:
+        self.member_id, self._drivers, self._log = me, drivers, log
+
+    async def request(self, peer: bytes, protocol_id: str, request: bytes, *, timeout: float, max_reply: int = 0) -> bytes:
+        self._log.append((self.member_id, peer, request))
+        try:
+            return await self._drivers[peer].handle_frame(self.member_id, request)
+        except ProtocolError as exc:
+            raise RemoteRefusal(peer, str(exc)) from None
+
+
+def book_for(tmp_path: Path, index: int) -> tuple[Store, JobBook]:
+    store = Store.open(tmp_path / f"node{index}.db")
+    book = JobBook(store, IDS[index], lambda member: member in IDS, participant_floor=3)
+    if book.jobs.get(JOB) is None:
+        store.put_local_input("x", [(index + 1) / 10] * 4, 1000.0)
+        book.add_job(JOB, SPEC, IDS[0], time.time() - 100)
+        for member in IDS:
+            book.add_member(JOB, member)
+        book.set_roster(JOB, tuple(sorted(IDS)))
+        book.set_state(JOB, "running")
+    return store, book
+
+
+async def test_a_round_through_real_drivers_records_the_spent_attempt_before_the_masked_input_leaves(tmp_path: Path) -> None:
+    stores, books = zip(*(book_for(tmp_path, i) for i in range(3)))
+    sent: list[tuple[bytes, bytes, bytes]] = []
+    results: list[RoundResult] = []
+    spent_when_masked_left: list[int | None] = []
+
+    class Watching(Loopback):
+        async def request(self, peer: bytes, protocol_id: str, request: bytes, *, timeout: float, max_reply: int = 0) -> bytes:
+            envelope = decode(request)
+            if isinstance(envelope.message, MaskedInput):
+                spent_when_masked_left.append(stores[IDS.index(envelope.sender)].spent_attempt(JOB, 0))
+            return await super().request(peer, protocol_id, request, timeout=timeout, max_reply=max_reply)
+
+    async def on_result(result: RoundResult) -> None:
+        results.append(result)
+
+    drivers: dict[bytes, RoundDriver] = {}
+    async with trio.open_nursery() as nursery:
+        for i, key in enumerate(KEYS):
+            drivers[IDS[i]] = RoundDriver(Watching(IDS[i], drivers, sent), key, books[i], nursery, on_result,
+                                          lambda context, event, fields: None)
+        context = RoundContext(JOB, 0, 0)
+        coordinator = coordinator_for(JOB, 0, 0, sorted(IDS))
+        drivers[coordinator].coordinate(context, sorted(IDS), SPEC.round_params(3))
+        with trio.fail_after(10):
+            while not results:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    expected = sum(np.asarray(books[i].check_input(books[i].jobs[JOB])) for i in range(3))
+    quantizer = SPEC.quantizer()
+    assert np.allclose(quantizer.dequantize_sum(results[0].aggregate), expected, atol=quantizer.error_bound(3))
+    assert sorted(spent_when_masked_left) == [0, 0]  # the two remote clients; the coordinator's own client is local
+    assert all(store.spent_attempt(JOB, 0) == 0 for store in stores)
+
+
+async def test_a_node_restarted_after_its_input_left_refuses_the_next_attempt(tmp_path: Path) -> None:
+    """Its masked input went into attempt 0 (recorded, then the process died); after the restart the
+    coordinator of attempt 1 invites it: refused, with the reason, although nothing is in memory."""
+    elected = coordinator_for(JOB, 0, 1, sorted(IDS))
+    victim = next(i for i, member in enumerate(IDS) if member != elected)
+    store, book = book_for(tmp_path, victim)
+    store.record_spent(JOB, 0, 0, time.time())
+    store.close()
+    store, book = book_for(tmp_path, victim)  # the restart: a new store and book from the same file
+    invite = encode(RoundContext(JOB, 0, 1), Invite(tuple(sorted(IDS)), SPEC.round_params(3)), KEYS[IDS.index(elected)])
+    async with trio.open_nursery() as nursery:
+        driver = RoundDriver(Loopback(IDS[victim], {}, []), KEYS[victim], book, nursery, _no_result, lambda *args: None)
+        with pytest.raises(InviteRefused) as refused:
+            await driver.handle_frame(elected, invite)
+        nursery.cancel_scope.cancel()
+    assert refused.value.code == "round_spent" and "attempt 0" in refused.value.reason
+    assert driver.tracker(JOB, 0).spent_in == 0
+
+
+async def test_an_unsigned_invite_leaves_no_state(tmp_path: Path) -> None:
+    """Issue 15 item 5: 50,000 rejected frames left 50,000 trackers behind."""
+    _, book = book_for(tmp_path, 1)
+    elected = coordinator_for(JOB, 0, 0, sorted(IDS))
+    async with trio.open_nursery() as nursery:
+        driver = RoundDriver(Loopback(IDS[1], {}, []), KEYS[1], book, nursery, _no_result, lambda *args: None)
+        for round_number in range(200):
+            frame = bytearray(encode(RoundContext(JOB, round_number, 0), Invite(tuple(sorted(IDS)), SPEC.round_params(3)),
+                                     KEYS[IDS.index(elected)]))
+            frame[-1] ^= 1  # break the signature
+            with pytest.raises(ProtocolError):
+                await driver.handle_frame(elected, bytes(frame))
+        nursery.cancel_scope.cancel()
+    assert driver.progress(JOB) is None  # no tracker was made for any of them
+
+
+async def _no_result(result: RoundResult) -> None:
+    raise AssertionError("no result expected")
