@@ -24,7 +24,7 @@ from protocol.messages import Invite, MaskedInput
 from protocol.wire import RoundContext, decode, encode
 from villaged.errors import RemoteRefusal
 from villaged.jobs import JobBook
-from villaged.rounds import RoundDriver
+from villaged.rounds import ACK, RoundDriver
 from villaged.store import Store
 
 JOB = "job-rounds"
@@ -69,10 +69,12 @@ async def test_a_round_through_real_drivers_records_the_spent_attempt_before_the
 
     class Watching(Loopback):
         async def request(self, peer: bytes, protocol_id: str, request: bytes, *, timeout: float, max_reply: int = 0) -> bytes:
-            envelope = decode(request)
-            if isinstance(envelope.message, MaskedInput):
-                spent_when_masked_left.append(stores[IDS.index(envelope.sender)].spent_attempt(JOB, 0))
-            return await super().request(peer, protocol_id, request, timeout=timeout, max_reply=max_reply)
+            reply = await super().request(peer, protocol_id, request, timeout=timeout, max_reply=max_reply)
+            for frame in (request, reply):  # a client's masked input rides on the reply to the share delivery
+                envelope = decode(frame) if frame != ACK else None
+                if envelope is not None and isinstance(envelope.message, MaskedInput):  # it is leaving now
+                    spent_when_masked_left.append(stores[IDS.index(envelope.sender)].spent_attempt(JOB, 0))
+            return reply
 
     async def on_result(result: RoundResult) -> None:
         results.append(result)
