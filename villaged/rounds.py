@@ -7,7 +7,10 @@ arrive on one request/response protocol; the frame's signer must be the peer at 
 of the stream and a member of the village, and frames are routed by their (job, round, attempt).
 
 Rules kept here rather than in the machines, because they span attempts:
-- A client answers only the coordinator that the election ranking names for that attempt.
+- A client answers only an invitation that `protocol/invites.py` accepts for the job it names: the
+  coordinator the election ranking names for that attempt, the job's parameters, roster members,
+  enough participants, a round that has opened and an attempt the schedule can have reached.
+  The invite's signature is checked before anything is kept for it.
 - An invite for a later attempt of the same round replaces the earlier attempt's machine (its
   keys go with it); an invite for an earlier one is refused.
 - Fault injection for netsim: with the environment variable VILLAGE_FAILPOINT_FILE naming a file
@@ -15,8 +18,11 @@ Rules kept here rather than in the machines, because they span attempts:
   process SIGKILLs itself when a machine started while the file held it enters PHASE, before the
   phase's messages leave. The file is read as each machine starts, so netsim arms and disarms a
   running process by writing and removing it (a restart to arm it cost a DHT bootstrap storm).
-- Once this node has sent unmasking shares for a round it takes part in no other attempt of that
-  round, so a coordinator can never unmask two different survivor sets with its help.
+- A round's input goes into one attempt: the store records the attempt before the masked input
+  leaves (`SendingMaskedInput`), and every other attempt of the round is refused, after a restart
+  too. So no two attempts' sums (whose survivor sets may differ by one member) both hold it, and
+  this node unmasks at most once per round. The survivor set an unchanged input is signed over is
+  recorded before the signature leaves (`SigningSurvivors`).
 
 A machine's answer to the peer whose frame it just received rides back on that request's reply
 instead of on a stream of its own: each phase then costs one stream per client, not two. With 16
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +48,13 @@ import trio
 from protocol import crypto
 from protocol.client import ClientPhase, ClientRound
 from protocol.coordinator import CoordinatorRound
-from protocol.election import coordinator_for
 from protocol.errors import AuthenticationError, ProtocolError, RemoteProtocolError
-from protocol.events import ClientFinished, Output, RoundAborted, RoundFinished, RoundResult, Send, StartTimer
-from protocol.params import RoundParams
+from protocol.events import (
+    ClientFinished, Output, RoundAborted, RoundFinished, RoundResult, Send, SendingMaskedInput, SigningSurvivors, StartTimer,
+)
+from protocol.invites import InviteTerms, check_invite
 from protocol.messages import Invite
+from protocol.params import RoundParams
 from protocol.wire import RoundContext, decode, peek
 from villaged.errors import PeerDown, RemoteRefusal, TransportError
 
@@ -86,7 +95,20 @@ class RoundDirectory(Protocol):
     def client_input(self, job_id: str) -> np.ndarray | None:
         """This node's quantized input for the job, or None if it does not take part."""
 
-    def round_params(self, job_id: str, participants: int) -> RoundParams: ...
+    def invite_terms(self, job_id: str, round_number: int, local_attempt: int) -> InviteTerms | None:
+        """What an invitation to the round must match; None until the job's roster is known."""
+
+    def spent_attempt(self, job_id: str, round_number: int) -> int | None:
+        """The attempt of the round this node's masked input went into (durable), if any."""
+
+    def same_survivors_as(self, job_id: str) -> bytes | None:
+        """The only survivor set (digest) this node's unchanged input may be summed over, if restricted."""
+
+    def record_spent(self, context: RoundContext) -> None:
+        """Commit, before the masked input leaves, that it goes into this attempt; raise to stop it."""
+
+    def record_signed_survivors(self, context: RoundContext, survivors: frozenset[bytes]) -> None:
+        """Commit, before the signature leaves, the survivor set this node's input is signed over."""
 
 
 @dataclass
@@ -96,7 +118,7 @@ class RoundTracker:
     attempt: int = 0  # the attempt the job loop is on
     outcomes: dict[int, str] = field(default_factory=dict)  # attempt -> "client_done" | "aborted: ..." | "finished"
     invited: set[int] = field(default_factory=set)
-    unmasked_in: int | None = None
+    spent_in: int | None = None  # the attempt this node's masked input went into (from the store)
     result: bool = False
     _changed: trio.Event = field(default_factory=trio.Event)
 
@@ -236,7 +258,11 @@ class RoundDriver:
         self._trackers: dict[tuple[str, int], RoundTracker] = {}
 
     def tracker(self, job_id: str, round_number: int) -> RoundTracker:
-        return self._trackers.setdefault((job_id, round_number), RoundTracker())
+        tracker = self._trackers.get((job_id, round_number))
+        if tracker is None:
+            tracker = self._trackers[(job_id, round_number)] = RoundTracker(
+                spent_in=self._directory.spent_attempt(job_id, round_number))
+        return tracker
 
     def forget_round(self, job_id: str, round_number: int) -> None:
         """Drop the machines and tracker of a round that is over for this node."""
@@ -298,32 +324,28 @@ class RoundDriver:
                     return None  # this node already left that attempt of a job it knows: nothing to stop
                 raise RemoteProtocolError(sender, kind, f"no client machine for {context} on this node")
             return await self._feed_client(current[1], context, frame, reply_to)
-        members = self._directory.round_members(context.job_id)
-        if members is None and await self._directory.wait_for_roster(context.job_id, _ROSTER_WAIT):
-            members = self._directory.round_members(context.job_id)  # the invite overtook the roster gossip
-        if members is None:
+        invite = decode(frame).message  # the signature first: nothing is kept for a forged or unsigned frame
+        if not isinstance(invite, Invite):
+            raise RemoteProtocolError(sender, kind, "an invite frame that holds no invitation")
+        local = self._trackers.get(key)
+        terms = self._directory.invite_terms(context.job_id, context.round, local.attempt if local else 0)
+        if terms is None and await self._directory.wait_for_roster(context.job_id, _ROSTER_WAIT):
+            terms = self._directory.invite_terms(context.job_id, context.round, local.attempt if local else 0)
+        if terms is None:  # the invite overtook the roster and it did not come
             raise RemoteProtocolError(sender, kind, f"unknown job {context.job_id!r} or no roster for it yet")
+        check_invite(terms, context, sender, invite, time.time())
         vector = self._directory.client_input(context.job_id)
         if vector is None:
             raise RemoteProtocolError(sender, kind, "this node does not take part in that job")
-        tracker = self.tracker(*key)
-        if tracker.unmasked_in is not None:
-            raise RemoteProtocolError(sender, kind, f"already unmasked round {context.round} in attempt {tracker.unmasked_in}")
-        invite = decode(frame).message
-        assert isinstance(invite, Invite)
-        # The electorate is the job's roster, the same list on every node.
-        if not set(invite.participants) <= set(members):
-            raise RemoteProtocolError(sender, kind, "invites members outside the job's roster")
-        expected = coordinator_for(context.job_id, context.round, context.attempt, members)
-        if sender != expected:
-            raise RemoteProtocolError(sender, kind, f"not the elected coordinator of attempt {context.attempt}")
         if current is not None:
             if current[0] >= context.attempt:
                 raise RemoteProtocolError(sender, kind, f"stale or repeated invite (attempt {current[0]} is active)")
             current[1].close()
-        params = self._directory.round_params(context.job_id, len(members))
+        tracker = self.tracker(*key)
+        params = terms.spec.round_params(len(invite.participants))
         machine = ClientRound(
-            context, self._key, sender, vector, self._random, self._directory.is_member, invite_timeout=params.phase_timeout
+            context, self._key, sender, vector, self._random, self._directory.is_member,
+            invite_timeout=params.phase_timeout, same_survivors_as=self._directory.same_survivors_as(context.job_id),
         )
         runner = MachineRunner(
             machine, self._nursery, self._send, lambda out: self._client_output(context, out), params.phase_timeout,
@@ -383,9 +405,18 @@ class RoundDriver:
         tracker.changed()
 
     async def _client_output(self, context: RoundContext, out: Output) -> None:
+        """Outcomes of a client machine. The durable records come before the frame that follows them
+        leaves: `MachineRunner._apply` awaits this for each output in order, and a record that fails
+        raises, so the frame is never sent."""
         tracker = self.tracker(context.job_id, context.round)
+        if isinstance(out, SendingMaskedInput):
+            self._directory.record_spent(context)
+            tracker.spent_in = context.attempt
+            return
+        if isinstance(out, SigningSurvivors):
+            self._directory.record_signed_survivors(context, out.survivors)
+            return
         if isinstance(out, ClientFinished):
-            tracker.unmasked_in = context.attempt
             tracker.outcomes[context.attempt] = "client_done"
             self._on_attempt_event(context, "client_done", {})
         elif isinstance(out, RoundAborted):
