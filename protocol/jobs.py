@@ -104,7 +104,12 @@ class JobSpec:
             _int("threshold", self.threshold, 2, self.neighbours + 1)
         _int("colluders", self.colluders, 0, self.neighbours)
         for participants in {self.min_participants, self.max_participants}:
-            self.round_params(participants).check_for(participants, self.colluders)
+            params = self.round_params(participants)
+            params.check_for(participants, self.colluders)
+            holders = params.effective_neighbours(participants) + 1
+            if params.threshold >= holders:  # a village's coordinator is a participant, and its vote never counts
+                raise ParameterError("threshold", f"t={params.threshold} leaves no quorum with {participants} participants: "
+                                                  f"each secret has {holders} holders, the coordinator's vote does not count")
         if self.privacy is not None:
             self.privacy.validate()
             if self.privacy.colluders >= self.min_participants:
