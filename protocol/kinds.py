@@ -15,6 +15,8 @@ import numpy as np
 from protocol import priors
 from protocol.errors import ParameterError
 
+NO_SLOTS = np.zeros(0, dtype=np.int64)
+
 
 class InputError(ParameterError):
     """A node's local data cannot serve as input to a job; `field` names where, `reason` what."""
@@ -32,6 +34,9 @@ class JobKind(Protocol):
 
     def encode(self, spec: Any, payload: Any) -> np.ndarray:
         """The float64 vector this node contributes; raises InputError naming the bad field."""
+
+    def exact_slots(self, spec: Any) -> np.ndarray:
+        """Indices of slots holding whole numbers, which travel unscaled so that their sum is exact."""
 
     def decode(self, spec: Any, total: np.ndarray, survivors: int) -> dict[str, Any]:
         """A readable result from the dequantized sum of `survivors` inputs."""
@@ -61,6 +66,9 @@ class VectorKind:
                 raise InputError(f"{spec.data}[{i}]", f"is {v!r}, not a finite number")
         return np.asarray(values, dtype=np.float64)
 
+    def exact_slots(self, spec: Any) -> np.ndarray:
+        return NO_SLOTS
+
     def decode(self, spec: Any, total: np.ndarray, survivors: int) -> dict[str, Any]:
         values = total / survivors if spec.aggregate == "mean" else total
         return {"aggregate": spec.aggregate, "count": survivors, "values": values.tolist()}
@@ -85,13 +93,23 @@ class RoutingPriorsKind:
             raise ParameterError("aggregate", "must be sum for routing-priors (the decoder forms the ratios)")
         if spec.quantization.clip != 1.0:
             raise ParameterError("quantization.clip", "must be 1 for routing-priors (every slot is pre-scaled to [0, 1])")
+        limit = 1 << (spec.quantization.bits - 1)
+        if type(spec.max_participants) is int and spec.max_participants * layout.max_count >= limit:
+            raise ParameterError("priors.max_count", f"{spec.max_participants} max_participants x max_count "
+                                                     f"{layout.max_count} must stay below 2^{spec.quantization.bits - 1} "
+                                                     f"(counts are summed exactly); lower it to at most "
+                                                     f"{(limit - 1) // spec.max_participants}")
 
     def dimension(self, spec: Any) -> int:
         return priors.parse_layout(spec.priors).dimension
 
+    def exact_slots(self, spec: Any) -> np.ndarray:
+        return NO_SLOTS if spec.privacy is not None else priors.parse_layout(spec.priors).count_slots()
+
     def encode(self, spec: Any, payload: Any) -> np.ndarray:
         try:
-            return priors.encode(priors.parse_layout(spec.priors), payload, where=spec.data)
+            return priors.encode(priors.parse_layout(spec.priors), payload, where=spec.data,
+                                 exact_counts=spec.privacy is None)
         except ParameterError as exc:
             raise InputError(exc.field, exc.reason) from None
 
@@ -102,9 +120,33 @@ class RoutingPriorsKind:
         plan = spec.noise_plan()
         if plan is not None:
             floor += 4.0 * plan.noise_std(survivors)
-        result = priors.decode(layout, total, floor)
+        count_floor = 0.5  # whole counts summed exactly
+        if spec.privacy is not None:  # counts were pre-scaled (and noised) like every other slot
+            total = total.copy()
+            total[layout.count_slots()] *= layout.max_count
+            count_floor = floor * layout.max_count
+        result = priors.decode(layout, total, floor, count_floor)
         result.update({"aggregate": "sum", "count": survivors})
         return result
 
 
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (VectorKind(), RoutingPriorsKind())}
+
+
+def quantize_input(spec: Any, values: np.ndarray, rounding_seed: bytes | None) -> np.ndarray:
+    """A node's words in Z_(2^m): the job's quantizer for scaled slots, the whole numbers as they
+    are for the kind's exact slots (their range is checked by the kind's `check_spec`)."""
+    words = spec.quantizer().quantize(values, rounding_seed=rounding_seed)
+    exact = KINDS[spec.kind].exact_slots(spec)
+    words[exact] = (values[exact].astype(np.int64) & ((1 << spec.quantization.bits) - 1)).astype(np.uint32)
+    return words
+
+
+def dequantize_total(spec: Any, words: np.ndarray) -> np.ndarray:
+    """The float sum from summed words: scaled slots divided back, exact slots read as signed integers."""
+    total = spec.quantizer().dequantize_sum(words)
+    exact = KINDS[spec.kind].exact_slots(spec)
+    bits = spec.quantization.bits
+    signed = words[exact].astype(np.int64)
+    total[exact] = np.where(signed >= 1 << (bits - 1), signed - (1 << bits), signed)
+    return total

@@ -35,15 +35,17 @@ node releases that node's numbers exactly (a sum of one): secure aggregation hid
 unless the job adds distributed DP noise (`privacy`, protocol/dp.py). Request hashes in the spec
 are public: use salted hashes if the raw hash of a request would identify it.
 
-Quantization: every slot is pre-scaled by the kind to [0, 1] with caps from the spec
-(`max_latency_ms` default 60 000, `max_count` default 10^6 for success/total, `max_score` default
-10^6, `max_carbon` default 2 000 gCO2/kWh, penalty factors in [0, 1]), so one Quantizer with clip 1
-fits all (a spec with quantization.clip other than 1 is rejected for this kind). Values above a cap are
-clipped: latencies and scores to the cap; success and total together by the same factor, so the
-node's success rate is kept while its weight shrinks. Error of a released sum per slot, in the
-slot's units: < survivors x cap / scale (stochastic rounding), e.g. scale 2^31/1000 ~ 2.1e6 with
-1000 max participants gives < 0.03 ms per client for latencies and < 0.5 counts per client for
-counts; the ratios the decoder forms inherit these bounds over sum(w) and sum(total).
+Quantization: success and total counts are whole numbers and travel as integers in the ring,
+unscaled (`count_slots`), so sum(success)/sum(total) is exactly the plaintext formula; a count
+above `max_count` (default 10^6, an integer with max_participants x max_count < 2^(bits-1)) is
+refused, naming the field. Every other slot is pre-scaled by the kind to [0, 1] with caps from the
+spec (`max_latency_ms` default 60 000, `max_score` default 10^6, `max_carbon` default 2 000
+gCO2/kWh, penalty factors in [0, 1]), so one Quantizer with clip 1 fits them all (a spec with
+quantization.clip other than 1 is rejected for this kind); latencies and scores above their cap
+are clipped to it. Error of a released sum per such slot, in the slot's units: < survivors x cap /
+scale (stochastic rounding), e.g. scale 2^31/1000 ~ 2.1e6 with 1000 max participants gives < 0.03
+ms per client for latencies. A job with distributed DP noise bounds every slot by the L2 clip, so
+there the counts are pre-scaled by 1/max_count like the rest (and the noise makes them inexact).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class PriorsLayout:
     buckets: int  # P
     carbon_regions: tuple[str, ...]
     max_latency_ms: float = 60_000.0
-    max_count: float = 1e6
+    max_count: int = 1_000_000
     max_score: float = 1e6
     max_carbon: float = 2_000.0
 
@@ -96,6 +98,11 @@ class PriorsLayout:
 
     def cell_index(self, model: int, region: int, tier: int) -> int:
         return len(CELL_SLOTS) * ((model * len(self.regions) + region) * len(self.tiers) + tier)
+
+    def count_slots(self) -> np.ndarray:
+        """Indices of every cell's success and total counts (whole numbers, summed exactly)."""
+        bases = np.arange(self.cells, dtype=np.int64) * len(CELL_SLOTS)
+        return np.sort(np.concatenate([bases + CELL_SLOTS.index("success"), bases + CELL_SLOTS.index("total")]))
 
     def pattern_index(self, request_hash: str) -> int | None:
         """The pattern slot of a hash: its position when listed, its bucket otherwise (None: not tracked)."""
@@ -143,13 +150,18 @@ def _parse_layout(text: str) -> PriorsLayout:
     else:
         raise ParameterError("priors.request_patterns", f"must be a list of request hashes or a bucket count in [0, {MAX_KEYS}]")
     carbon = _names(raw, "carbon_regions", required=False) if "carbon_regions" in raw else regions
-    caps = {}
-    for key in ("max_latency_ms", "max_count", "max_score", "max_carbon"):
+    caps: dict[str, Any] = {}
+    for key in ("max_latency_ms", "max_score", "max_carbon"):
         if key in raw:
             value = raw[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 1e15):
                 raise ParameterError(f"priors.{key}", f"must be a positive number below 1e15, got {value!r}")
             caps[key] = float(value)
+    if "max_count" in raw:
+        value = raw["max_count"]
+        if type(value) is not int or not 0 < value < 1 << 31:
+            raise ParameterError("priors.max_count", f"must be a positive integer below 2^31, got {value!r}")
+        caps["max_count"] = value
     return PriorsLayout(models, regions, tiers, patterns, buckets, carbon, **caps)
 
 
@@ -172,8 +184,9 @@ def _names(raw: dict[str, Any], key: str, required: bool) -> tuple[str, ...]:
 # --- encoding a node's local statistics -------------------------------------------------------------
 
 
-def encode(layout: PriorsLayout, payload: Any, where: str = "data") -> np.ndarray:
-    """This node's vector (pre-scaled to [0, 1] per slot); ParameterError names the exact field at fault.
+def encode(layout: PriorsLayout, payload: Any, where: str = "data", exact_counts: bool = True) -> np.ndarray:
+    """This node's vector: whole success and total counts (`exact_counts`; else pre-scaled by
+    1/max_count), every other slot pre-scaled to [0, 1]. ParameterError names the exact field at fault.
 
     Payload (JSON): {"models": [...], "request_patterns": [...], "carbon": [...]}, each list optional:
       models[i]:           {model_id, region, quality_tier, latency_percentile: {p50, p95, p99},
@@ -205,8 +218,8 @@ def encode(layout: PriorsLayout, payload: Any, where: str = "data") -> np.ndarra
         if not isinstance(latency, dict):
             raise ParameterError(f"{at}.latency_percentile", "must be an object {p50, p95, p99} in milliseconds")
         p50, p95, p99 = (_number(latency, p, f"{at}.latency_percentile") for p in ("p50", "p95", "p99"))
-        success = _number(entry, "success_count", at)
-        total = _number(entry, "total_count", at)
+        success = _count(entry, "success_count", at, layout.max_count)
+        total = _count(entry, "total_count", at, layout.max_count)
         samples = _number(entry, "sample_count", at)
         if success > total:
             raise ParameterError(f"{at}.success_count", f"{success:g} exceeds total_count {total:g}")
@@ -215,10 +228,10 @@ def encode(layout: PriorsLayout, payload: Any, where: str = "data") -> np.ndarra
             continue
         w = min(samples / WEIGHT_SAMPLES, 1.0)
         cap = layout.max_latency_ms
-        shrink = min(1.0, layout.max_count / total) if total > 0 else 1.0
+        unit = 1.0 if exact_counts else float(layout.max_count)
         base = layout.cell_index(model_at[model], region_at[region], tier_at[tier])
         vector[base:base + 6] = (w * min(p50, cap) / cap, w * min(p95, cap) / cap, w * min(p99, cap) / cap, w,
-                                 success * shrink / layout.max_count, total * shrink / layout.max_count)
+                                 success / unit, total / unit)
 
     for i, entry in enumerate(_entries(payload, "request_patterns", where)):
         at = f"{where}.request_patterns[{i}]"
@@ -274,6 +287,15 @@ def _number(entry: dict[str, Any], key: str, at: str, high: float = math.inf) ->
     return float(value)
 
 
+def _count(entry: dict[str, Any], key: str, at: str, cap: int) -> float:
+    """A whole count in [0, cap]: counts are summed exactly, so a fraction or a count above the
+    job's `priors.max_count` is refused rather than rounded or clipped."""
+    value = _number(entry, key, at)
+    if value != int(value) or value > cap:
+        raise ParameterError(f"{at}.{key}", f"must be a whole number in [0, {cap}] (the job's priors.max_count), got {value:g}")
+    return value
+
+
 def _unique(seen: dict[tuple[str, ...], int], key: tuple[str, ...], i: int, at: str, listing: str, what: str) -> None:
     if key in seen:
         raise ParameterError(at, f"duplicate of {listing}[{seen[key]}] ({what})")
@@ -283,9 +305,10 @@ def _unique(seen: dict[tuple[str, ...], int], key: tuple[str, ...], i: int, at: 
 # --- decoding the sum --------------------------------------------------------------------------------
 
 
-def decode(layout: PriorsLayout, total: np.ndarray, floor: float = 1e-9) -> dict[str, Any]:
-    """Aggregated priors from the dequantized sum. `floor` is the absolute error of one slot of the
-    sum (quantization plus noise): weights or counts at or below it are treated as absent."""
+def decode(layout: PriorsLayout, total: np.ndarray, floor: float = 1e-9, count_floor: float = 0.5) -> dict[str, Any]:
+    """Aggregated priors from the dequantized sum, whose count slots hold counts. `floor` is the
+    absolute error of one pre-scaled slot of the sum (quantization plus noise), `count_floor` that
+    of a count: weights or counts at or below them are treated as absent."""
     cap = layout.max_latency_ms
     cells = []
     for m, model in enumerate(layout.models):
@@ -293,7 +316,7 @@ def decode(layout: PriorsLayout, total: np.ndarray, floor: float = 1e-9) -> dict
             for t, tier in enumerate(layout.tiers):
                 base = layout.cell_index(m, r, t)
                 w_p50, w_p95, w_p99, w, success, count = (float(x) for x in total[base:base + 6])
-                has_latency, has_counts = w > floor, count > floor
+                has_latency, has_counts = w > floor, count > count_floor
                 if not (has_latency or has_counts):
                     continue
                 cells.append({
@@ -303,7 +326,7 @@ def decode(layout: PriorsLayout, total: np.ndarray, floor: float = 1e-9) -> dict
                         "p99": _clamp(w_p99 / w * cap, 0, cap)},
                     "weight": w,
                     "success_rate": None if not has_counts else _clamp(success / count, 0.0, 1.0),
-                    "success_count": success * layout.max_count, "total_count": count * layout.max_count,
+                    "success_count": success, "total_count": count,
                 })
     patterns = {}
     m_count = len(layout.models)

@@ -32,7 +32,7 @@ from protocol.errors import AuthenticationError, ParameterError, RemoteProtocolE
 from protocol.events import RoundResult
 from protocol.fanout import tree_order
 from protocol.jobs import JobSpec
-from protocol.kinds import KINDS, InputError
+from protocol.kinds import KINDS, InputError, dequantize_total
 from protocol.membership import MemberRegistry, MembershipCertificate, decode_certificate
 from protocol.policy import InputPolicy
 from protocol.priors import validate_round
@@ -916,7 +916,7 @@ class Daemon:
         words = np.frombuffer(record.aggregate, dtype="<u4").astype(np.uint32)
         survivors = len(record.participants)
         quantizer = job.spec.quantizer()
-        view = KINDS[job.spec.kind].decode(job.spec, quantizer.dequantize_sum(words), survivors)
+        view = KINDS[job.spec.kind].decode(job.spec, dequantize_total(job.spec, words), survivors)
         per_input = survivors if job.spec.aggregate == "mean" else 1
         view.update({
             "round": record.round, "attempt": record.attempt, "coordinator": record.coordinator.hex(),

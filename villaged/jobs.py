@@ -29,7 +29,7 @@ from protocol.dp import add_noise, clip_l2, sample_discrete_gaussian
 from protocol.election import coordinator_for
 from protocol.errors import ParameterError, ProtocolError
 from protocol.jobs import JobSpec
-from protocol.kinds import KINDS, InputError
+from protocol.kinds import KINDS, InputError, quantize_input
 from protocol.params import RoundParams
 from protocol.policy import DEFAULT_PARTICIPANT_FLOOR, InputPolicy
 from protocol.wire import RoundContext
@@ -212,7 +212,7 @@ class JobBook:
         plan = job.spec.noise_plan()
         if plan is not None:
             values = clip_l2(values, plan.l2_clip)
-        words = job.spec.quantizer().quantize(values, rounding_seed=os.urandom(32))
+        words = quantize_input(job.spec, values, rounding_seed=os.urandom(32))
         if plan is not None:  # this client's share of the distributed DP noise, fresh per attempt
             noise = sample_discrete_gaussian(plan.sigma, len(words), os.urandom)
             words = add_noise(words, noise, job.spec.quantization.bits)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from protocol import priors
 from protocol.errors import ParameterError
 from protocol.jobs import JobSpec
-from protocol.kinds import KINDS, InputError
+from protocol.kinds import KINDS, InputError, dequantize_total, quantize_input
 
 MODELS = ["gpt-4", "distilbert", "llama-3-8b"]
 REGIONS = ["us-west", "eu-west"]
@@ -110,16 +110,47 @@ def test_sum_of_encodings_decodes_to_the_spec_formulas(seed: int, n: int) -> Non
     check_against_plaintext(kind.decode(job, total, n), nodes, tol=1e-9)
 
 
+def secure_sum(job: JobSpec, nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Encode, quantize (stochastic rounding), sum mod 2^32 and decode, as clients and coordinator do."""
+    kind = KINDS["routing-priors"]
+    words = [quantize_input(job, kind.encode(job, node), bytes([i]) * 32) for i, node in enumerate(nodes)]
+    total = (np.sum([w.astype(np.uint64) for w in words], axis=0) % (1 << 32)).astype(np.uint32)
+    return kind.decode(job, dequantize_total(job, total), len(nodes))
+
+
 def test_quantized_secure_sum_decodes_within_the_error_bound() -> None:
     rng = random.Random(7)
     nodes = [node_payload(rng) for _ in range(5)]
-    job = spec(max_participants=50)
-    q = job.quantizer()
-    kind = KINDS["routing-priors"]
-    words = [q.quantize(kind.encode(job, node), rounding_seed=bytes([i]) * 32) for i, node in enumerate(nodes)]
-    total = np.sum([w.astype(np.uint64) for w in words], axis=0) % (1 << 32)
-    decoded = kind.decode(job, q.dequantize_sum(total.astype(np.uint32)), len(nodes))
-    check_against_plaintext(decoded, nodes, tol=1e-3)
+    check_against_plaintext(secure_sum(spec(max_participants=50), nodes), nodes, tol=1e-3)
+
+
+@pytest.mark.parametrize("n", [4, 9])
+def test_success_rates_are_exactly_the_plaintext_formula(n: int) -> None:
+    """Counts travel as integers: sum(success)/sum(total) is the spec's formula to the last bit (they
+    used to be scaled by 1/max_count into the clip-1 quantizer, off by up to 7e-4 at 4 nodes)."""
+    rng = random.Random(n)
+    nodes = [node_payload(rng) for _ in range(n)]
+    decoded = secure_sum(spec(), nodes)
+    got = {(c["model_id"], c["region"], c["quality_tier"]): c for c in decoded["models"]}
+    for key, c in plaintext(nodes)["cells"].items():
+        assert (got[key]["success_count"], got[key]["total_count"]) == (c["s"], c["t"])
+        if c["t"] > 0:
+            assert got[key]["success_rate"] == c["s"] / c["t"]
+
+
+def test_counts_at_the_cap_fit_the_ring_and_above_it_are_refused() -> None:
+    job = spec(max_participants=2000, priors=dict(SECTION, max_count=1_000_000))
+    cell = dict(CELL, success_count=999_999, total_count=1_000_000)
+    assert secure_sum(job, [{"models": [cell]}] * 3)["models"][0]["total_count"] == 3_000_000
+    with pytest.raises(InputError) as info:
+        KINDS["routing-priors"].encode(job, {"models": [dict(cell, total_count=1_000_001)]})
+    assert info.value.field == "stats.models[0].total_count" and "priors.max_count" in info.value.reason
+    with pytest.raises(InputError) as info:
+        KINDS["routing-priors"].encode(job, {"models": [dict(cell, success_count=2.5)]})
+    assert info.value.field == "stats.models[0].success_count" and "whole number" in info.value.reason
+    with pytest.raises(ParameterError) as overflow:
+        spec(max_participants=2148, priors=dict(SECTION, max_count=1_000_000))
+    assert overflow.value.field == "priors.max_count" and "at most 999759" in overflow.value.reason
 
 
 def test_entries_outside_the_key_space_never_leave_the_node() -> None:
@@ -178,6 +209,7 @@ def test_bad_local_statistics_name_the_field(payload: Any, field: str) -> None:
     ({"dimension": 7}, "dimension"),
     ({"aggregate": "mean"}, "aggregate"),
     ({"quantization": {"clip": 2.0}}, "quantization.clip"),
+    ({"priors": dict(SECTION, max_count=1e6)}, "priors.max_count"),
 ])
 def test_bad_priors_spec_names_the_field(change: dict[str, Any], field: str) -> None:
     raw = {"kind": "routing-priors", "data": "stats", "priors": SECTION, **change}

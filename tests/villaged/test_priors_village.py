@@ -1,5 +1,5 @@
-"""Routing priors and distributed DP on real daemons: a 3-node, 2-round routing-priors job checked
-against the spec's formulas in plaintext; a DP job that stops when its budget is used."""
+"""Routing priors and distributed DP on real daemons: a 4-node, 2-round routing-priors job checked
+against the spec's formulas in plaintext (success rates exactly); a DP job that stops when its budget is used."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from protocol.jobs import JobSpec
-from tests.protocol.test_priors import SECTION, check_against_plaintext, node_payload
+from tests.protocol.test_priors import SECTION, check_against_plaintext, node_payload, plaintext
 from tests.villaged.village import running_village, village_configs, wait_for
 from villaged.control import NotFound
 from villaged.daemon import Daemon
@@ -29,14 +29,15 @@ async def result_count(daemon: Daemon, job_id: str) -> int:
 
 async def meshed_village(daemons: list[Daemon]) -> None:
     async def meshed() -> bool:
-        return min([len(await d.peers()) for d in daemons]) >= 2 and min([len(await d.members()) for d in daemons]) == 3
+        return (min([len(await d.peers()) for d in daemons]) >= 2
+                and min([len(await d.members()) for d in daemons]) == len(daemons))
 
     await wait_for(meshed, timeout=30)
 
 
 @pytest.mark.slow
-async def test_three_nodes_two_rounds_of_routing_priors(tmp_path: Path) -> None:
-    async with running_village(village_configs(tmp_path, 3)) as nodes:
+async def test_four_nodes_two_rounds_of_routing_priors(tmp_path: Path) -> None:
+    async with running_village(village_configs(tmp_path, 4)) as nodes:
         daemons = [d for d, _, _ in nodes]
         rng = random.Random(3)
         payloads = [node_payload(rng) for _ in daemons]
@@ -52,8 +53,13 @@ async def test_three_nodes_two_rounds_of_routing_priors(tmp_path: Path) -> None:
         await wait_for(all_done, timeout=60)
         for daemon in daemons:
             view = await daemon.priors(job["id"])
-            assert view["round"] == 1 and view["participants"] == 3
+            assert view["round"] == 1 and view["participants"] == 4
             check_against_plaintext(view["priors"], payloads, tol=1e-3)
+            cells = {(c["model_id"], c["region"], c["quality_tier"]): c for c in view["priors"]["models"]}
+            counted = {key: c for key, c in plaintext(payloads)["cells"].items() if c["t"] > 0}
+            for key, c in counted.items():  # counts are summed as integers: the spec's formula, exactly
+                assert (cells[key]["success_count"], cells[key]["total_count"]) == (c["s"], c["t"])
+                assert cells[key]["success_rate"] == c["s"] / c["t"]
             # same statistics both rounds: no routing decision changed
             assert view["validation"]["stability_score"] == 1.0
             assert 0.0 <= view["validation"]["diversity_score"] <= 1.0
