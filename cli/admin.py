@@ -1,9 +1,11 @@
 """The village admin's side of membership: the key file, member ids, expiry, certificate files.
 
 The signing itself is `protocol.membership`; this module is the I/O around it for villagectl:
-where the admin key lives (``ADMIN_DIR/admin.key``, JSON, mode 0600), how a member is named on
-the command line (64 hex characters of its Ed25519 key, or its libp2p peer id ``12D3KooW...``),
-and how ``--expires`` is written (``30d``, ``12h``, ``2w``, or an ISO date/time).
+where the admin key lives (``ADMIN_DIR/admin.key``, JSON, mode 0600), where the newest revocation
+list lives (``ADMIN_DIR/revocations.bin``: each `villagectl village revoke` signs the next serial
+on top of it), how a member is named on the command line (64 hex characters of its Ed25519 key,
+or its libp2p peer id ``12D3KooW...``), and how ``--expires`` is written (``7d``, ``12h``, ``2w``,
+or an ISO date/time).
 """
 
 from __future__ import annotations
@@ -16,19 +18,22 @@ from pathlib import Path
 from typing import Final
 
 from cli.errors import CliError
-from protocol.errors import ParameterError
-from protocol.membership import AdminKeyPair
+from protocol.errors import ParameterError, RemoteProtocolError
+from protocol.membership import AdminKeyPair, RevocationList, RevokedMember, issue_revocations, verify_revocations
 
 __all__ = [
     "ADMIN_KEY_FILENAME",
+    "REVOCATIONS_FILENAME",
     "create_admin_key",
     "load_admin_key",
+    "revoke_member",
     "parse_expiry",
     "parse_member_id",
     "write_private_file",
 ]
 
 ADMIN_KEY_FILENAME: Final = "admin.key"
+REVOCATIONS_FILENAME: Final = "revocations.bin"
 _KEY_FILE_KIND: Final = "village-admin-key"
 _BASE58_ALPHABET: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 # A libp2p Ed25519 peer id is the identity multihash (0x00, length 0x24) of the protobuf
@@ -92,6 +97,34 @@ def load_admin_key(admin_dir: Path) -> AdminKeyPair:
     if document.get("public_key") != keys.public_key.hex():
         raise CliError(f"{path}: field 'public_key' does not match 'seed'; the file is corrupted")
     return keys
+
+
+def revoke_member(admin_dir: Path, keys: AdminKeyPair, member_id: bytes, reason: str, now: float) -> RevocationList:
+    """Sign the next revocation list (the one in ``admin_dir`` plus ``member_id``, serial + 1) and
+    make it the admin dir's newest (replaced atomically: a crash leaves the old or the new list)."""
+    path = admin_dir / REVOCATIONS_FILENAME
+    try:
+        previous = verify_revocations(path.read_bytes(), keys.public_key, keys.village_id)
+    except FileNotFoundError:
+        previous = None
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    except RemoteProtocolError as exc:
+        raise CliError(f"{path}: {exc.reason}; move it away only if you know no node holds a newer list") from None
+    revoked = list(previous.revoked) if previous is not None else []
+    if any(r.member_id == member_id for r in revoked):
+        raise CliError(f"member {member_id.hex()} is already revoked in {path} (serial {previous and previous.serial})")
+    try:
+        revoked.append(RevokedMember(member_id, int(now), reason))
+        listed = issue_revocations(keys.signing_key, keys.village_id, (previous.serial if previous else 0) + 1,
+                                   int(now), revoked)
+    except ParameterError as exc:
+        raise CliError(f"--{exc.field.replace('_', '-')}: {exc.reason}") from None
+    tmp = path.with_name(f".{REVOCATIONS_FILENAME}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    write_private_file(tmp, listed.encode())
+    os.replace(tmp, path)
+    return listed
 
 
 def parse_member_id(text: str) -> bytes:

@@ -9,14 +9,19 @@ traceback unless ``VILLAGECTL_DEBUG=1``.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cli.admin import create_admin_key, load_admin_key, parse_expiry, parse_member_id, peer_id_for, write_private_file
+from cli.admin import (
+    REVOCATIONS_FILENAME, create_admin_key, load_admin_key, parse_expiry, parse_member_id, peer_id_for, revoke_member,
+    write_private_file,
+)
 from cli.client import ApiClient
+from cli.errors import CliError
 from cli.common import ApiUrl, AsJson, DataDir, Token, friendly_errors, iso, print_json, print_record, print_rows
 from cli.data import data_app
 from cli.jobs import jobs_app, rounds
@@ -69,14 +74,16 @@ def village_init(admin_dir: AdminDir) -> None:
 def village_admit(
     member: Annotated[str, typer.Argument(help="Member id (64 hex chars) or libp2p peer id (12D3KooW...).")],
     admin_dir: AdminDir,
-    expires: Annotated[str, typer.Option(help="Validity: 30d, 12h, 2w, 90m, or an ISO date.")] = "30d",
+    expires: Annotated[str, typer.Option(help="Validity: 7d, 12h, 2w, 90m, or an ISO date.")] = "7d",
     out: Annotated[Path | None, typer.Option(help="Certificate file to write (default ./member-<id>.cert).")] = None,
 ) -> None:
-    """Issue a signed, expiring membership certificate for MEMBER and write it to a file.
+    """Issue a signed, expiring membership certificate for MEMBER and write it to a file. Renewal is the
+    same command: the member saves the new file as its membership.cert and runs
+    `villagectl village reload-certificate` (or waits a minute: villaged looks at the file).
 
     Example:
 
-        villagectl village admit 12D3KooWQx... --admin-dir ~/.village-admin --expires 30d --out node1.cert
+        villagectl village admit 12D3KooWQx... --admin-dir ~/.village-admin --expires 7d --out node1.cert
     """
     member_id = parse_member_id(member)
     keys = load_admin_key(admin_dir)
@@ -92,7 +99,72 @@ def village_admit(
     print("Give this file to the member; their villaged loads it as its membership certificate.")
 
 
+@village_app.command("revoke")
+@friendly_errors
+def village_revoke(
+    member: Annotated[str, typer.Argument(help="Member id (64 hex chars) or libp2p peer id (12D3KooW...).")],
+    admin_dir: AdminDir,
+    reason: Annotated[str, typer.Option(help="Why (kept in the list, shown in every node's log).")] = "",
+    out: Annotated[Path | None, typer.Option(help="Also write a copy of the new list here, for publishing.")] = None,
+) -> None:
+    """Revoke MEMBER: sign the next revocation list (ADMIN_DIR/revocations.bin, serial + 1).
+
+    Give the list to any running member with `villagectl village publish-revocations FILE`; it spreads
+    to the village by gossip and job sync, and every node refuses the member from then on.
+
+    Example:
+
+        villagectl village revoke 12D3KooWQx... --admin-dir ~/.village-admin --reason "laptop stolen" --out rev.bin
+    """
+    member_id = parse_member_id(member)
+    keys = load_admin_key(admin_dir)
+    listed = revoke_member(admin_dir, keys, member_id, reason, time.time())
+    if out is not None:
+        write_private_file(out, listed.encode())
+    print(f"revocation list: {out or admin_dir / REVOCATIONS_FILENAME} (serial {listed.serial}, "
+          f"{len(listed.revoked)} revoked)")
+    print(f"revoked:         {member_id.hex()} ({peer_id_for(member_id)})")
+    print("Publish it on any running member: villagectl village publish-revocations FILE")
+
+
 # --- node commands -------------------------------------------------------------------------
+
+
+@village_app.command("publish-revocations")
+@friendly_errors
+def village_publish_revocations(
+    file: Annotated[Path, typer.Argument(help="A revocation list written by `villagectl village revoke`.")],
+    data_dir: DataDir = None, api: ApiUrl = None, token: Token = None, as_json: AsJson = False,
+) -> None:
+    """Hand a revocation list to this node's daemon, which keeps it and spreads it to the village.
+
+    Example:
+
+        villagectl village publish-revocations ~/.village-admin/revocations.bin --data-dir ~/.village
+    """
+    try:
+        listed = file.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {file}: {exc.strerror}") from None
+    answer = ApiClient.discover(data_dir, api, token).post("/v1/revocations", {"revocations": listed.hex()})
+    if as_json:
+        print_json(answer)
+        return
+    print(f"revocation list {answer['serial']} adopted; {len(answer['revoked'])} members revoked")
+
+
+@village_app.command("reload-certificate")
+@friendly_errors
+def village_reload_certificate(data_dir: DataDir = None, api: ApiUrl = None, token: Token = None) -> None:
+    """Make the daemon re-read its certificate file now (after `villagectl village admit` renewed it).
+
+    Example:
+
+        villagectl village reload-certificate --data-dir ~/.village
+    """
+    answer = ApiClient.discover(data_dir, api, token).post("/v1/certificate/reload")
+    state = "renewed" if answer["renewed"] else "unchanged"
+    print(f"certificate {state}; valid until {iso(answer['expires_at'])}")
 
 
 @village_app.command("members")
@@ -132,7 +204,10 @@ def status(data_dir: DataDir = None, api: ApiUrl = None, token: Token = None, as
     if as_json:
         print_json(snapshot)
         return
+    warnings = snapshot.pop("warnings", None) or []
     print_record(snapshot, "villaged status")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 @app.command()

@@ -190,6 +190,22 @@ async def _get_data(api: ControlApi, params: Params, body: Any) -> Response:
     return json_response(200, await api.control.get_data(params["name"]))
 
 
+async def _publish_revocations(api: ControlApi, params: Params, body: Any) -> Response:
+    listed = body.get("revocations") if isinstance(body, dict) else None
+    try:
+        data = bytes.fromhex(listed) if isinstance(listed, str) else None
+    except ValueError:
+        data = None
+    if data is None:
+        return json_error(422, "invalid_field", "request body: revocations: must be the hex of a revocation list "
+                                                "(villagectl village revoke writes one)")
+    return json_response(200, await api.control.publish_revocations(data))
+
+
+async def _reload_certificate(api: ControlApi, params: Params, body: Any) -> Response:
+    return json_response(200, await api.control.reload_certificate())
+
+
 async def _health(api: ControlApi, params: Params, body: Any) -> Response:
     return json_response(200, {"status": "ok", "uptime_seconds": round(time.monotonic() - api.started, 3)})
 
@@ -206,6 +222,19 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/v1/status", "getStatus", "This node's status snapshot", _status, _OBJECT),
     Route("GET", "/v1/peers", "listPeers", "Connected peers", _peers, _OBJECT_LIST),
     Route("GET", "/v1/members", "listMembers", "Known village members and certificate expiry", _members, _OBJECT_LIST),
+    Route(
+        "POST", "/v1/revocations", "publishRevocations",
+        "Adopt an admin-signed revocation list newer than the one held, and spread it to the village",
+        _publish_revocations, _OBJECT,
+        request_schema={"type": "object", "description": '{"revocations": hex of the list file}; a list that is '
+                        "malformed, another village's or not newer is refused naming why."},
+        errors=(409, 413, 415, 422),
+    ),
+    Route(
+        "POST", "/v1/certificate/reload", "reloadCertificate",
+        "Re-read this node's certificate file (a renewed certificate), without a restart",
+        _reload_certificate, _OBJECT, errors=(422,),
+    ),
     Route("GET", "/v1/jobs", "listJobs", "All jobs, oldest first", _list_jobs, _OBJECT_LIST),
     Route(
         "POST",

@@ -126,6 +126,17 @@ class NodeControl(Protocol):
         naming the bad field."""
         ...
 
+    async def publish_revocations(self, listed: bytes) -> dict[str, JSON]:
+        """Adopt an admin-signed revocation list and spread it; returns its ``serial`` and the ``revoked``
+        member ids. Raises InvalidRequest (field ``revocations``: malformed, another village's) or Conflict
+        (not newer than the list held)."""
+        ...
+
+    async def reload_certificate(self) -> dict[str, JSON]:
+        """Re-read this node's certificate file; returns ``renewed`` and ``expires_at``. Raises
+        InvalidRequest (field ``certificate``) if the file is bad, expired, older, or this node is revoked."""
+        ...
+
     async def get_data(self, name: str) -> dict[str, JSON]:
         """The input, its ``updated_at`` and ``policy``. Raises NotFound."""
         ...

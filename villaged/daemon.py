@@ -28,12 +28,12 @@ from protocol.announcements import (
     MAX_ANNOUNCEMENT_BYTES, MAX_ROSTER_ADDRESSES, aggregate_digest, open_announcement, sign_announcement,
 )
 from protocol.election import coordinator_for
-from protocol.errors import AuthenticationError, ParameterError, RemoteProtocolError
+from protocol.errors import AuthenticationError, MemberRevoked, ParameterError, RemoteProtocolError
 from protocol.events import RoundResult
 from protocol.fanout import tree_order
 from protocol.jobs import JobSpec
 from protocol.kinds import KINDS, InputError, dequantize_total
-from protocol.membership import MemberRegistry, MembershipCertificate, decode_certificate
+from protocol.membership import MemberRegistry, MembershipCertificate, decode_certificate, verify_revocations
 from protocol.policy import InputPolicy
 from protocol.priors import validate_round
 from protocol.wire import RoundContext
@@ -76,6 +76,13 @@ _JOIN_TIMEOUT = 20.0
 _CERTIFICATE_EXCHANGE_DELAY = (1.0, 3.0)
 #: A running job (with its roster) is re-announced this often, for members that missed it or restarted.
 _RUNNING_ANNOUNCE_PERIOD = 60.0
+#: The certificate file is looked at this often (a renewed one is picked up), and a certificate that
+#: expires within `_CERTIFICATE_WARNING` is warned about (in the log at most every `_WARNING_GAP`).
+_CERTIFICATE_CHECK_PERIOD = 60.0
+_CERTIFICATE_WARNING = 86_400.0
+_WARNING_GAP = 3600.0
+#: The store's meta row holding the newest admin-signed revocation list (hex).
+_REVOCATIONS_META = "revocations"
 
 
 @dataclass(frozen=True)
@@ -109,13 +116,16 @@ class Daemon:
         self.registry = MemberRegistry(cert.admin_public_key, cert.village_id)
         self.registry.admit(self._certificate, time.time(), member_id=self.me)
         self.store = Store.open(config.data_dir / "village.db")
+        self._load_revocations()
         for record in self.store.members():
             try:
                 self.registry.admit(record.certificate, time.time(), member_id=record.member_id)
             except RemoteProtocolError:
-                continue  # expired since: forgotten
+                continue  # expired or revoked since: forgotten
         self.book = JobBook(self.store, self.me, self._is_member, config.participant_floor, self.metrics)
         self._topic = f"village/{cert.village_id.hex()}"
+        self._revocations_topic = f"{self._topic}/revocations"
+        self._certificate_warned_at = 0.0
         self._node: Node | None = None
         self._driver: RoundDriver | None = None
         self._results: ResultExchange | None = None
@@ -153,6 +163,9 @@ class Daemon:
     def _is_member(self, member: bytes) -> bool:
         return self.registry.is_member(member, time.time())
 
+    def _own_certificate(self) -> bytes:
+        return self._certificate
+
     # --- running ----------------------------------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED) -> None:
@@ -175,15 +188,20 @@ class Daemon:
                     is_member=self._is_member, elected=self._elected, roster=self.book.round_members,
                     held_attempt=self.store.result_attempt,
                     stored=self._stored_result, store=self._store_fetched_result,
-                    attempt_window=self._attempt_window, admit=self._admit, certificate=self._certificate),
+                    attempt_window=self._attempt_window, admit=self._admit, certificate=self._own_certificate),
                     self.metrics, self.me)
                 node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
                 job_sync = JobSync(node, JobSyncHooks(
                     active_jobs=self._active_jobs, roster_overdue=self._roster_overdue, records_for=self._records_for,
                     accept=self._accept_synced,
-                    is_member=self._is_member, admit=self._admit, certificate=self._certificate), self._jitter)
+                    is_member=self._is_member, admit=self._admit, certificate=self._own_certificate,
+                    revocations=self._held_revocations, accept_revocations=self._accept_synced_revocations),
+                    self._jitter)
                 channel = await node.subscribe(self._topic, self._validate_gossip)
                 nursery.start_soon(self._consume_gossip, channel)
+                revocations = await node.subscribe(self._revocations_topic, self._validate_revocations)
+                nursery.start_soon(self._consume_revocations, revocations)
+                nursery.start_soon(self._watch_certificate)
                 for job in self.book.jobs.values():
                     if job.state in ("pending", "running"):
                         self._start_job(job)
@@ -353,15 +371,156 @@ class Daemon:
             return None
         try:
             return self.registry.admit(certificate, time.time(), member_id=peer)
-        except RemoteProtocolError:
+        except RemoteProtocolError as exc:
             self.metrics.failed_authentications.inc()
-            log.warning("certificate_rejected", peer=peer.hex()[:16])
+            if isinstance(exc, MemberRevoked):
+                self.metrics.revoked_refusals.inc()
+            log.warning("certificate_rejected", peer=peer.hex()[:16], reason=exc.reason)
             raise
+
+    def _refuse_if_revoked(self, peer: bytes, phase: str) -> None:
+        """Raise MemberRevoked (counted, logged) if `peer` is on the revocation list: for the handlers
+        whose own membership check would give a vaguer reason."""
+        if self.registry.revocation(peer) is None:
+            return
+        self.metrics.failed_authentications.inc()
+        self.metrics.revoked_refusals.inc()
+        log.warning("revoked_member_refused", peer=peer.hex()[:16], phase=phase)
+        raise MemberRevoked(peer, phase, "member is revoked by the village admin")
+
+    # --- revocation -------------------------------------------------------------------------------
+
+    def _load_revocations(self) -> None:
+        """Adopt the revocation list kept in the store (before any stored certificate is admitted)."""
+        stored = self.store.get_meta(_REVOCATIONS_META)
+        if stored is None:
+            return
+        try:
+            self.registry.apply_revocations(bytes.fromhex(stored))
+        except (ValueError, RemoteProtocolError) as exc:
+            reason = exc.reason if isinstance(exc, RemoteProtocolError) else "not hex"
+            raise ConfigError(self.store.path, "meta.revocations", reason) from None
+
+    def _held_revocations(self) -> tuple[int, bytes] | None:
+        held = self.registry.revocations
+        return None if held is None else (held.serial, held.encode())
+
+    def _adopt_revocations(self, listed: bytes, source: str) -> bool:
+        """Adopt a revocation list newer than the held one: keep it in the store (it survives a restart),
+        and close the connections of the members it revokes. False if it is not newer. Raises
+        RemoteProtocolError (counted as malformed) if the list is bad or not this village admin's."""
+        try:
+            adopted = self.registry.apply_revocations(listed)
+        except RemoteProtocolError as exc:
+            self.metrics.malformed_messages.labels(kind="revocations").inc()
+            log.warning("revocations_rejected", source=source, reason=exc.reason)
+            raise
+        if adopted is None:
+            return False
+        self.store.set_meta(_REVOCATIONS_META, listed.hex())
+        log.warning("revocations_adopted", serial=adopted.serial, revoked=[r.member_id.hex()[:16] for r in adopted.revoked],
+                    source=source)
+        if self._node is not None and self._nursery is not None:
+            connected = set(self._node.connected_peers())
+            for entry in adopted.revoked:
+                if entry.member_id in connected:
+                    self._nursery.start_soon(self._node.disconnect, entry.member_id)
+        return True
+
+    def _accept_synced_revocations(self, peer: bytes, listed: bytes) -> bool:
+        return self._adopt_revocations(listed, f"job sync with {peer.hex()[:16]}")
+
+    def _validate_revocations(self, sender: bytes, data: bytes) -> bool:
+        """Relay only this village admin's lists, the one held or newer (an older one is no news; the one
+        held passes, for gossipsub checks a node's own publication too)."""
+        try:
+            listed = verify_revocations(data, self.registry.admin_public_key, self.registry.village_id)
+        except RemoteProtocolError:
+            self.metrics.malformed_messages.labels(kind="revocations").inc()
+            return False
+        held = self.registry.revocations
+        return held is None or listed.serial >= held.serial
+
+    async def _consume_revocations(self, channel: trio.MemoryReceiveChannel[tuple[bytes, bytes]]) -> None:
+        async for sender, data in channel:
+            try:
+                self._adopt_revocations(data, f"gossip from {sender.hex()[:16]}")
+            except RemoteProtocolError:
+                continue  # counted and logged
+
+    async def publish_revocations(self, listed: bytes) -> dict[str, object]:
+        """Control API: adopt an admin-signed revocation list and spread it (gossip; job sync hands it to
+        nodes gossip missed)."""
+        try:
+            adopted = self._adopt_revocations(listed, "control api")
+        except RemoteProtocolError as exc:
+            raise InvalidRequest("revocations", exc.reason) from None
+        held = self.registry.revocations
+        assert held is not None
+        if not adopted:
+            raise Conflict(f"this node holds revocation list {held.serial} already; sign a newer one (serial "
+                           f"{held.serial + 1}) with: villagectl village revoke")
+        if self._node is not None and len(listed) <= self._node.max_gossip_size:
+            await self._node.publish(self._revocations_topic, listed)
+        return {"serial": held.serial, "revoked": [r.member_id.hex() for r in held.revoked]}
+
+    # --- own certificate --------------------------------------------------------------------------
+
+    async def _watch_certificate(self) -> None:
+        """Pick up a renewed certificate file, and warn while the one in use expires within a day."""
+        while True:
+            await trio.sleep(_CERTIFICATE_CHECK_PERIOD)
+            try:
+                self._reload_certificate()
+            except ConfigError as exc:
+                log.warning("certificate_not_reloaded", path=str(exc.path), reason=exc.reason)
+            warning = self._certificate_warning()
+            if warning is not None and time.time() - self._certificate_warned_at >= _WARNING_GAP:
+                self._certificate_warned_at = time.time()
+                log.warning("certificate_expiring", detail=warning)
+
+    def _reload_certificate(self) -> bool:
+        """Use the certificate file if it holds a newer certificate for this node; True if it did.
+        Raises ConfigError (naming the file) if the file is bad, expired, or this node is revoked."""
+        data = self._load_certificate()
+        if data == self._certificate:
+            return False
+        try:
+            held = self.registry.admit(data, time.time(), member_id=self.me)
+        except RemoteProtocolError as exc:
+            raise ConfigError(self.config.certificate_path, "certificate", exc.reason) from None
+        if held.encode() != data:
+            raise ConfigError(self.config.certificate_path, "certificate", "older than the certificate in use")
+        self._certificate = data
+        for job in self.book.jobs.values():  # this node's own records carry its certificate: sign them anew
+            if job.creator == self.me:
+                self._job_records.pop(job.id, None)
+                self._roster_records.pop(job.id, None)
+        log.info("certificate_renewed", expires_at=held.expires_at)
+        return True
+
+    def _certificate_warning(self) -> str | None:
+        expires_at = decode_certificate(self._certificate).expires_at
+        left = expires_at - time.time()
+        if left >= _CERTIFICATE_WARNING:
+            return None
+        return (f"this node's certificate expires in {max(left, 0) / 3600:.1f} h: ask the admin to renew it "
+                f"(villagectl village admit {self.me.hex()}), save it as {self.config.certificate_path}, "
+                "and run villagectl village reload-certificate")
+
+    async def reload_certificate(self) -> dict[str, object]:
+        """Control API: re-read the certificate file (a renewed certificate) without a restart."""
+        try:
+            renewed = self._reload_certificate()
+        except ConfigError as exc:
+            raise InvalidRequest("certificate", f"{exc.path}: {exc.reason}") from None
+        return {"renewed": renewed, "expires_at": decode_certificate(self._certificate).expires_at}
 
     # --- rounds -----------------------------------------------------------------------------------
 
     async def _handle_round_frame(self, peer: bytes, frame: bytes) -> bytes:
         assert self._driver is not None
+        self._refuse_if_revoked(peer, "round")
         try:
             return await self._driver.handle_frame(peer, frame)
         except RemoteProtocolError as exc:
@@ -482,11 +641,13 @@ class Daemon:
         """ANNOUNCE_PROTOCOL: an announcement handed over directly, checked like a gossiped one. A
         member (one the roster lists will do: its certificate may not have reached this node yet) hands
         on rosters it did not sign, down the job's tree; anything else comes from its author."""
+        self._refuse_if_revoked(peer, "announcement")
         if record in self._roster_records.values():
             return b"ok"  # a roster this node holds, handed on again (the tree adopts a slow child's children)
         signed = self._opened(record)
         if signed is None:
             raise RemoteProtocolError(peer, "announcement", "rejected: malformed or badly signed")
+        self._refuse_if_revoked(signed.author, "announcement")
         relayed = signed.author != peer
         if relayed and not (isinstance(signed.body, RosterAnnouncement) and (peer in signed.body.members
                                                                             or self._is_member(peer))):
@@ -762,6 +923,8 @@ class Daemon:
             "discovery_settled": node.discovery.settled if node else False,
             "jobs": {state: sum(1 for j in jobs if j.state == state) for state in ("pending", "running", "completed", "cancelled", "failed")},
             "certificate_expires_at": decode_certificate(self._certificate).expires_at,
+            "revocation_serial": held.serial if (held := self.registry.revocations) is not None else 0,
+            "warnings": [w for w in (self._certificate_warning(),) if w is not None],
         }
 
     async def peers(self) -> list[dict[str, object]]:

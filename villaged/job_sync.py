@@ -15,11 +15,17 @@ in net-300 a node whose few connections had stopped answering streams learned a 
 was created, after its start, and was left out of the roster. (The doubling keeps a village whose
 syncs fail because it is overloaded from syncing ten times as often.)
 
-The request names the active jobs the asker knows and whether it has their rosters, so the usual
-answer is an empty list: one small stream per node per interval. It carries the asker's membership
-certificate, and the asker may pick any connected peer: a node that missed the job often missed
-its peers' certificates too (net-300: a node with four connections, no certificate for any of
-them, and no job).
+The request names the active jobs the asker knows and whether it has their rosters, and the
+serial of the newest admin-signed revocation list it holds, so the usual answer is
+``[[], None]``: one small stream per node per interval. A peer holding a newer revocation list
+hands it over with the records: a node that missed the list's gossip stops admitting a revoked
+member by its next sync. The request carries the asker's membership certificate, and the asker
+may pick any connected peer: a node that missed the job often missed its peers' certificates too
+(net-300: a node with four connections, no certificate for any of them, and no job). A revoked
+asker is refused (its admission raises `MemberRevoked`).
+
+Wire: request ``[certificate, [[job id, roster known], ...], revocation serial]`` (serial 0: none
+held), reply ``[[signed record, ...], revocation list or None]``.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from protocol.errors import RemoteProtocolError
 from villaged.errors import TransportError
 from villaged.transport import Node
 
-JOB_SYNC_PROTOCOL = "/village/jobs/1.0.0"
+JOB_SYNC_PROTOCOL = "/village/jobs/2.0.0"  # 2: revocation lists ride along
 #: The first sync waits for the node's first connections; later ones are jittered around the interval.
 FIRST_SYNC = (3.0, 6.0)
 SYNC_INTERVAL = 20.0
@@ -44,7 +50,7 @@ ROSTER_CHASE_INTERVAL = 2.0
 #: Active jobs named in one request (a village runs a handful at a time).
 MAX_JOBS = 64
 MAX_CERTIFICATE = 1024
-MAX_REQUEST = MAX_CERTIFICATE + 64 * MAX_JOBS
+MAX_REQUEST = MAX_CERTIFICATE + 64 * MAX_JOBS + 16
 MAX_REPLY = 8 * 1024 * 1024  # rosters of a few hundred members, with certificates and addresses
 _TIMEOUT = 10.0
 
@@ -61,7 +67,9 @@ class JobSyncHooks:
     accept: Callable[[bytes, bytes], Awaitable[None]]  # (peer, signed record); raises RemoteProtocolError
     is_member: Callable[[bytes], bool]
     admit: Callable[[bytes, bytes], None]  # (certificate, peer): admit or raise RemoteProtocolError
-    certificate: bytes  # this node's own membership certificate
+    certificate: Callable[[], bytes]  # this node's own membership certificate (renewed while it runs)
+    revocations: Callable[[], tuple[int, bytes] | None]  # the newest revocation list held: (serial, list)
+    accept_revocations: Callable[[bytes, bytes], bool]  # (peer, list): adopted? raises RemoteProtocolError
 
 
 class JobSync:
@@ -90,12 +98,11 @@ class JobSync:
         """Ask `peer` for the jobs and rosters this node lacks; returns how many records it accepted,
         or None if the peer did not answer or refused the request."""
         known = sorted(self._hooks.active_jobs().items())[:MAX_JOBS]
+        held = self._hooks.revocations()
         try:
-            request = msgpack.packb([self._hooks.certificate, [[j, r] for j, r in known]])
+            request = msgpack.packb([self._hooks.certificate(), [[j, r] for j, r in known], held[0] if held else 0])
             reply = await self._node.request(peer, JOB_SYNC_PROTOCOL, request, timeout=_TIMEOUT, max_reply=MAX_REPLY)
-            records = msgpack.unpackb(reply)
-            if not isinstance(records, list) or not all(type(r) is bytes for r in records):
-                raise RemoteProtocolError(peer, "job_sync", "reply is not a list of records")
+            records, revocations = _parse_reply(peer, reply)
         except (TransportError, ValueError, msgpack.UnpackException) as exc:
             log.debug("job_sync_failed", peer=peer.hex()[:16], reason=str(exc))
             return None
@@ -109,21 +116,27 @@ class JobSync:
                 accepted += 1
             except RemoteProtocolError as exc:
                 log.info("job_sync_record_rejected", peer=peer.hex()[:16], reason=exc.reason)
+        if revocations is not None:
+            try:
+                accepted += self._hooks.accept_revocations(peer, revocations)
+            except RemoteProtocolError as exc:
+                log.info("job_sync_revocations_rejected", peer=peer.hex()[:16], reason=exc.reason)
         if accepted:
             log.info("job_sync_learned", peer=peer.hex()[:16], records=accepted)
         return accepted
 
     async def _serve(self, peer: bytes, request: bytes) -> bytes:
-        certificate, asker = _parse_request(peer, request)
+        certificate, asker, asker_serial = _parse_request(peer, request)
         if not self._hooks.is_member(peer):
-            self._hooks.admit(certificate, peer)
+            self._hooks.admit(certificate, peer)  # raises for a revoked member (MemberRevoked)
         records: list[bytes] = []
         for job_id, have_roster in self._hooks.active_jobs().items():
             if job_id not in asker:
                 records += self._hooks.records_for(job_id, True)
             elif have_roster and not asker[job_id]:
                 records += self._hooks.records_for(job_id, False)
-        return msgpack.packb(records)
+        held = self._hooks.revocations()
+        return msgpack.packb([records, held[1] if held is not None and held[0] > asker_serial else None])
 
 
 def _gap_after(failures: int) -> float:
@@ -131,15 +144,27 @@ def _gap_after(failures: int) -> float:
     return min(SYNC_INTERVAL, ROSTER_CHASE_INTERVAL * 2 ** (failures - 1)) if failures else SYNC_INTERVAL
 
 
-def _parse_request(peer: bytes, request: bytes) -> tuple[bytes, dict[str, bool]]:
-    """(the asker's certificate, job id -> roster known) from [certificate, [[job id, roster known], ...]]."""
+def _parse_reply(peer: bytes, reply: bytes) -> tuple[list[bytes], bytes | None]:
+    """(signed records, revocation list or None) from [[record, ...], revocation list or None]."""
+    value = msgpack.unpackb(reply)
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], list)
+            and all(type(r) is bytes for r in value[0]) and (value[1] is None or type(value[1]) is bytes)):
+        raise RemoteProtocolError(peer, "job_sync", "reply is not [records, revocation list or nil]")
+    return value[0], value[1]
+
+
+def _parse_request(peer: bytes, request: bytes) -> tuple[bytes, dict[str, bool], int]:
+    """(the asker's certificate, job id -> roster known, its revocation serial) from
+    [certificate, [[job id, roster known], ...], revocation serial]."""
     try:
         value = msgpack.unpackb(request)
     except (ValueError, msgpack.UnpackException) as exc:
         raise RemoteProtocolError(peer, "job_sync", f"request is not msgpack: {exc}") from None
-    if not (isinstance(value, list) and len(value) == 2 and type(value[0]) is bytes and len(value[0]) <= MAX_CERTIFICATE):
-        raise RemoteProtocolError(peer, "job_sync", "request must be [certificate, jobs]")
-    certificate, items = value
+    if not (isinstance(value, list) and len(value) == 3 and type(value[0]) is bytes and len(value[0]) <= MAX_CERTIFICATE):
+        raise RemoteProtocolError(peer, "job_sync", "request must be [certificate, jobs, revocation serial]")
+    certificate, items, serial = value
+    if type(serial) is not int or serial < 0:
+        raise RemoteProtocolError(peer, "job_sync", f"revocation serial must be an integer >= 0, got {serial!r}")
     if not isinstance(items, list) or len(items) > MAX_JOBS:
         raise RemoteProtocolError(peer, "job_sync", f"request must list at most {MAX_JOBS} jobs")
     known: dict[str, bool] = {}
@@ -147,4 +172,4 @@ def _parse_request(peer: bytes, request: bytes) -> tuple[bytes, dict[str, bool]]
         if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is str and type(item[1]) is bool):
             raise RemoteProtocolError(peer, "job_sync", "each listed job must be [job id, roster known]")
         known[item[0]] = item[1]
-    return certificate, known
+    return certificate, known, serial

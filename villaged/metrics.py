@@ -55,6 +55,12 @@ class Metrics:
             "Messages or peers rejected for a missing, expired or invalid membership certificate.",
             registry=r,
         )
+        self.revoked_refusals = Counter(
+            "federation_revoked_member_refusals",
+            "Requests, frames and admissions refused because the member is on the admin's revocation list "
+            "(each also counted in federation_failed_authentications).",
+            registry=r,
+        )
         self.malformed_messages = Counter(
             "federation_malformed_messages", "Messages that failed to decode or validate, by kind.", ["kind"], registry=r
         )

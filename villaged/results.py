@@ -59,7 +59,7 @@ class ResultHooks:
     stored: Callable[[str, int], tuple[bytes, bytes] | None]  # (signed announcement, aggregate words)
     attempt_window: Callable[[str], float]  # how long one attempt of the job may take
     admit: Callable[[bytes, bytes], None]  # (certificate, peer): admit or raise RemoteProtocolError
-    certificate: bytes  # this node's own membership certificate, sent with its fetches
+    certificate: Callable[[], bytes]  # this node's own membership certificate (renewed while it runs), sent with its fetches
     # (body, coordinator, words, record); raises RemoteProtocolError if the coordinator equivocated
     store: Callable[[ResultAnnouncement, bytes, bytes, bytes], None]
 
@@ -193,7 +193,7 @@ class ResultExchange:
 
         async def ask(source: bytes, cancel_all: trio.CancelScope) -> None:
             try:
-                request = msgpack.packb([job_id, round_number, self._hooks.certificate])
+                request = msgpack.packb([job_id, round_number, self._hooks.certificate()])
                 reply = await self._node.request(source, RESULT_PROTOCOL, request, timeout=_FETCH_TIMEOUT)
                 record, words = msgpack.unpackb(reply)
                 self._keep(self._verified(source, record, words, (job_id, round_number)), words, source, "fetch")

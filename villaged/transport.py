@@ -230,6 +230,11 @@ class Node:
         if parsed:
             self._host.get_peerstore().add_addrs(peer_id_from_member_id(peer), parsed, HINT_ADDR_TTL)
 
+    async def disconnect(self, peer: bytes) -> None:
+        """Close every connection to `peer` (a revoked member): its open streams end at once. It may
+        dial again; then each request it makes is refused by the membership check of its handler."""
+        await self._host.disconnect(peer_id_from_member_id(peer))  # idle streams are forgotten on the way
+
     @property
     def max_gossip_size(self) -> int:
         """The largest message `publish` takes."""

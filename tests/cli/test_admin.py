@@ -70,3 +70,20 @@ def test_key_file_problems_name_file_and_field(tmp_path: Path) -> None:
         path.write_text(content)
         with pytest.raises(CliError, match=fragment):
             load_admin_key(tmp_path)
+
+
+def test_revoke_signs_the_next_serial_on_top_of_the_admin_dirs_list(tmp_path: Path) -> None:
+    from cli.admin import REVOCATIONS_FILENAME, revoke_member
+    from protocol.membership import AdminKeyPair, verify_revocations
+
+    keys = create_admin_key(tmp_path / "admin", KEY)
+    first = revoke_member(tmp_path / "admin", keys, b"\xa1" * 32, "left", NOW)
+    second = revoke_member(tmp_path / "admin", keys, b"\xb0" * 32, "", NOW + 1)
+    assert (first.serial, second.serial) == (1, 2)
+    held = verify_revocations((tmp_path / "admin" / REVOCATIONS_FILENAME).read_bytes(), keys.public_key, keys.village_id)
+    assert held == second and [r.member_id for r in held.revoked] == [b"\xa1" * 32, b"\xb0" * 32]
+    with pytest.raises(CliError, match="already revoked"):
+        revoke_member(tmp_path / "admin", keys, b"\xa1" * 32, "", NOW + 2)
+    other = AdminKeyPair(bytes(range(1, 33)))  # a list this admin did not sign is never built upon
+    with pytest.raises(CliError, match="not this village's admin"):
+        revoke_member(tmp_path / "admin", other, b"\xc0" * 32, "", NOW + 2)

@@ -116,6 +116,7 @@ def test_every_command_has_help_with_an_example() -> None:
     commands = _commands(app)
     expected = {
         ("status",), ("peers",), ("rounds",), ("priors",), ("village", "init"), ("village", "admit"), ("village", "members"),
+        ("village", "revoke"), ("village", "publish-revocations"), ("village", "reload-certificate"),
         ("jobs", "create"), ("jobs", "list"), ("jobs", "show"), ("jobs", "result"), ("jobs", "cancel"),
         ("jobs", "join"), ("jobs", "watch"), ("data", "put"), ("data", "show"), ("data", "policy"),
     }  # fmt: skip

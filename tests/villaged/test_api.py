@@ -285,6 +285,7 @@ async def test_openapi_document_lists_every_route(server: Server) -> None:
         ("GET", "/v1/jobs/{id}/results"), ("GET", "/v1/jobs/{id}/priors"), ("PUT", "/v1/data/{name}"), ("GET", "/v1/data/{name}"),
         ("PUT", "/v1/data/{name}/policy"),
         ("GET", "/v1/members"), ("GET", "/v1/health"), ("GET", "/metrics"), ("GET", "/v1/openapi.json"),
+        ("POST", "/v1/revocations"), ("POST", "/v1/certificate/reload"),
     }  # fmt: skip
     assert documented == expected
     # Every $ref resolves, every path parameter is declared, public routes say so.

@@ -20,9 +20,11 @@ from tests.villaged.nodes import network, wait_until
 RECORDS = {"job-a": [b"job-a announcement", b"job-a roster"], "job-b": [b"job-b announcement"]}
 
 
-def serving_hooks(accepted: list[bytes], members: set[bytes] | None = None) -> JobSyncHooks:
+def serving_hooks(accepted: list[bytes], members: set[bytes] | None = None,
+                  revocations: tuple[int, bytes] | None = None) -> JobSyncHooks:
     """A node that knows job-a (roster fixed) and job-b (still pending), and every peer as a member
-    (or only `members`, plus any peer that shows the certificate b"valid")."""
+    (or only `members`, plus any peer that shows the certificate b"valid"); it holds `revocations`
+    and adopts any list it is handed (into `accepted`)."""
 
     def records_for(job_id: str, with_job: bool) -> list[bytes]:
         records = RECORDS[job_id]
@@ -39,17 +41,22 @@ def serving_hooks(accepted: list[bytes], members: set[bytes] | None = None) -> J
         if members is not None:
             members.add(peer)
 
+    def accept_revocations(peer: bytes, listed: bytes) -> bool:
+        accepted.append(listed)
+        return True
+
     return JobSyncHooks(active_jobs=lambda: {"job-a": True, "job-b": False}, roster_overdue=lambda: False,
                         records_for=records_for,
                         accept=accept, is_member=lambda peer: members is None or peer in members, admit=admit,
-                        certificate=b"valid")
+                        certificate=lambda: b"valid", revocations=lambda: revocations,
+                        accept_revocations=accept_revocations)
 
 
-def asking_hooks(known: dict[str, bool], accepted: list[bytes], certificate: bytes = b"valid") -> JobSyncHooks:
-    hooks = serving_hooks(accepted)
-    return JobSyncHooks(active_jobs=lambda: known, roster_overdue=lambda: not all(known.values()),
-                        records_for=hooks.records_for, accept=hooks.accept,
-                        is_member=hooks.is_member, admit=hooks.admit, certificate=certificate)
+def asking_hooks(known: dict[str, bool], accepted: list[bytes], certificate: bytes = b"valid",
+                 revocations: tuple[int, bytes] | None = None) -> JobSyncHooks:
+    hooks = serving_hooks(accepted, revocations=revocations)
+    return dataclasses.replace(hooks, active_jobs=lambda: known, roster_overdue=lambda: not all(known.values()),
+                               certificate=lambda: certificate)
 
 
 @pytest.mark.parametrize(
@@ -109,8 +116,10 @@ async def test_a_bad_request_is_refused_with_the_reason_and_the_server_keeps_ser
         asker.add_addresses(server.member_id, server.listen_addrs)
         JobSync(server, serving_hooks([]), random.Random(1))
         with pytest.raises(RemoteRefusal, match=r"\[job id, roster known\]"):
-            await asker.request(server.member_id, JOB_SYNC_PROTOCOL, msgpack.packb([b"valid", [["job-a", "yes"]]]),
+            await asker.request(server.member_id, JOB_SYNC_PROTOCOL, msgpack.packb([b"valid", [["job-a", "yes"]], 0]),
                                 timeout=10)
+        with pytest.raises(RemoteRefusal, match="revocation serial"):
+            await asker.request(server.member_id, JOB_SYNC_PROTOCOL, msgpack.packb([b"valid", [], -1]), timeout=10)
         accepted: list[bytes] = []
         assert await JobSync(asker, asking_hooks({}, accepted), random.Random(2)).sync_with(server.member_id) == 3
 
@@ -120,10 +129,10 @@ async def test_a_bad_request_is_refused_with_the_reason_and_the_server_keeps_ser
     lambda children: st.lists(children, max_size=MAX_JOBS + 2), max_leaves=80)))
 def test_any_request_parses_or_is_refused_with_a_protocol_error(request: bytes) -> None:
     try:
-        certificate, known = _parse_request(b"\x01" * 32, request)
+        certificate, known, serial = _parse_request(b"\x01" * 32, request)
     except RemoteProtocolError:
         return
-    assert type(certificate) is bytes
+    assert type(certificate) is bytes and type(serial) is int and serial >= 0
     assert all(type(job) is str and type(roster) is bool for job, roster in known.items())
 
 
@@ -138,3 +147,18 @@ async def test_an_asker_the_server_does_not_know_is_admitted_by_its_certificate(
         accepted: list[bytes] = []
         assert await JobSync(asker, asking_hooks({}, accepted), random.Random(3)).sync_with(server.member_id) == 3
         assert members == {asker.member_id}
+
+
+@pytest.mark.parametrize(("asker_serial", "expected"), [(0, [b"list 3"]), (2, [b"list 3"]), (3, []), (4, [])])
+async def test_a_newer_revocation_list_rides_along_and_an_older_or_equal_one_is_not_sent(
+    asker_serial: int, expected: list[bytes]
+) -> None:
+    async with network(2) as (server, asker):
+        asker.add_addresses(server.member_id, server.listen_addrs)
+        JobSync(server, serving_hooks([], revocations=(3, b"list 3")), random.Random(1))
+        accepted: list[bytes] = []
+        held = (asker_serial, f"list {asker_serial}".encode()) if asker_serial else None
+        known = {"job-a": True, "job-b": False}
+        assert await JobSync(asker, asking_hooks(known, accepted, revocations=held), random.Random(2)).sync_with(
+            server.member_id) == len(expected)
+        assert accepted == expected
