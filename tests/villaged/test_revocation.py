@@ -1,6 +1,7 @@
 """Revocation in a real village: an admitted member is revoked, the admin's list reaches every node
 (gossip, and job sync for a node that was down), and each of the member's requests is then refused
-naming "revoked". The list survives a restart; an older list or another admin's never replaces it."""
+naming "revoked". The list survives a restart; an older list or another admin's never replaces it.
+And renewal: a running daemon takes a renewed certificate file, and warns while its own expires soon."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import pytest
 import trio
 
 from protocol.announcements import JoinAnnouncement, sign_announcement
-from protocol.membership import AdminKeyPair, RevokedMember, issue_revocations
+from protocol.membership import AdminKeyPair, RevokedMember, issue_certificate, issue_revocations
 from villaged.control import Conflict, InvalidRequest
 from villaged.daemon import ANNOUNCE_PROTOCOL, MEMBERSHIP_PROTOCOL, Daemon
 from villaged.errors import RemoteRefusal
+from villaged.identity import load_or_create_identity, member_id
 from villaged.job_sync import JOB_SYNC_PROTOCOL
 from villaged.results import RESULT_PROTOCOL
 from villaged.rounds import ROUND_PROTOCOL
@@ -111,3 +113,32 @@ async def test_a_revoked_member_is_refused_everywhere_and_the_list_survives_a_re
 async def holding(daemons: list[Daemon], wanted: int) -> bool:
     """Every one of `daemons` holds revocation list `wanted`."""
     return all(serial(d) == wanted for d in daemons)
+
+
+async def test_a_renewed_certificate_is_picked_up_without_a_restart_and_expiry_is_warned_about(tmp_path: Path) -> None:
+    admin = AdminKeyPair(os.urandom(32))
+    configs = village_configs(tmp_path, 1, admin)  # certificates of one hour: within the day of warning
+    async with running_village(configs) as [(daemon, _, _)]:
+        job = await daemon.create_job({"kind": "vector", "data": "stats", "dimension": 2, "rounds": 1,
+                                       "start_delay": 600.0, "min_participants": 3})
+        status = await daemon.status()
+        assert any("expires in" in w and "reload-certificate" in w for w in status["warnings"])  # type: ignore[union-attr]
+
+        with pytest.raises(InvalidRequest, match="older than the certificate in use"):
+            admit(admin, configs[0].data_dir, lifetime=7200, issued_ago=3600)
+            await daemon.reload_certificate()
+        admit(admin, configs[0].data_dir, lifetime=7 * 86_400)
+        answer = await daemon.reload_certificate()
+        assert answer["renewed"] is True and answer["expires_at"] > time.time() + 6 * 86_400
+        status = await daemon.status()
+        assert status["warnings"] == [] and status["certificate_expires_at"] == answer["expires_at"]
+        assert (await daemon.get_job(job["id"]))["id"] == job["id"]  # the store is the same
+        assert (await daemon.reload_certificate())["renewed"] is False
+
+
+def admit(admin: AdminKeyPair, data_dir: Path, lifetime: int, issued_ago: int = 0) -> None:
+    """Write a certificate for the node in `data_dir`, issued `issued_ago` seconds ago."""
+    now = int(time.time()) - issued_ago
+    cert = issue_certificate(admin.signing_key, admin.village_id, member_id(load_or_create_identity(data_dir)), now,
+                             now + lifetime)
+    (data_dir / "membership.cert").write_bytes(cert.encode())
