@@ -26,11 +26,12 @@ import structlog
 import trio
 
 from protocol.dp import add_noise, clip_l2, sample_discrete_gaussian
-from protocol.election import coordinator_for
+from protocol.election import coordinator_for, ranking
 from protocol.errors import ParameterError, ProtocolError
+from protocol.invites import InviteTerms, attempt_limit
+from protocol.masking import member_set_digest
 from protocol.jobs import JobSpec
 from protocol.kinds import KINDS, InputError, quantize_input
-from protocol.params import RoundParams
 from protocol.policy import DEFAULT_PARTICIPANT_FLOOR, InputPolicy
 from protocol.wire import RoundContext
 from villaged.metrics import Metrics
@@ -182,6 +183,42 @@ class JobBook:
             await job.roster_known.wait()
         return job.roster is not None
 
+    def invite_terms(self, job_id: str, round_number: int, local_attempt: int) -> InviteTerms | None:
+        """What an invitation to the round must match (protocol/invites.py); None until the roster is known."""
+        job = self.jobs.get(job_id)
+        if job is None or job.roster is None:
+            return None
+        return InviteTerms(job.spec, sorted(job.roster), job.round_opens_at(round_number), self.contribution_floor(job),
+                           local_attempt, self._store.spent_attempt(job_id, round_number), self.budget_allows_round(job))
+
+    def spent_attempt(self, job_id: str, round_number: int) -> int | None:
+        return self._store.spent_attempt(job_id, round_number)
+
+    def record_spent(self, context: RoundContext) -> None:
+        """Commit that this node's masked input goes into this attempt (before it leaves)."""
+        self._store.record_spent(context.job_id, context.round, context.attempt, time.time())
+
+    def _unchanged_input(self, job: Job) -> tuple[str, float] | None:
+        """(name, version) of the job's input when it may be summed only over one survivor set per version:
+        always, unless the job adds DP noise (fresh per release) or the input's policy allows repeats."""
+        if job.spec.privacy is not None or self.input_policy(job).repeat == "allow":
+            return None
+        version = self._store.local_input_version(job.spec.data)
+        return None if version is None else (job.spec.data, version)
+
+    def same_survivors_as(self, job_id: str) -> bytes | None:
+        """The survivor set this node's unchanged input was signed over before, if it must be again."""
+        job = self.jobs.get(job_id)
+        used = None if job is None else self._unchanged_input(job)
+        return None if used is None else self._store.input_survivors(*used)
+
+    def record_signed_survivors(self, context: RoundContext, survivors: frozenset[bytes]) -> None:
+        """Commit the survivor set this node's input is signed over (before the signature leaves)."""
+        job = self.jobs.get(context.job_id)
+        used = None if job is None else self._unchanged_input(job)
+        if used is not None:
+            self._store.record_input_use(*used, member_set_digest(survivors))
+
     def _joined_and_active(self, job: Job) -> bool:
         return self.me in job.members and job.state not in ("cancelled", "failed", "completed")
 
@@ -219,16 +256,11 @@ class JobBook:
         return words
 
     # --- privacy budget (jobs with a `privacy` section) --------------------------------------------
-    # A release is a sum this node helped unmask: a stored result, or unmasking shares sent for a
-    # round whose result never arrived. The count is kept in the store's meta table per job.
+    # A release is a round whose sum may hold this node's noisy input: every round its masked input
+    # left in, counted from the store's record made before it left (`record_spent`).
 
     def privacy_releases(self, job_id: str) -> int:
-        return int(self._store.get_meta(f"privacy_releases/{job_id}") or 0)
-
-    def record_release(self, job_id: str) -> None:
-        job = self.jobs.get(job_id)
-        if job is not None and job.spec.privacy is not None:
-            self._store.set_meta(f"privacy_releases/{job_id}", str(self.privacy_releases(job_id) + 1))
+        return self._store.spent_count(job_id)
 
     def privacy_view(self, job: Job) -> dict[str, object] | None:
         plan = job.spec.noise_plan()
@@ -247,8 +279,6 @@ class JobBook:
         self._store.set_meta(f"job_end_reason/{job_id}", reason)
         self.set_state(job_id, state)
 
-    def round_params(self, job_id: str, participants: int) -> RoundParams:
-        return self.jobs[job_id].spec.round_params(participants)
 
 
 def wall_deadline(wall_time: float) -> float:
@@ -337,6 +367,8 @@ async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDr
             return "completed"
         tracker.attempt = attempt
         members = book.round_members(job.id) or []
+        if attempt >= attempt_limit(len(members)):  # every member coordinated one: clients refuse more
+            return f"gave up after {attempt} attempts, one per roster member: {last_reason}"
         if len(members) < spec.min_participants:
             return f"the roster has only {len(members)} members, the job needs {spec.min_participants}"
         coordinator = coordinator_for(job.id, round_number, attempt, members)
@@ -412,6 +444,9 @@ async def _start_coordinating(
 ) -> str | None:
     live = await hooks.reachable([m for m in members if m != book.me]) | {book.me}
     participants = [m for m in members if m in live and (m != book.me or book.contributes(job))]
+    if len(participants) > job.spec.max_participants:  # the best-ranked for this round, as every node would pick
+        chosen = set(ranking(job.id, context.round, participants)[: job.spec.max_participants])
+        participants = [m for m in participants if m in chosen]
     if len(participants) < job.spec.min_participants:
         return f"only {len(participants)} roster members reachable, the job needs {job.spec.min_participants}"
     try:
@@ -439,7 +474,7 @@ async def _await_attempt(
         elif outcome is not None:
             return attempt + 1
         later = [a for a in tracker.invited if a > attempt]
-        if later and tracker.unmasked_in is None:
+        if later and tracker.spent_in is None:
             return min(later)
         if attempt in tracker.invited and not extended:
             deadline, extended = trio.current_time() + spec.attempt_window, True
