@@ -30,6 +30,7 @@ from protocol.announcements import (
 from protocol.election import coordinator_for
 from protocol.errors import AuthenticationError, MemberRevoked, ParameterError, RemoteProtocolError
 from protocol.events import RoundResult
+from protocol.evidence import VerifiedResult, announcement_of, check_claim, verify_result
 from protocol.fanout import tree_order
 from protocol.jobs import JobSpec
 from protocol.kinds import KINDS, InputError, dequantize_total
@@ -185,7 +186,8 @@ class Daemon:
                 node.serve(ROUND_PROTOCOL, self._handle_round_frame)
                 node.serve(MEMBERSHIP_PROTOCOL, self._handle_certificate, max_request=1024)
                 self._results = ResultExchange(node, nursery, ResultHooks(
-                    is_member=self._is_member, elected=self._elected, roster=self.book.round_members,
+                    is_member=self._is_member, plausible=self._plausible_result, verify=self._verify_result,
+                    roster=self.book.round_members,
                     held_attempt=self.store.result_attempt,
                     stored=self._stored_result, store=self._store_fetched_result,
                     attempt_window=self._attempt_window, admit=self._admit, certificate=self._own_certificate),
@@ -299,10 +301,10 @@ class Daemon:
     def _has_result(self, job_id: str, round_number: int) -> bool:
         return round_number in self.store.result_rounds(job_id)
 
-    def _stored_result(self, job_id: str, round_number: int) -> tuple[bytes, bytes] | None:
-        """The coordinator's signed announcement and the aggregate, as this node stored them."""
+    def _stored_result(self, job_id: str, round_number: int) -> tuple[bytes, bytes, tuple[bytes, ...]] | None:
+        """The coordinator's signed announcement, the aggregate and the votes, as this node stored them."""
         found = self.store.get_result(job_id, round_number)
-        return None if found is None else (found.signature, found.aggregate)
+        return None if found is None else (found.signature, found.aggregate, found.votes)
 
     async def _fetch_result(self, job: Job, round_number: int) -> bool:
         assert self._results is not None
@@ -546,11 +548,15 @@ class Daemon:
         """This node coordinated a round to the end: store (before announcing), then publish."""
         assert self._node is not None
         context = result.context
-        words = result.aggregate.astype("<u4").tobytes()
-        announcement = ResultAnnouncement(context.job_id, context.round, context.attempt, result.survivors, result.dropped,
-                                          aggregate_digest(words), {k: float(v) for k, v in result.phase_seconds.items()})
+        announcement, words = announcement_of(result)
         record = sign_announcement(announcement, self._key, self._certificate)
-        superseded = self._store_result(announcement, self.me, words, record) == "superseded"
+        try:  # the check every other node makes: a result that fails it would be refused everywhere
+            verified = self._verify_result(open_announcement(record), words, result.votes)
+        except RemoteProtocolError as exc:
+            log.error("own_result_unverifiable", job=context.job_id, round=context.round, attempt=context.attempt,
+                      reason=exc.reason)
+            return
+        superseded = self._store_result(verified, record) == "superseded"
         participants = len(result.survivors) + len(result.dropped)
         self.metrics.rounds_completed.inc()
         self.metrics.participation_rate.set(len(result.survivors) / participants)
@@ -566,17 +572,19 @@ class Daemon:
             log.info("result_superseded", job=context.job_id, round=context.round, attempt=context.attempt)
             return
         assert self._results is not None
-        self._results.push(announcement, self.me, words, record)
+        self._results.push(verified, record)
         await self._gossip(record, "result")
 
-    def _store_result(self, announcement: ResultAnnouncement, coordinator: bytes, words: bytes, record: bytes) -> str:
+    def _store_result(self, result: VerifiedResult, record: bytes) -> str:
+        """Store a result that passed `_verify_result` (the type says so): kept if it is the round's
+        first, or of a lower attempt than the one stored (`Store.put_result`)."""
+        announcement = result.announcement
         stored = self.store.put_result(ResultRecord(
-            job_id=announcement.job_id, round=announcement.round, attempt=announcement.attempt, coordinator=coordinator,
-            aggregate=words, participants=announcement.survivors, dropped=announcement.dropped, signature=record,
-            received_at=time.time(),
+            job_id=announcement.job_id, round=announcement.round, attempt=announcement.attempt,
+            coordinator=result.coordinator, aggregate=result.aggregate, participants=announcement.survivors,
+            dropped=announcement.dropped, signature=record, received_at=time.time(), votes=result.votes,
         ))
         if stored == "stored":
-            self.book.record_release(announcement.job_id)
             self._export_prior_metrics(announcement.job_id)
         if self._driver is not None:
             tracker = self._driver.tracker(announcement.job_id, announcement.round)
@@ -801,20 +809,48 @@ class Daemon:
         self.store.put_members(new)  # one transaction: 300 members stored one by one took seconds
         self.store.put_addresses([(e.member, e.addresses) for e in roster.entries if e.member != self.me], time.time())
 
-    def _elected(self, body: ResultAnnouncement, author: bytes) -> bool:
-        """The author coordinated that attempt by this node's roster; counted as an authentication failure if not."""
-        members = self.book.round_members(body.job_id)
-        if members is not None and coordinator_for(body.job_id, body.round, body.attempt, members) == author:
-            return True
-        if members is not None:
-            self.metrics.failed_authentications.inc()
-            log.warning("result_from_wrong_coordinator", job=body.job_id, round=body.round, author=author.hex()[:16])
-        return False
+    def _result_job(self, body: ResultAnnouncement, author: bytes) -> tuple[Job, list[bytes]]:
+        """The job and roster a result claims a round of, if that round has opened by this node's clock
+        (less one phase timeout for clock skew); raises RemoteProtocolError naming the reason."""
+        job = self.book.jobs.get(body.job_id)
+        roster = self.book.round_members(body.job_id)
+        if job is None or roster is None:
+            raise RemoteProtocolError(author, "result", f"job {body.job_id!r} or its roster is not known here")
+        opens_in = job.round_opens_at(body.round) - job.spec.phase_timeout - time.time()
+        if opens_in > 0:
+            raise RemoteProtocolError(author, "result", f"round {body.round} has not opened (it opens in {opens_in:.0f} s)")
+        return job, roster
 
-    def _store_fetched_result(self, body: ResultAnnouncement, author: bytes, words: bytes, record: bytes) -> None:
-        """A result from another node, already checked against its signed announcement."""
+    def _plausible_result(self, body: ResultAnnouncement, author: bytes) -> bool:
+        """A gossiped result claim worth fetching the aggregate for: its round has opened and its author
+        is the attempt's elected coordinator, with a participant list the job allows. Refusals are logged
+        and counted (a wrong author as a failed authentication)."""
         try:
-            if self._store_result(body, author, words, record) != "stored":
+            job, roster = self._result_job(body, author)
+            check_claim(job.spec, roster, body, author)
+            return True
+        except RemoteProtocolError as exc:
+            if isinstance(exc, AuthenticationError):
+                self.metrics.failed_authentications.inc()
+            else:
+                self.metrics.malformed_messages.labels(kind="result").inc()
+            log.warning("result_claim_rejected", job=body.job_id, round=body.round, attempt=body.attempt,
+                        author=author.hex()[:16], reason=exc.reason)
+            return False
+
+    def _verify_result(self, signed: SignedAnnouncement, words: bytes, votes: tuple[bytes, ...]) -> VerifiedResult:
+        """A result (this node's own or another's) that proves its round ran: see protocol/evidence.py.
+        Raises RemoteProtocolError naming the reason; the result exchange logs and counts it."""
+        body = signed.body
+        assert isinstance(body, ResultAnnouncement)
+        job, roster = self._result_job(body, signed.author)
+        return verify_result(job.spec, roster, body, signed.author, words, votes)
+
+    def _store_fetched_result(self, result: VerifiedResult, record: bytes) -> None:
+        """A result from another node that the exchange verified (`_verify_result`)."""
+        body, author = result.announcement, result.coordinator
+        try:
+            if self._store_result(result, record) != "stored":
                 return
         except StoreError as exc:  # the coordinator signed two different results for one attempt
             self.metrics.failed_authentications.inc()

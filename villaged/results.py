@@ -8,9 +8,9 @@ reach in time to invite is often alive and reachable by others. A recipient the 
 fetches, from the coordinator and a few connected members, once the push is overdue: a participant
 from the moment it sent its unmasking shares, anyone from the gossiped announcement. Nodes
 outside the tree (observers, dropped participants, a node that restarts) fetch from random
-survivors, then the coordinator. Whatever way the aggregate arrives, it is stored only if the
-announcement is signed by the round's elected coordinator and the aggregate matches the announced
-digest.
+survivors, then the coordinator. Whatever way the aggregate arrives, it travels with the round's
+consistency votes and is stored (or pushed on) only if the daemon's check passes: the round has
+opened, and protocol/evidence.py accepts the announcement, the aggregate and the votes.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import msgpack
 import structlog
 import trio
 
-from protocol.announcements import ResultAnnouncement, SignedAnnouncement, aggregate_digest, open_announcement
-from protocol.errors import RemoteProtocolError
+from protocol.announcements import ResultAnnouncement, SignedAnnouncement, open_announcement
+from protocol.errors import AuthenticationError, RemoteProtocolError
+from protocol.evidence import VerifiedResult
 from protocol.fanout import depth, tree_order
 from villaged.errors import TransportError
 from villaged.metrics import Metrics
@@ -33,11 +34,11 @@ from villaged.tree_push import push_down
 
 log = structlog.get_logger("villaged.results")
 
-#: fetch: [job id, round, asker's certificate] -> [signed announcement, aggregate]. The certificate
-#: lets a holder that never met the asker serve it: a node whose join never reached the creator is
-#: in no roster, and in net-300 two such observers were refused by every holder for minutes.
+#: fetch: [job id, round, asker's certificate] -> [signed announcement, aggregate, votes]. The
+#: certificate lets a holder that never met the asker serve it: a node whose join never reached the
+#: creator is in no roster, and in net-300 two such observers were refused by every holder for minutes.
 RESULT_PROTOCOL = "/village/result/1.0.0"
-RESULT_PUSH_PROTOCOL = "/village/result-push/1.0.0"  # push: [signed announcement, aggregate] -> b"ok"
+RESULT_PUSH_PROTOCOL = "/village/result-push/1.0.0"  # push: [signed announcement, aggregate, votes] -> b"ok"
 _FETCH_TIMEOUT = 10.0
 #: A recipient waits this long per level of the tree for the push before it fetches instead, then
 #: at doubling gaps up to `_FETCH_GAP_MAX` until the round's attempt window is over.
@@ -53,15 +54,19 @@ class ResultHooks:
     """What the exchange needs from the daemon."""
 
     is_member: Callable[[bytes], bool]
-    elected: Callable[[ResultAnnouncement, bytes], bool]  # signed by the coordinator this node's roster elects
+    # A gossiped claim worth fetching: its round has opened and its author was elected (counted if not)
+    plausible: Callable[[ResultAnnouncement, bytes], bool]
+    # (signed announcement, aggregate words, votes): the result if it proves its round ran, else raises
+    # RemoteProtocolError naming the reason
+    verify: Callable[[SignedAnnouncement, bytes, tuple[bytes, ...]], VerifiedResult]
     roster: Callable[[str], list[bytes] | None]  # the job's roster, as this node knows it
     held_attempt: Callable[[str, int], int | None]  # the attempt whose result this node stores for a round
-    stored: Callable[[str, int], tuple[bytes, bytes] | None]  # (signed announcement, aggregate words)
+    stored: Callable[[str, int], tuple[bytes, bytes, tuple[bytes, ...]] | None]  # (announcement, words, votes)
     attempt_window: Callable[[str], float]  # how long one attempt of the job may take
     admit: Callable[[bytes, bytes], None]  # (certificate, peer): admit or raise RemoteProtocolError
-    certificate: Callable[[], bytes]  # this node's own membership certificate (renewed while it runs), sent with its fetches
-    # (body, coordinator, words, record); raises RemoteProtocolError if the coordinator equivocated
-    store: Callable[[ResultAnnouncement, bytes, bytes, bytes], None]
+    certificate: bytes  # this node's own membership certificate, sent with its fetches
+    # (result, signed announcement); raises RemoteProtocolError if the coordinator equivocated
+    store: Callable[[VerifiedResult, bytes], None]
 
 
 class ResultExchange:
@@ -78,14 +83,16 @@ class ResultExchange:
 
     # --- pushing ----------------------------------------------------------------------------------
 
-    def push(self, body: ResultAnnouncement, coordinator: bytes, words: bytes, record: bytes) -> None:
-        """Push a stored result on to the nodes below this one in the tree, in the background (once per attempt)."""
+    def push(self, result: VerifiedResult, record: bytes) -> None:
+        """Push a verified result on to the nodes below this one in the tree, in the background (once per attempt)."""
+        body, coordinator = result.announcement, result.coordinator
         key = (body.job_id, body.round, body.attempt)
         if key in self._forwarded:
             return
         self._forwarded.add(key)
         order = self._tree(body, coordinator)
-        push_down(self._node, self._nursery, RESULT_PUSH_PROTOCOL, msgpack.packb([record, words]), order, coordinator,
+        push_down(self._node, self._nursery, RESULT_PUSH_PROTOCOL,
+                  msgpack.packb([record, result.aggregate, list(result.votes)]), order, coordinator,
                   frozenset(order) - frozenset(body.dropped), "result")
 
     def _tree(self, body: ResultAnnouncement, coordinator: bytes) -> list[bytes]:
@@ -94,15 +101,13 @@ class ResultExchange:
     async def _serve_push(self, peer: bytes, request: bytes) -> bytes:
         self._check_member(peer)
         try:
-            record, words = msgpack.unpackb(request)
+            record, words, votes = msgpack.unpackb(request)
         except (ValueError, TypeError, msgpack.UnpackException):
             self._metrics.malformed_messages.labels(kind="result").inc()
-            raise RemoteProtocolError(peer, "result", "push is not [announcement, aggregate]") from None
-        signed = self._verified(peer, record, words, None)
-        body = signed.body
-        assert isinstance(body, ResultAnnouncement)
-        self._keep(signed, words, peer, "push")
-        self.push(body, signed.author, words, record)
+            raise RemoteProtocolError(peer, "result", "push is not [announcement, aggregate, votes]") from None
+        result, record = self._verified(peer, record, words, votes, None)
+        self._keep(result, record, peer, "push")
+        self.push(result, record)
         return b"ok"
 
     # --- fetching ---------------------------------------------------------------------------------
@@ -125,7 +130,7 @@ class ResultExchange:
 
     def on_announcement(self, body: ResultAnnouncement, author: bytes) -> None:
         """A gossiped result announcement: make sure this node ends up with the aggregate."""
-        if author != self._me and self._wants(body) and self._hooks.elected(body, author):
+        if author != self._me and self._wants(body) and self._hooks.plausible(body, author):
             in_tree = self._me in (self._hooks.roster(body.job_id) or body.survivors) and self._me not in body.dropped
             if in_tree and self._hooks.held_attempt(body.job_id, body.round) is None:
                 self._await_push(body.job_id, body.round, author)
@@ -193,10 +198,10 @@ class ResultExchange:
 
         async def ask(source: bytes, cancel_all: trio.CancelScope) -> None:
             try:
-                request = msgpack.packb([job_id, round_number, self._hooks.certificate()])
+                request = msgpack.packb([job_id, round_number, self._hooks.certificate])
                 reply = await self._node.request(source, RESULT_PROTOCOL, request, timeout=_FETCH_TIMEOUT)
-                record, words = msgpack.unpackb(reply)
-                self._keep(self._verified(source, record, words, (job_id, round_number)), words, source, "fetch")
+                record, words, votes = msgpack.unpackb(reply)
+                self._keep(*self._verified(source, record, words, votes, (job_id, round_number)), source, "fetch")
             except (TransportError, RemoteProtocolError, ValueError, TypeError, msgpack.UnpackException) as exc:
                 log.debug("result_fetch_failed", source=source.hex()[:16], reason=str(exc))
                 return
@@ -214,22 +219,29 @@ class ResultExchange:
             self._metrics.failed_authentications.inc()
             raise RemoteProtocolError(peer, "result", "not a member of this village")
 
-    def _verified(self, peer: bytes, record: object, words: object, expected: tuple[str, int] | None) -> SignedAnnouncement:
-        """The result as sent by `peer`, if its announcement is the elected coordinator's and the
-        aggregate matches the announced digest (and it is the round asked for, when one was)."""
+    def _verified(self, peer: bytes, record: object, words: object, votes: object,
+                  expected: tuple[str, int] | None) -> tuple[VerifiedResult, bytes]:
+        """The result as sent by `peer` and its signed announcement, if the daemon's check finds that it
+        proves its round ran (and it is the round asked for, when one was). Refusals are logged and
+        counted: a wrong signer as a failed authentication, anything else as a malformed result."""
         signed = open_announcement(record) if type(record) is bytes else None
         body = signed.body if signed is not None else None
         if not isinstance(body, ResultAnnouncement) or (expected is not None and (body.job_id, body.round) != expected):
             self._metrics.malformed_messages.labels(kind="result").inc()
             raise RemoteProtocolError(peer, "result", "not a result announcement for the round asked for")
         assert signed is not None
-        if not self._hooks.elected(body, signed.author):
-            raise RemoteProtocolError(peer, "result", "announced by a node that was not the round's coordinator")
-        if type(words) is not bytes or aggregate_digest(words) != body.aggregate_digest:
-            self._metrics.malformed_messages.labels(kind="result").inc()
-            log.warning("result_rejected", source=peer.hex()[:16], job=body.job_id, round=body.round)
-            raise RemoteProtocolError(peer, "result", "aggregate does not match the announced digest")
-        return signed
+        try:
+            if type(words) is not bytes or type(votes) is not list or any(type(v) is not bytes for v in votes):
+                raise RemoteProtocolError(signed.author, "result", "aggregate or votes are not bytes")
+            return self._hooks.verify(signed, words, tuple(votes)), signed.record
+        except RemoteProtocolError as exc:
+            if isinstance(exc, AuthenticationError):
+                self._metrics.failed_authentications.inc()
+            else:
+                self._metrics.malformed_messages.labels(kind="result").inc()
+            log.warning("result_rejected", source=peer.hex()[:16], author=signed.author.hex()[:16], job=body.job_id,
+                        round=body.round, attempt=body.attempt, reason=exc.reason)
+            raise RemoteProtocolError(peer, "result", exc.reason) from None
 
     def _wants(self, body: ResultAnnouncement) -> bool:
         """This node holds no result of that round, or one of a later attempt (the lowest attempt's
@@ -237,11 +249,10 @@ class ResultExchange:
         held = self._hooks.held_attempt(body.job_id, body.round)
         return held is None or held > body.attempt
 
-    def _keep(self, signed: SignedAnnouncement, words: bytes, source: bytes, via: str) -> None:
-        body = signed.body
-        assert isinstance(body, ResultAnnouncement)
+    def _keep(self, result: VerifiedResult, record: bytes, source: bytes, via: str) -> None:
+        body = result.announcement
         if self._wants(body):
-            self._hooks.store(body, signed.author, words, signed.record)
+            self._hooks.store(result, record)
             log.info("result_received", job=body.job_id, round=body.round, attempt=body.attempt, via=via,
                      source=source.hex()[:16])
         event = self._arrivals.pop((body.job_id, body.round), None)

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import msgpack
+
 from protocol.policy import InputPolicy
 from villaged.errors import VillagedError
 
@@ -150,6 +152,16 @@ MIGRATIONS: Final[Sequence[Sequence[str]]] = (
             policy TEXT NOT NULL
         ) STRICT""",
     ),
+    (
+        # The consistency votes a stored result carries (protocol/evidence.py), served with its
+        # aggregate so that every node that fetches it can check that the round really ran.
+        """CREATE TABLE IF NOT EXISTS result_votes (
+            job_id TEXT NOT NULL,
+            round INTEGER NOT NULL,
+            votes BLOB NOT NULL,
+            PRIMARY KEY (job_id, round)
+        ) STRICT""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -201,6 +213,7 @@ class ResultRecord:
     dropped: tuple[bytes, ...]
     signature: bytes
     received_at: float
+    votes: tuple[bytes, ...] = ()  # the consistency votes that show the attempt ran (none before issue #15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +510,11 @@ class Store:
             except sqlite3.IntegrityError as exc:
                 raise StoreError(f"result for round {result.round} of job {result.job_id!r}: {_integrity_reason(exc)}") from exc
             if cursor.rowcount == 1:
+                db.execute(
+                    "INSERT INTO result_votes (job_id, round, votes) VALUES (?, ?, ?) "
+                    "ON CONFLICT(job_id, round) DO UPDATE SET votes = excluded.votes",
+                    (result.job_id, result.round, msgpack.packb(list(result.votes))),
+                )
                 return "stored"
             existing = self.get_result(result.job_id, result.round)
             assert existing is not None
@@ -590,13 +608,15 @@ class Store:
 
 
 _RESULT_SELECT: Final = (
-    "SELECT job_id, round, attempt, coordinator, aggregate, participants, dropped, signature, received_at FROM results"
+    "SELECT job_id, round, attempt, coordinator, aggregate, participants, dropped, signature, received_at, "
+    "(SELECT votes FROM result_votes AS v WHERE v.job_id = results.job_id AND v.round = results.round) FROM results"
 )
 
 
 def _result_from_row(row: tuple[Any, ...]) -> ResultRecord:
-    j, r, a, c, agg, p, d, sig, at = row
-    return ResultRecord(j, r, a, bytes(c), bytes(agg), _ids_from_json(p), _ids_from_json(d), bytes(sig), at)
+    j, r, a, c, agg, p, d, sig, at, votes = row
+    return ResultRecord(j, r, a, bytes(c), bytes(agg), _ids_from_json(p), _ids_from_json(d), bytes(sig), at,
+                        () if votes is None else tuple(msgpack.unpackb(votes)))
 
 
 def _same_result(a: ResultRecord, b: ResultRecord) -> bool:

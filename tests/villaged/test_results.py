@@ -1,4 +1,8 @@
-"""Tests for villaged/results.py: results pushed down the survivors' tree and fetched, over real libp2p nodes."""
+"""Tests for villaged/results.py: results pushed down the survivors' tree and fetched, over real libp2p nodes.
+
+These test the distribution: the daemon's check of a result's evidence is replaced here by its
+two simplest parts (the elected signer, the digest). tests/villaged/test_result_evidence.py runs
+the real check against real daemons."""
 
 from __future__ import annotations
 
@@ -12,8 +16,11 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
-from protocol.announcements import ResultAnnouncement, aggregate_digest, open_announcement, sign_announcement
-from protocol.errors import RemoteProtocolError
+from protocol.announcements import (
+    ResultAnnouncement, SignedAnnouncement, aggregate_digest, open_announcement, sign_announcement,
+)
+from protocol.errors import AuthenticationError, RemoteProtocolError
+from protocol.evidence import VerifiedResult, votes_digest
 from protocol.fanout import push_targets, tree_order
 from tests.villaged.nodes import network, wait_until
 from villaged.errors import RemoteRefusal
@@ -68,21 +75,22 @@ async def exchanges(
             peer = Peer(node, scope, None, Metrics())  # type: ignore[arg-type]
             results = peer.results
 
-            def store(body: ResultAnnouncement, author: bytes, words: bytes, record: bytes,
+            def store(result: VerifiedResult, record: bytes,
                       results: dict[tuple[str, int], tuple[bytes, bytes]] = results) -> None:
-                results[(body.job_id, body.round)] = (record, words)
+                results[(result.announcement.job_id, result.announcement.round)] = (record, result.aggregate)
 
             hooks = ResultHooks(
                 is_member=lambda m: known is None or m in known,
-                elected=lambda body, author: author == coordinator,
+                plausible=lambda body, author: author == coordinator,
+                verify=signed_by(coordinator),
                 roster=lambda job: roster,
                 held_attempt=lambda job, r, results=results: (
                     open_announcement(results[(job, r)][0]).body.attempt if (job, r) in results else None),
-                stored=lambda job, r, results=results: results.get((job, r)),
+                stored=lambda job, r, results=results: (*results[(job, r)], ()) if (job, r) in results else None,
                 store=store,
                 attempt_window=lambda job: 60.0,
                 admit=admit,
-                certificate=lambda: b"valid",
+                certificate=b"valid",
             )
             peer.exchange = ResultExchange(node, nursery, hooks, peer.metrics, node.member_id)
             peers.append(peer)
@@ -94,15 +102,30 @@ async def exchanges(
         nursery.cancel_scope.cancel()
 
 
+def signed_by(coordinator: bytes):  # type: ignore[no-untyped-def]
+    """The parts of the daemon's check that need no job: the signer and the aggregate's digest."""
+
+    def verify(signed: SignedAnnouncement, words: bytes, votes: tuple[bytes, ...]) -> VerifiedResult:
+        body = signed.body
+        assert isinstance(body, ResultAnnouncement)
+        if signed.author != coordinator:
+            raise AuthenticationError(signed.author, "result", "signed by a node that is not the round's coordinator")
+        if aggregate_digest(words) != body.aggregate_digest:
+            raise RemoteProtocolError(signed.author, "result", "aggregate does not match the announced digest")
+        return VerifiedResult(body, signed.author, words, votes)
+
+    return verify
+
+
 def announcement(survivors: list[bytes], words: bytes = WORDS, round_number: int = 0, attempt: int = 0,
                  dropped: list[bytes] = ()) -> ResultAnnouncement:  # type: ignore[assignment]
     return ResultAnnouncement("job-1", round_number, attempt, tuple(sorted(survivors)), tuple(sorted(dropped)),
-                              aggregate_digest(words), {"masked": 0.5})
+                              aggregate_digest(words), votes_digest(()), {"masked": 0.5})
 
 
 def start_push(coordinator: Peer, body: ResultAnnouncement, record: bytes, words: bytes = WORDS) -> None:
     coordinator.results[(body.job_id, body.round)] = (record, words)
-    coordinator.exchange.push(body, coordinator.me, words, record)
+    coordinator.exchange.push(VerifiedResult(body, coordinator.me, words, ()), record)
 
 
 async def test_the_coordinator_pushes_to_its_children_and_every_survivor_gets_the_result() -> None:
@@ -141,16 +164,20 @@ async def test_a_tampered_aggregate_or_a_wrong_coordinator_is_refused_and_nothin
         body = announcement([p.me for p in peers])
         tampered = bytes([WORDS[0] ^ 1]) + WORDS[1:]
         with pytest.raises(RemoteRefusal, match="does not match the announced digest"):
-            await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([sign(body), tampered]), timeout=10)
+            await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([sign(body), tampered, []]), timeout=10)
         forged = sign_announcement(body, signing_key(create_new_key_pair()), b"certificate")
         with pytest.raises(RemoteRefusal, match="not the round's coordinator"):
-            await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([forged, WORDS]), timeout=10)
+            await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([forged, WORDS, []]), timeout=10)
         with pytest.raises(RemoteRefusal, match="push is not"):
             await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, b"\xc1garbage", timeout=10)
         assert peers[1].results == {}
         assert peers[1].metrics.malformed_messages.labels(kind="result")._value.get() == 2
+        assert peers[1].metrics.failed_authentications._value.get() == 1
+        # The form before round evidence ([announcement, aggregate]) is refused by name.
+        with pytest.raises(RemoteRefusal, match=r"push is not \[announcement, aggregate, votes\]"):
+            await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([sign(body), WORDS]), timeout=10)
         # And the node keeps serving: the genuine push goes through.
-        await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([sign(body), WORDS]), timeout=10)
+        await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([sign(body), WORDS, []]), timeout=10)
         assert peers[1].results[("job-1", 0)][1] == WORDS
 
 
@@ -230,5 +257,5 @@ async def test_a_result_of_an_earlier_attempt_replaces_a_later_ones_and_not_the_
         later, earlier, latest = WORDS[:40_000], WORDS[:80_000], WORDS[:120_000]
         for attempt, words in ((1, later), (0, earlier), (2, latest)):
             record = sign(announcement(survivors, words, attempt=attempt))
-            await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([record, words]), timeout=10)
+            await peers[0].node.request(peers[1].me, RESULT_PUSH_PROTOCOL, msgpack.packb([record, words, []]), timeout=10)
         assert peers[1].results[("job-1", 0)][1] == earlier

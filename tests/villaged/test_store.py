@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,15 @@ def test_upgrade_from_schema_1_keeps_data(db_path: Path) -> None:
         with pytest.raises(StoreError, match="unknown job"):
             store.add_job_member("ghost", BOB, 1.0)
         assert store.integrity_check() == "ok"
+
+
+def test_a_results_votes_survive_a_restart_and_go_with_the_attempt_that_replaces_it(db_path: Path) -> None:
+    """The votes are the evidence a node serves with the aggregate (protocol/evidence.py)."""
+    with Store.open(db_path) as store:
+        store.put_job(job())
+        assert store.put_result(replace(result(attempt=1), votes=(b"vote-1a", b"vote-1b"))) == "stored"
+        assert store.put_result(replace(result(attempt=2), votes=(b"vote-2",))) == "superseded"
+    with Store.open(db_path) as store:
+        assert store.get_result("job-1", 0).votes == (b"vote-1a", b"vote-1b")  # type: ignore[union-attr]
+        assert store.put_result(replace(result(attempt=0), votes=(b"vote-0",))) == "stored"
+        assert store.get_results("job-1")[0].votes == (b"vote-0",)

@@ -143,7 +143,7 @@ async def test_a_node_without_a_valid_certificate_cannot_join_contribute_or_publ
         # The intruder learns the job id out of band, joins it and forges a result for it.
         intruder.book.add_job(job["id"], JobSpec.from_dict(SPEC), honest[0].me, job["created_at"])
         await intruder.join_job(job["id"])
-        fake = ResultAnnouncement(job["id"], 0, 0, (intruder.me,), (), b"\0" * 32, {})
+        fake = ResultAnnouncement(job["id"], 0, 0, (intruder.me,), (), b"\0" * 32, b"\0" * 32, {})
         assert intruder._node is not None
         await intruder._node.publish(intruder._topic + "/results", sign_announcement(fake, intruder._key, intruder._certificate))
 
