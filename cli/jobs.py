@@ -148,7 +148,18 @@ def jobs_show(job_id: JobId, data_dir: DataDir = None, api: ApiUrl = None, token
         return
     if isinstance(job.get("members"), list):
         job = {**job, "members": len(job["members"])}
+    privacy = job.pop("privacy", None)
     print_record(job, f"job {job_id}")
+    if privacy:
+        print_record({key: privacy[key] for key in _PRIVACY_FIELDS if key in privacy},
+                     "differential privacy (this node's input)")
+
+
+#: What `jobs show` prints of a job's DP accounting, in reading order.
+_PRIVACY_FIELDS = (
+    "guarantee", "neighbouring", "epsilon_per_round", "delta", "budget_epsilon", "releases", "epsilon_spent",
+    "epsilon_remaining", "epsilon_spent_against_outsiders", "rounds_affordable", "wrap_probability_bound_per_round",
+)
 
 
 @jobs_app.command("result")

@@ -3,8 +3,9 @@
 Mechanism (Kairouz, Liu, Steinke, ICML '21; notes/secure-aggregation.md §6). Every client clips its
 float vector to L2 norm `l2_clip`, quantizes it (scale s, stochastic rounding, protocol/quantize.py)
 and adds N_Z(0, v) integer noise to every coordinate, v the *local* variance. The secure sum only
-releases the total, whose noise is the sum of at least n_min = min_participants - colluders honest
-shares, so it carries variance >= n_min * v although no single client added more than v.
+releases the total, whose noise is the sum of at least n_min = min_participants - colluders - 1 shares
+unknown to the adversary, so it carries variance >= n_min * v although no single client added more than
+v. The "- 1" is the coordinator: it is a participant, holds the result, and knows its own share.
 
 Calibration (per round, target (epsilon, delta)):
   * sensitivity in integer units after rounding: Delta2 = s * l2_clip + sqrt(d) (notes §5: stochastic
@@ -14,9 +15,10 @@ Calibration (per round, target (epsilon, delta)):
         eps(alpha) = min(alpha * Delta2^2 / (2 n v) + tau d,  alpha/2 * (Delta2 / sqrt(n v) + tau sqrt(d))^2)
         tau = 10 * sum_{k=1}^{n-1} exp(-2 pi^2 v k/(k+1))
     We take n = n_min in the Gaussian terms (least noise) and n = max_participants in tau (tau grows
-    with n), an upper bound over every survivor count the round accepts. Colluders' noise is known to
-    the adversary, hence n_min = min_participants - colluders (`privacy.colluders`, default 0: the
-    coordinator is honest-but-curious and no client colludes; raise it for a stronger claim);
+    with n), an upper bound over every survivor count the round accepts. The noise of the coordinator
+    and of the job's `colluders` (participants besides it that may collude) is known to them, hence
+    n_min = min_participants - colluders - 1: epsilon holds against any participant, with `colluders`
+    others. Against an outsider, who knows no share, n = min_participants (`outsider_epsilon`);
   * conversion RDP -> (eps, delta) with CKS Prop. 12 / dp-accounting's `compute_epsilon`:
         eps = min_alpha [eps_tot(alpha) + log(1 - 1/alpha) - (log delta + log alpha) / (alpha - 1)]
     over a dense log grid of orders (reproduces the notes' vector: rho = 0.5, delta = 1e-5 -> 4.7284);
@@ -59,6 +61,8 @@ from protocol.errors import ParameterError
 from protocol.quantize import K_SIGMA
 
 MECHANISMS = ("discrete_gaussian",)
+#: The neighbouring relation epsilon is stated for. Under replace-one, epsilon roughly doubles.
+NEIGHBOURING = "add or remove one client's vector (replace-one: about twice epsilon)"
 #: RDP orders for the conversion: log-spaced, dense enough that the minimum is within 1e-5 of exact.
 ORDERS = np.exp(np.linspace(math.log(1.0 + 1e-4), math.log(1e6), 8000))
 
@@ -77,7 +81,6 @@ class PrivacySpec:
     budget_epsilon: float  # total epsilon the job may spend; rounds beyond it are not started
     mechanism: str = "discrete_gaussian"
     l2_clip: float | None = None  # None: the quantization clip
-    colluders: int = 0  # clients (besides the coordinator) whose noise the adversary may know
 
     @classmethod
     def from_dict(cls, raw: Any) -> PrivacySpec:
@@ -113,8 +116,6 @@ class PrivacySpec:
                                                       f"CSPRNG Poisson sampler, not implemented), got {self.mechanism!r}")
         if self.l2_clip is not None:
             _positive("privacy.l2_clip", self.l2_clip, 1e12)
-        if type(self.colluders) is not int or self.colluders < 0:
-            raise ParameterError("privacy.colluders", f"must be a non-negative integer, got {self.colluders!r}")
 
 
 def _positive(name: str, value: object, high: float) -> None:
@@ -202,7 +203,8 @@ class NoisePlan:
     delta2: float  # L2 sensitivity after rounding, integer units
     l2_clip: float
     dimension: int
-    n_min: int
+    n_min: int  # noise shares the adversary (a participant and its colluders) does not know
+    n_outside: int  # noise shares in the smallest released sum: what an outsider does not know
     n_max: int
     epsilon: float
     delta: float
@@ -225,10 +227,24 @@ class NoisePlan:
         return round_rdp(self.delta2, self.dimension, self.n_min, self.n_max, float(self.variance))
 
     def spent(self, releases: int) -> float:
-        """Job-level epsilon (at `delta`) after `releases` releases, by RDP composition."""
+        """Job-level epsilon (at `delta`) after `releases` releases, by RDP composition, against a
+        participant (the coordinator included) and the job's colluders."""
         if releases <= 0:
             return 0.0
         return epsilon_from_rdp(releases * self.round_rdp(), self.delta)
+
+    def spent_against_outsiders(self, releases: int) -> float:
+        """The same against a node that took part in no round (it knows no noise share)."""
+        if releases <= 0:
+            return 0.0
+        rdp = round_rdp(self.delta2, self.dimension, self.n_outside, self.n_max, float(self.variance))
+        return epsilon_from_rdp(releases * rdp, self.delta)
+
+    def wrap_probability_bound(self) -> float:
+        """An upper bound on the chance that one round's sum wraps in some coordinate: the no-wrap check
+        leaves K_SIGMA noise stds above every client at +-clip, so a wrap needs that worst-case signal
+        and a noise excursion beyond K_SIGMA stds (union bound over the coordinates)."""
+        return min(1.0, self.dimension * math.erfc(K_SIGMA / math.sqrt(2.0)))
 
     def affordable_releases(self, limit: int = 1_000_000) -> int:
         """How many releases fit in `budget_epsilon` (spent is increasing in releases)."""
@@ -245,29 +261,37 @@ class NoisePlan:
         return low
 
     def view(self, releases: int) -> dict[str, Any]:
+        spent = self.spent(releases)
         return {
-            "mechanism": "discrete_gaussian", "epsilon_per_round": self.epsilon, "delta": self.delta,
-            "budget_epsilon": self.budget_epsilon, "releases": releases, "epsilon_spent": round(self.spent(releases), 6),
+            "mechanism": "discrete_gaussian", "neighbouring": NEIGHBOURING,
+            "epsilon_per_round": self.epsilon, "delta": self.delta, "budget_epsilon": self.budget_epsilon,
+            "releases": releases, "epsilon_spent": round(spent, 6),
+            "epsilon_remaining": round(max(0.0, self.budget_epsilon - spent), 6),
+            "epsilon_spent_against_outsiders": round(self.spent_against_outsiders(releases), 6),
+            "guarantee": f"epsilon_spent holds against any participant, the coordinator included, and the job's "
+                         f"colluders: at least {self.n_min} noise shares of every released sum are unknown to them",
             "rounds_affordable": self.affordable_releases(), "local_variance": self.variance,
-            "noise_clients_min": self.n_min, "sensitivity_int": self.delta2, "scale": self.scale,
+            "noise_clients_min": self.n_min, "noise_clients_against_outsiders": self.n_outside,
+            "sensitivity_int": self.delta2, "scale": self.scale,
+            "wrap_probability_bound_per_round": self.wrap_probability_bound(),
         }
 
 
 def plan_noise(privacy: PrivacySpec, clip: float, scale: float | None, dimension: int, min_participants: int,
-               max_participants: int, bits: int) -> NoisePlan:
+               max_participants: int, bits: int, colluders: int = 0) -> NoisePlan:
     """Scale and per-client variance for a job; raises ParameterError naming the field that cannot fit."""
-    n_min = min_participants - privacy.colluders
+    n_min = min_participants - colluders - 1  # the coordinator and the colluders know their own shares
     if n_min < 1:
-        raise ParameterError("privacy.colluders", f"{privacy.colluders} colluders leave no honest noise among "
-                                                  f"min_participants={min_participants}")
+        raise ParameterError("colluders", f"the coordinator and {colluders} colluders know every noise share of "
+                                          f"a round of min_participants={min_participants}: no noise is left unknown")
     l2 = privacy.l2_clip if privacy.l2_clip is not None else clip
     return _plan(privacy.epsilon, privacy.delta, privacy.budget_epsilon, l2, clip, scale, dimension, n_min,
-                 max_participants, bits)
+                 min_participants, max_participants, bits)
 
 
 @functools.lru_cache(maxsize=256)
 def _plan(epsilon: float, delta: float, budget: float, l2: float, clip: float, scale: float | None, d: int,
-          n_min: int, n_max: int, bits: int) -> NoisePlan:
+          n_min: int, n_outside: int, n_max: int, bits: int) -> NoisePlan:
     half = float(1 << (bits - 1))
     root_d = math.sqrt(d)
 
@@ -282,7 +306,7 @@ def _plan(epsilon: float, delta: float, budget: float, l2: float, clip: float, s
             raise ParameterError("quantization.scale", f"{n_max} clients x ceil(clip x scale) plus {K_SIGMA:g} sigma of "
                                                        f"the DP noise (per-client variance {v}) overflow Z_(2^{bits}); "
                                                        "lower the scale or leave it unset")
-        return _checked(NoisePlan(scale, v, delta2, l2, d, n_min, n_max, epsilon, delta, budget))
+        return _checked(NoisePlan(scale, v, delta2, l2, d, n_min, n_outside, n_max, epsilon, delta, budget))
     # Linear zCDP approximation: sqrt(v) ~ (s l2 + sqrt d) k0 with k0 = 1/sqrt(2 n_min rho), then shrink to fit.
     k0 = 1.0 / math.sqrt(2.0 * n_min * rho_for_epsilon(epsilon, delta))
     tail = K_SIGMA * math.sqrt(n_max) * k0
@@ -294,7 +318,7 @@ def _plan(epsilon: float, delta: float, budget: float, l2: float, clip: float, s
     for _ in range(2000):
         ok, v, delta2 = fits(s)
         if ok:
-            return _checked(NoisePlan(s, v, delta2, l2, d, n_min, n_max, epsilon, delta, budget))
+            return _checked(NoisePlan(s, v, delta2, l2, d, n_min, n_outside, n_max, epsilon, delta, budget))
         s *= 0.995
     raise ParameterError("privacy.epsilon", "no quantization scale fits the DP noise; raise epsilon or bits")
 

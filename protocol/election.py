@@ -29,3 +29,11 @@ def coordinator_for(job_id: str, round_number: int, attempt: int, members: Itera
     if attempt < 0:
         raise LocalProtocolError(f"attempt must be >= 0, got {attempt}")
     return ranked[attempt % len(ranked)]
+
+
+def capped_roster(job_id: str, members: Iterable[bytes], cap: int) -> tuple[bytes, ...]:
+    """The roster a creator freezes from the members that joined: all of them, sorted, or the `cap`
+    best-ranked by H(job ‖ member) when more joined (the overflow check and the DP noise assume at
+    most `max_participants`). A rule every node can recompute from the same joins."""
+    ranked = sorted(set(members), key=lambda m: (sha256(b"village/roster/v1", job_id.encode(), m), m))
+    return tuple(sorted(ranked[:cap]))

@@ -65,6 +65,9 @@ class JobSpec:
             raise ParameterError("dimension", "is required")
         values = dict(raw)
         privacy = values.pop("privacy", None)
+        if isinstance(privacy, dict) and "colluders" in privacy:  # specs before colluders moved up (one adversary)
+            privacy = dict(privacy)
+            values["colluders"] = max(privacy.pop("colluders"), values.get("colluders", 0))
         quantization = values.pop("quantization", {})
         if not isinstance(quantization, dict):
             raise ParameterError("quantization", "must be an object")
@@ -102,7 +105,8 @@ class JobSpec:
         _int("max_participants", self.max_participants, self.min_participants, MAX_PARTICIPANTS)
         if self.threshold is not None:
             _int("threshold", self.threshold, 2, self.neighbours + 1)
-        _int("colluders", self.colluders, 0, self.neighbours)
+        # the coordinator and the colluders must leave some participant's noise (and some holder's vote) unknown
+        _int("colluders", self.colluders, 0, min(self.neighbours, self.min_participants - 2))
         for participants in {self.min_participants, self.max_participants}:
             params = self.round_params(participants)
             params.check_for(participants, self.colluders)
@@ -112,8 +116,6 @@ class JobSpec:
                                                   f"each secret has {holders} holders, the coordinator's vote does not count")
         if self.privacy is not None:
             self.privacy.validate()
-            if self.privacy.colluders >= self.min_participants:
-                raise ParameterError("privacy.colluders", f"must be below min_participants ({self.min_participants})")
         self.quantizer()
 
     def threshold_for(self, participants: int) -> int:
@@ -143,7 +145,7 @@ class JobSpec:
         q = self.quantization
         try:
             return plan_noise(self.privacy, q.clip, q.scale, self.dimension, self.min_participants,
-                              self.max_participants, q.bits)
+                              self.max_participants, q.bits, self.colluders)
         except ParameterError as exc:
             field_name = {"clip": "quantization.clip", "bits": "quantization.bits"}.get(exc.field, exc.field)
             raise ParameterError(field_name, exc.reason) from None

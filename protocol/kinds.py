@@ -14,6 +14,7 @@ import numpy as np
 
 from protocol import priors
 from protocol.errors import ParameterError
+from protocol.quantize import K_SIGMA
 
 NO_SLOTS = np.zeros(0, dtype=np.int64)
 
@@ -150,3 +151,20 @@ def dequantize_total(spec: Any, words: np.ndarray) -> np.ndarray:
     signed = words[exact].astype(np.int64)
     total[exact] = np.where(signed >= 1 << (bits - 1), signed - (1 << bits), signed)
     return total
+
+
+def out_of_range(spec: Any, words: np.ndarray, survivors: int) -> int:
+    """Scaled coordinates of a sum of `survivors` inputs beyond what honest inputs can reach: every one at
+    +-clip plus K_SIGMA stds of their DP noise. Such a value means the sum wrapped (a noise tail, see
+    `NoisePlan.wrap_probability_bound`) or an input outside the quantizer's range: either way that
+    coordinate is wrong, so results report the count instead of passing it silently."""
+    quantizer = spec.quantizer()
+    plan = spec.noise_plan()
+    noise = 0.0 if plan is None else K_SIGMA * math.sqrt(survivors * plan.variance)
+    limit = survivors * quantizer.max_step + noise
+    bits = spec.quantization.bits
+    signed = words.astype(np.int64)
+    signed = np.where(signed >= 1 << (bits - 1), signed - (1 << bits), signed)
+    scaled = np.ones(len(words), dtype=bool)
+    scaled[KINDS[spec.kind].exact_slots(spec)] = False
+    return int(np.count_nonzero(np.abs(signed[scaled]) > limit))

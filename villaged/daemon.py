@@ -28,12 +28,12 @@ from protocol.announcements import (
     MAX_ANNOUNCEMENT_BYTES, MAX_ROSTER_ADDRESSES, aggregate_digest, open_announcement, sign_announcement,
 )
 from protocol.election import coordinator_for
-from protocol.errors import AuthenticationError, MemberRevoked, ParameterError, RemoteProtocolError
+from protocol.errors import AuthenticationError, MemberRevoked, InviteRefused, ParameterError, RemoteProtocolError
 from protocol.events import RoundResult
 from protocol.evidence import VerifiedResult, announcement_of, check_claim, verify_result
 from protocol.fanout import tree_order
 from protocol.jobs import JobSpec
-from protocol.kinds import KINDS, InputError, dequantize_total
+from protocol.kinds import KINDS, InputError, dequantize_total, out_of_range
 from protocol.membership import MemberRegistry, MembershipCertificate, decode_certificate, verify_revocations
 from protocol.policy import InputPolicy
 from protocol.priors import validate_round
@@ -177,6 +177,7 @@ class Daemon:
             async with open_node(
                 self._keypair, list(self.config.listen), list(self.config.bootstrap), transport_config,
                 on_event=self._on_transport_event, on_peer_connected=self._exchange_certificates,
+                membership=self.registry,
             ) as node, trio.open_nursery() as nursery:
                 self._node, self._nursery = node, nursery
                 self._driver = RoundDriver(node, self._key, self.book, nursery, self._on_coordinated_result,
@@ -184,7 +185,7 @@ class Daemon:
                 for member, addresses in self.store.peer_addresses().items():
                     node.add_addresses(member, addresses)
                 node.serve(ROUND_PROTOCOL, self._handle_round_frame)
-                node.serve(MEMBERSHIP_PROTOCOL, self._handle_certificate, max_request=1024)
+                node.serve(MEMBERSHIP_PROTOCOL, self._handle_certificate, max_request=1024, max_request_nonmember=1024)
                 self._results = ResultExchange(node, nursery, ResultHooks(
                     is_member=self._is_member, plausible=self._plausible_result, verify=self._verify_result,
                     roster=self.book.round_members,
@@ -192,7 +193,9 @@ class Daemon:
                     stored=self._stored_result, store=self._store_fetched_result,
                     attempt_window=self._attempt_window, admit=self._admit, certificate=self._own_certificate),
                     self.metrics, self.me)
-                node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES)
+                # Joins and rosters come from members whose certificate may not have reached this node yet.
+                node.serve(ANNOUNCE_PROTOCOL, self._handle_announcement, max_request=MAX_ANNOUNCEMENT_BYTES,
+                           max_request_nonmember=MAX_ANNOUNCEMENT_BYTES)
                 job_sync = JobSync(node, JobSyncHooks(
                     active_jobs=self._active_jobs, roster_overdue=self._roster_overdue, records_for=self._records_for,
                     accept=self._accept_synced,
@@ -314,8 +317,6 @@ class Daemon:
         if outcome != "completed":
             self.metrics.rounds_aborted.labels(reason="gave_up").inc()
             log.warning("round_given_up", job=job.id, round=round_number, reason=outcome)
-            if outcome.startswith("gave up: sent unmasking shares"):
-                self.book.record_release(job.id)  # the sum may be out even though it never reached us
 
     async def _track_peers(self) -> None:
         assert self._node is not None
@@ -334,6 +335,15 @@ class Daemon:
     def _on_transport_event(self, name: str, peer: bytes | None, **fields: object) -> None:
         if name.startswith(("oversize", "rate_limited", "malformed", "gossip_dropped")):
             self.metrics.malformed_messages.labels(kind=name).inc()
+        if name == "inbound_refused":
+            reason = str(fields["reason"])
+            self.metrics.inbound_refused.labels(protocol=str(fields["protocol"]), reason=reason).inc()
+            if reason in ("members only", "revoked"):
+                self.metrics.failed_authentications.inc()
+            if reason == "revoked":
+                self.metrics.revoked_refusals.inc()
+            log.info("inbound_refused", peer=peer.hex()[:16] if peer else None, **fields)
+            return
         log.debug("transport_event", event_name=name, peer=peer.hex()[:16] if peer else None, **fields)
 
     # --- membership -------------------------------------------------------------------------------
@@ -528,6 +538,8 @@ class Daemon:
         except RemoteProtocolError as exc:
             if isinstance(exc, AuthenticationError):
                 self.metrics.failed_authentications.inc()
+            elif isinstance(exc, InviteRefused):
+                self.metrics.invites_refused.labels(reason=exc.code).inc()
             else:
                 self.metrics.malformed_messages.labels(kind=exc.phase).inc()
             log.info("round_frame_rejected", peer=peer.hex()[:16], phase=exc.phase, reason=exc.reason)
@@ -1123,6 +1135,8 @@ class Daemon:
             "error_bound": quantizer.error_bound(survivors) / per_input,
             "noise_std": 0.0 if (plan := job.spec.noise_plan()) is None else plan.noise_std(survivors) / per_input,
             "digest": aggregate_digest(record.aggregate).hex(), "received_at": record.received_at,
+            # > 0: those coordinates wrapped (a noise tail) or a participant sent words outside the range
+            "coordinates_out_of_range": out_of_range(job.spec, words, survivors),
         })
         return view
 

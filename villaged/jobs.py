@@ -26,7 +26,7 @@ import structlog
 import trio
 
 from protocol.dp import add_noise, clip_l2, sample_discrete_gaussian
-from protocol.election import coordinator_for, ranking
+from protocol.election import capped_roster, coordinator_for, ranking
 from protocol.errors import ParameterError, ProtocolError
 from protocol.invites import InviteTerms, attempt_limit
 from protocol.masking import member_set_digest
@@ -119,6 +119,9 @@ class JobBook:
         """Fix a job's roster (first announcement wins; it is signed by the creator). True if new."""
         job = self.jobs.get(job_id)
         if job is None or job.roster is not None:
+            return False
+        if len(members) > job.spec.max_participants:
+            log.warning("roster_refused", job=job_id, members=len(members), max_participants=job.spec.max_participants)
             return False
         self._store.set_meta(f"roster/{job_id}", ",".join(m.hex() for m in members))
         job.roster = members
@@ -224,7 +227,7 @@ class JobBook:
 
     def contributes(self, job: Job) -> bool:
         """Whether this node would put an input into the job's rounds (without computing it)."""
-        if not self._joined_and_active(job) or self.policy_refusal(job) is not None:
+        if not self._joined_and_active(job) or self.policy_refusal(job) is not None or not self.budget_allows_round(job):
             return False
         try:
             self.check_input(job)
@@ -240,6 +243,10 @@ class JobBook:
         if refusal is not None:
             log.warning("input_refused", job=job_id, input=job.spec.data, reason=refusal)
             self.metrics.input_refusals.labels(stage="round").inc()
+            return None
+        if not self.budget_allows_round(job):  # no noisy vector is made, let alone sent
+            log.warning("input_refused", job=job_id, input=job.spec.data, reason="privacy budget spent")
+            self.metrics.input_refusals.labels(stage="budget").inc()
             return None
         try:
             values = self.check_input(job)
@@ -303,7 +310,8 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
     if job.state == "pending":
         await trio.sleep_until(wall_deadline(job.start_at))
         if job.creator == book.me and job.roster is None:
-            book.set_roster(job.id, tuple(sorted(m for m in job.members if book.is_member(m))))
+            book.set_roster(job.id, capped_roster(job.id, (m for m in job.members if book.is_member(m)),
+                                                  job.spec.max_participants))
             await hooks.announce_roster(job)
         with trio.move_on_at(wall_deadline(job.start_at + job.spec.attempt_window)):
             await job.roster_known.wait()

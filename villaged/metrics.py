@@ -64,6 +64,19 @@ class Metrics:
         self.malformed_messages = Counter(
             "federation_malformed_messages", "Messages that failed to decode or validate, by kind.", ["kind"], registry=r
         )
+        self.invites_refused = Counter(
+            "federation_invites_refused",
+            "Round invitations this node refused to answer, by rule (protocol/invites.py): wrong round, attempt, "
+            "participants or parameters for the job, or a round its input already went into.",
+            ["reason"], registry=r,
+        )
+        self.inbound_refused = Counter(
+            "village_inbound_refused",
+            "Inbound requests refused from their length prefix, before a byte of the body was read, by libp2p "
+            "protocol id and reason (members only, revoked, too large, inbound budget, rate limited, too many "
+            "concurrent streams).",
+            ["protocol", "reason"], registry=r,
+        )
         self.bytes_sent = Counter(
             "village_bytes_sent", "Payload bytes sent, by libp2p protocol id.", ["protocol"], registry=r
         )

@@ -153,6 +153,26 @@ MIGRATIONS: Final[Sequence[Sequence[str]]] = (
         ) STRICT""",
     ),
     (
+        # Each round's input goes into one attempt, durably: the attempt in which this node's masked
+        # input left, committed before it left. A node restarted afterwards refuses every other attempt
+        # (so also unmask-once), and each row is one release of its input (the privacy budget).
+        """CREATE TABLE IF NOT EXISTS spent_rounds (
+            job_id TEXT NOT NULL,
+            round INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            spent_at REAL NOT NULL,
+            PRIMARY KEY (job_id, round)
+        ) STRICT""",
+        # The survivor set each version of an input was signed over (protocol/client.py
+        # `same_survivors_as`): an unchanged input is summed again only over the same set.
+        """CREATE TABLE IF NOT EXISTS input_uses (
+            name TEXT NOT NULL,
+            version REAL NOT NULL,
+            survivors_digest BLOB NOT NULL CHECK (length(survivors_digest) = 32),
+            PRIMARY KEY (name, version)
+        ) STRICT""",
+    ),
+    (
         # The consistency votes a stored result carries (protocol/evidence.py), served with its
         # aggregate so that every node that fetches it can check that the round really ran.
         """CREATE TABLE IF NOT EXISTS result_votes (
@@ -574,6 +594,46 @@ class Store:
         """The named input's policy; the default one when none was set."""
         row = self._db.execute("SELECT policy FROM input_policies WHERE name = ?", (name,)).fetchone()
         return InputPolicy() if row is None else InputPolicy.from_dict(json.loads(row[0]))
+
+    # -- one attempt per round, one survivor set per unchanged input ---------------------------
+
+    def record_spent(self, job_id: str, round_: int, attempt: int, now: float) -> None:
+        """Commit that this node's masked input for the round leaves in `attempt`, before it leaves.
+        Raises StoreError if another attempt of the round has it already: the caller must not send."""
+        with self._transaction() as db:
+            held = db.execute("SELECT attempt FROM spent_rounds WHERE job_id = ? AND round = ?", (job_id, round_)).fetchone()
+            if held is not None and held[0] != attempt:
+                raise StoreError(f"round {round_} of job {job_id} already has this node's input in attempt {held[0]}")
+            db.execute("INSERT OR IGNORE INTO spent_rounds (job_id, round, attempt, spent_at) VALUES (?, ?, ?, ?)",
+                       (job_id, round_, attempt, now))
+
+    def spent_attempt(self, job_id: str, round_: int) -> int | None:
+        """The attempt of the round that has this node's masked input, if any."""
+        row = self._db.execute("SELECT attempt FROM spent_rounds WHERE job_id = ? AND round = ?", (job_id, round_)).fetchone()
+        return None if row is None else int(row[0])
+
+    def spent_count(self, job_id: str) -> int:
+        """Rounds of the job whose sums may hold this node's input: the releases of its input."""
+        return int(self._db.execute("SELECT count(*) FROM spent_rounds WHERE job_id = ?", (job_id,)).fetchone()[0])
+
+    def record_input_use(self, name: str, version: float, survivors_digest: bytes) -> None:
+        """Commit the survivor set a version of an input is signed over, before the signature leaves.
+        Raises StoreError if that version was signed over another set."""
+        with self._transaction() as db:
+            held = self._input_survivors(db, name, version)
+            if held is not None and held != survivors_digest:
+                raise StoreError(f"input {name!r} (unchanged) was already summed with another survivor set")
+            db.execute("INSERT OR IGNORE INTO input_uses (name, version, survivors_digest) VALUES (?, ?, ?)",
+                       (name, version, survivors_digest))
+
+    def input_survivors(self, name: str, version: float) -> bytes | None:
+        """The survivor-set digest this version of the input was first signed over, if it was."""
+        return self._input_survivors(self._db, name, version)
+
+    @staticmethod
+    def _input_survivors(db: sqlite3.Connection, name: str, version: float) -> bytes | None:
+        row = db.execute("SELECT survivors_digest FROM input_uses WHERE name = ? AND version = ?", (name, version)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def local_input_version(self, name: str) -> float | None:
         """When the named input was last put (None if there is none), without loading it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from protocol.jobs import JobSpec
 from tests.cli.helpers import assert_one_line_error, villagectl
 from tests.villaged.fake_control import FakeControl
 
@@ -128,3 +129,20 @@ async def test_odd_job_ids_and_names_stay_in_their_path_segment(data_dir: Path) 
     assert_one_line_error(result, 1, "path parameter 'id' = '../status' must match")
     result = await villagectl("data", "show", "a/b", "--data-dir", str(data_dir))
     assert_one_line_error(result, 1, "path parameter 'name' = 'a/b' must match")
+
+
+async def test_show_prints_the_privacy_guarantee_against_participants_and_outsiders(data_dir: Path, control: FakeControl) -> None:
+    created = await villagectl("jobs", "create", "--kind", "vector", "--data", "stats", "--dimension", "4", "--rounds", "2", "--data-dir", str(data_dir))
+    assert created.exit_code == 0, created.output
+    spec = JobSpec.from_dict({"kind": "vector", "data": "stats", "dimension": 100, "min_participants": 5,
+                              "privacy": {"epsilon": 1.0, "delta": 1e-5, "budget_epsilon": 3.0}})
+    plan = spec.noise_plan()
+    assert plan is not None
+    control.jobs["job-1"]["privacy"] = plan.view(2)  # what the daemon's job view holds after two releases
+    shown = await villagectl("jobs", "show", "job-1", "--data-dir", str(data_dir))
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.stdout.split())
+    for field in ("epsilon_spent", "epsilon_remaining", "epsilon_spent_against_outsiders", "neighbouring"):
+        assert field in text
+    assert "add or remove one client's vector" in text and "differential privacy" in text
+    assert f"{plan.spent(2):.3g}" in text

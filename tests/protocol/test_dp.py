@@ -65,8 +65,8 @@ def test_sampler_is_reproducible_from_the_seed_and_rejects_bad_sigma() -> None:
 
 
 def plan(min_participants: int, scale: float | None = 1000.0, colluders: int = 0, **privacy: float) -> dp.NoisePlan:
-    spec = dp.PrivacySpec(**{**PRIVACY, **privacy, "colluders": colluders})  # type: ignore[arg-type]
-    return dp.plan_noise(spec, 1.0, scale, 1000, min_participants, 1000, 32)
+    spec = dp.PrivacySpec(**{**PRIVACY, **privacy})  # type: ignore[arg-type]
+    return dp.plan_noise(spec, 1.0, scale, 1000, min_participants, 1000, 32, colluders)
 
 
 def test_calibration_hits_the_per_round_epsilon() -> None:
@@ -77,10 +77,32 @@ def test_calibration_hits_the_per_round_epsilon() -> None:
 
 @pytest.mark.parametrize("n_min", [2, 5, 20, 100])
 def test_local_variance_scales_as_one_over_n_min(n_min: int) -> None:
-    base = plan(2).variance * 2  # n_min * v is the central variance, the same for every n_min
-    assert plan(n_min).variance * n_min == pytest.approx(base, rel=0.02)
-    # colluders' noise is not counted: n_min = min_participants - colluders
-    assert plan(n_min + 3, colluders=3).variance == plan(n_min).variance
+    base = plan(3).variance * 2  # n_min * v is the central variance, the same for every n_min
+    assert plan(n_min + 1).variance * n_min == pytest.approx(base, rel=0.02)
+    # neither the coordinator's nor the colluders' noise is counted: n_min = min_participants - colluders - 1
+    assert plan(n_min + 4, colluders=3).variance == plan(n_min + 1).variance
+    assert plan(n_min + 1).n_min == n_min
+
+
+@pytest.mark.parametrize(("min_participants", "stated"), [(10, 1.0), (3, 0.5), (4, 1.0)])
+def test_the_stated_epsilon_holds_against_the_coordinator_which_knows_its_own_noise(min_participants: int, stated: float) -> None:
+    """Issue 16: n_min was min_participants - colluders, so against any participant (which knows its own
+    share) the real epsilon was larger than stated: n_min 10, stated 1.0, real 1.059."""
+    p = plan(min_participants, epsilon=stated, budget_epsilon=10 * stated)
+    known_to_a_participant = min_participants - 1  # every share but its own
+    real = dp.epsilon_from_rdp(dp.round_rdp(p.delta2, p.dimension, known_to_a_participant, p.n_max, float(p.variance)),
+                               p.delta)
+    assert real <= stated
+    assert p.spent_against_outsiders(3) < p.spent(3)  # an outsider knows no share at all
+    view = p.view(3)
+    assert view["epsilon_spent"] == round(p.spent(3), 6) and "add or remove" in view["neighbouring"]
+    assert view["epsilon_remaining"] == round(p.budget_epsilon - p.spent(3), 6)
+
+
+def test_the_wrap_probability_bound_is_the_noise_tail_beyond_k_sigma_per_coordinate() -> None:
+    p = plan(10)
+    assert p.wrap_probability_bound() == pytest.approx(1000 * math.erfc(K_SIGMA / math.sqrt(2)))
+    assert 0.0 < p.wrap_probability_bound() < 0.1
 
 
 def test_composition_adds_rdp_and_grows_sublinearly() -> None:
@@ -123,7 +145,7 @@ def test_default_scale_leaves_room_for_the_noise_and_max_clients_do_not_wrap() -
     ({"epsilon": 0.0}, {}, "privacy.epsilon"),
     ({"budget_epsilon": 0.5}, {}, "privacy.budget_epsilon"),
     ({"mechanism": "skellam"}, {}, "privacy.mechanism"),
-    ({"colluders": 3}, {}, "privacy.colluders"),
+    ({"colluders": 3}, {}, "colluders"),  # read as the job's colluders (one adversary for t and for noise)
     ({"l2_clip": -1.0}, {}, "privacy.l2_clip"),
     ({"sigma": 1.0}, {}, "privacy.sigma"),
 ])

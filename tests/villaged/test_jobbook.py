@@ -12,8 +12,13 @@ import pytest
 import trio
 import trio.testing
 
+from protocol.election import capped_roster, coordinator_for
+from protocol.errors import InviteRefused
+from protocol.invites import check_invite
 from protocol.jobs import JobSpec
 from protocol.kinds import InputError
+from protocol.messages import Invite
+from protocol.wire import RoundContext
 from villaged.jobs import CATCH_UP_DELAYS, Job, JobBook, JobHooks, arrives_late, catch_up, observe_round, run_job
 from villaged.rounds import RoundDriver
 from villaged.store import Store
@@ -149,3 +154,44 @@ async def test_the_next_coordinator_is_dialed_after_the_round_unless_rounds_run_
         await run_job(job, book, driver, store, hooks)
     assert job.state == "completed"
     assert events == expected
+
+
+def test_once_the_budget_is_spent_no_invite_is_answered_and_no_noisy_vector_is_made(store: Store) -> None:
+    """Issue 16: the budget gate ran only in the job loop; the invite handler and client_input made fresh
+    noisy vectors without it. Releases are the rounds whose masked input left, recorded before it left."""
+    me = b"\x01" * 32
+    roster = tuple(sorted([me, b"\x02" * 32, b"\x03" * 32]))
+    spec = JobSpec.from_dict({"kind": "vector", "data": "stats", "dimension": 4, "rounds": 50, "min_participants": 3,
+                              "privacy": {"epsilon": 1.0, "delta": 1e-5, "budget_epsilon": 2.0}})
+    book = JobBook(store, me, lambda member: True, participant_floor=3)
+    store.put_local_input("stats", [0.1, 0.2, 0.3, 0.4], 1000.0)
+    book.add_job("dp", spec, me, time.time() - 100)
+    book.add_member("dp", me)
+    book.set_roster("dp", roster)
+    book.set_state("dp", "running")
+    affordable = spec.noise_plan().affordable_releases()  # type: ignore[union-attr]
+    for round_number in range(affordable):
+        assert book.client_input("dp") is not None
+        book.record_spent(RoundContext("dp", round_number, 0))
+    assert book.client_input("dp") is None and not book.contributes(book.jobs["dp"])
+    context = RoundContext("dp", affordable, 0)
+    inviter = coordinator_for("dp", affordable, 0, list(roster))
+    terms = book.invite_terms("dp", affordable, 0)
+    assert terms is not None
+    with pytest.raises(InviteRefused) as refused:
+        check_invite(terms, context, inviter, Invite(roster, spec.round_params(3)), time.time())
+    assert refused.value.code == "privacy_budget_spent"
+    assert book.privacy_releases("dp") == affordable  # from the store: it survives a restart
+
+
+def test_a_roster_over_max_participants_is_cut_alike_everywhere_and_a_longer_one_refused(store: Store) -> None:
+    spec = JobSpec.from_dict({"kind": "vector", "data": "stats", "dimension": 4, "min_participants": 3,
+                              "max_participants": 5})
+    joined = [bytes([i]) * 32 for i in range(1, 9)]
+    cut = capped_roster("cap", joined, 5)
+    assert len(cut) == 5 and cut == capped_roster("cap", list(reversed(joined)), 5) and set(cut) <= set(joined)
+    assert capped_roster("cap", joined[:4], 5) == tuple(sorted(joined[:4]))
+    book = JobBook(store, joined[0], lambda member: True)
+    book.add_job("cap", spec, joined[0], 1000.0)
+    assert not book.set_roster("cap", tuple(sorted(joined)))  # eight members: more than the job allows
+    assert book.set_roster("cap", cut) and book.round_members("cap") == sorted(cut)
