@@ -64,7 +64,7 @@ class ResultHooks:
     stored: Callable[[str, int], tuple[bytes, bytes, tuple[bytes, ...]] | None]  # (announcement, words, votes)
     attempt_window: Callable[[str], float]  # how long one attempt of the job may take
     admit: Callable[[bytes, bytes], None]  # (certificate, peer): admit or raise RemoteProtocolError
-    certificate: bytes  # this node's own membership certificate, sent with its fetches
+    certificate: Callable[[], bytes]  # this node's own membership certificate (renewed while it runs), sent with its fetches
     # (result, signed announcement); raises RemoteProtocolError if the coordinator equivocated
     store: Callable[[VerifiedResult, bytes], None]
 
@@ -198,7 +198,7 @@ class ResultExchange:
 
         async def ask(source: bytes, cancel_all: trio.CancelScope) -> None:
             try:
-                request = msgpack.packb([job_id, round_number, self._hooks.certificate])
+                request = msgpack.packb([job_id, round_number, self._hooks.certificate()])
                 reply = await self._node.request(source, RESULT_PROTOCOL, request, timeout=_FETCH_TIMEOUT)
                 record, words, votes = msgpack.unpackb(reply)
                 self._keep(*self._verified(source, record, words, votes, (job_id, round_number)), source, "fetch")

@@ -90,7 +90,7 @@ async def exchanges(
                 store=store,
                 attempt_window=lambda job: 60.0,
                 admit=admit,
-                certificate=b"valid",
+                certificate=lambda: b"valid",
             )
             peer.exchange = ResultExchange(node, nursery, hooks, peer.metrics, node.member_id)
             peers.append(peer)
