@@ -150,8 +150,7 @@ def data_put(
     if as_json:
         print_json(reply)
         return
-    size = f" ({len(payload)} values)" if isinstance(payload, list) else ""
-    print(f"stored local input {name!r}{size}")
+    print(f"stored local input {name!r}: {reply['summary']}")
 
 
 @data_app.command("policy")

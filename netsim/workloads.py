@@ -204,13 +204,17 @@ class RoutingPriorsWorkload(Workload):
             p50 = base * REGIONS[r] * TIERS[t] * rng.lognormvariate(0, 0.08)
             total = rng.randint(200, 20_000)
             rate = min(1.0, max(0.0, rng.gauss(success - (0.01 if t == "standard" else 0.0), 0.006)))
-            models.append({
+            record = {
                 "model_id": m, "region": r, "quality_tier": t,
                 "latency_percentile": {"p50": round(p50, 1), "p95": round(p50 * rng.uniform(1.9, 2.6), 1),
                                        "p99": round(p50 * rng.uniform(3.2, 4.8), 1)},
                 "success_count": round(total * rate), "total_count": total, "sample_count": rng.randint(150, 3000),
-                "success_rate": round(rate, 4),  # kept locally, never leaves the node (the kind ignores it)
-            })
+                "success_rate": round(rate, 4),  # checked against the counts
+            }
+            if index % 2:  # every other node sends the spec's own record: rate and samples, counts derived
+                record["sample_count"] = total
+                del record["success_count"], record["total_count"]
+            models.append(record)
         hashes = self.section["request_patterns"]
         patterns = []
         for h in rng.sample(hashes, rng.randint(len(hashes) // 4, len(hashes))):

@@ -134,6 +134,21 @@ class RoutingPriorsKind:
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (VectorKind(), RoutingPriorsKind())}
 
 
+def describe_input(name: str, payload: Any) -> str:
+    """A line on what a stored local input holds, for `villagectl data put/show`: routing-priors
+    statistics are checked field by field here (InputError names the field), so a record no job
+    could read is refused when it is stored, not rounds later; other JSON is left for the job's kind."""
+    values = payload.get("values") if isinstance(payload, dict) and set(payload) == {"values"} else payload
+    if isinstance(values, list):
+        return f"a list of {len(values)} values (kind vector)"
+    if isinstance(payload, dict) and payload and set(payload) <= {"models", "request_patterns", "carbon"}:
+        try:
+            return priors.describe_statistics(payload, where=name)
+        except ParameterError as exc:
+            raise InputError(exc.field, exc.reason) from None
+    return "JSON of no built-in shape (the kind of a job using it checks it)"
+
+
 def quantize_input(spec: Any, values: np.ndarray, rounding_seed: bytes | None) -> np.ndarray:
     """A node's words in Z_(2^m): the job's quantizer for scaled slots, the whole numbers as they
     are for the kind's exact slots (their range is checked by the kind's `check_spec`)."""

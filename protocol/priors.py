@@ -190,12 +190,12 @@ def encode(layout: PriorsLayout, payload: Any, where: str = "data", exact_counts
 
     Payload (JSON): {"models": [...], "request_patterns": [...], "carbon": [...]}, each list optional:
       models[i]:           {model_id, region, quality_tier, latency_percentile: {p50, p95, p99},
-                            success_count, total_count, sample_count}
+                            sample_count, and success_count + total_count or success_rate
+                            (the spec's record; see `model_counts`)}
       request_patterns[i]: {request_hash, optimal_model, confidence (0..1), sample_count,
                             recency_factor (0..1, default 1)}
       carbon[i]:           {region, carbon_intensity_gco2_per_kwh, routing_penalty_factor (0..1, default 0)}
-    Other fields in an entry (energy_savings_pct, last_updated, success_rate, ...) are ignored: they
-    never leave the node.
+    Other fields in an entry (energy_savings_pct, last_updated, ...) are ignored: they never leave the node.
     """
     if not isinstance(payload, dict):
         raise ParameterError(where, "must be a JSON object with models, request_patterns and/or carbon lists")
@@ -218,11 +218,8 @@ def encode(layout: PriorsLayout, payload: Any, where: str = "data", exact_counts
         if not isinstance(latency, dict):
             raise ParameterError(f"{at}.latency_percentile", "must be an object {p50, p95, p99} in milliseconds")
         p50, p95, p99 = (_number(latency, p, f"{at}.latency_percentile") for p in ("p50", "p95", "p99"))
-        success = _count(entry, "success_count", at, layout.max_count)
-        total = _count(entry, "total_count", at, layout.max_count)
         samples = _number(entry, "sample_count", at)
-        if success > total:
-            raise ParameterError(f"{at}.success_count", f"{success:g} exceeds total_count {total:g}")
+        success, total, _ = model_counts(entry, at, layout.max_count)
         _unique(seen, ("model", model, region, tier), i, at, "models", "same model_id, region and quality_tier")
         if model not in model_at or region not in region_at or tier not in tier_at:
             continue
@@ -287,13 +284,74 @@ def _number(entry: dict[str, Any], key: str, at: str, high: float = math.inf) ->
     return float(value)
 
 
-def _count(entry: dict[str, Any], key: str, at: str, cap: int) -> float:
+def _count(entry: dict[str, Any], key: str, at: str, cap: float) -> int:
     """A whole count in [0, cap]: counts are summed exactly, so a fraction or a count above the
     job's `priors.max_count` is refused rather than rounded or clipped."""
     value = _number(entry, key, at)
     if value != int(value) or value > cap:
-        raise ParameterError(f"{at}.{key}", f"must be a whole number in [0, {cap}] (the job's priors.max_count), got {value:g}")
-    return value
+        raise ParameterError(f"{at}.{key}", f"must be a whole number in [0, {cap:g}] (the job's priors.max_count), got {value:g}")
+    return int(value)
+
+
+def model_counts(entry: dict[str, Any], at: str, cap: float = math.inf) -> tuple[int, int, bool]:
+    """(success_count, total_count, derived) of a model record.
+
+    Counts given are kept. The spec's own record carries success_rate and sample_count instead: then
+    total_count = sample_count and success_count = round(success_rate x total_count), half up, so the
+    released sums stay whole numbers (`derived` is True). Refused, naming the field: a record with
+    neither counts nor a rate, one count without the other and no rate to complete it, and a rate
+    that contradicts the counts given by more than both roundings allow: the digits the rate is
+    written with (0.987: 0.0005) plus half a count (0.5 / total)."""
+    rate = _number(entry, "success_rate", at, high=1.0) if "success_rate" in entry else None
+    has_success, has_total = "success_count" in entry, "total_count" in entry
+    if rate is None and not (has_success and has_total):
+        missing = "total_count" if has_success else "success_count"
+        raise ParameterError(f"{at}.{missing}", "is required: give success_count and total_count, or the spec's "
+                                                "success_rate with sample_count")
+    if has_total:
+        total = _count(entry, "total_count", at, cap)
+    else:
+        samples = _number(entry, "sample_count", at)
+        if samples != int(samples) or samples > cap:
+            raise ParameterError(f"{at}.sample_count", f"must be a whole number in [0, {cap:g}] to serve as total_count "
+                                                       f"(derived from success_rate x sample_count), got {samples:g}")
+        total = int(samples)
+    if not has_success:
+        assert rate is not None
+        return math.floor(rate * total + 0.5), total, True
+    success = _count(entry, "success_count", at, cap)
+    if success > total:
+        raise ParameterError(f"{at}.success_count", f"{success} exceeds total_count {total}")
+    if rate is not None and total > 0 and abs(success / total - rate) > _stated_precision(rate) + 0.5 / total:
+        raise ParameterError(f"{at}.success_rate", f"{rate!r} contradicts success_count / total_count = "
+                                                   f"{success}/{total} = {success / total:.6g}: give one or make them agree")
+    return success, total, not has_total
+
+
+def _stated_precision(rate: float) -> float:
+    """Half a unit of the last decimal `rate` is written with (0.987 -> 0.0005), plus float slack."""
+    text = repr(rate)
+    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 15
+    return 0.5 * 10.0 ** -decimals + 1e-12
+
+
+# No keys, and the largest count any job may allow: `encode` with it checks every field and keeps nothing.
+_ANY_JOB = PriorsLayout((), (), (), (), 0, (), max_count=(1 << 31) - 1)
+
+
+def describe_statistics(payload: Any, where: str) -> str:
+    """One line on what a node's statistics hold, checked field by field as `encode` checks them
+    (counts against the largest cap a job may set): how many records of each list, and whose counts
+    were derived from success_rate. ParameterError names the field at fault."""
+    encode(_ANY_JOB, payload, where)
+    derived = [i for i, entry in enumerate(payload.get("models") or []) if model_counts(entry, f"{where}.models[{i}]")[2]]
+    line = "routing-priors statistics: " + ", ".join(f"{key} {len(payload.get(key) or [])}"
+                                                     for key in ("models", "request_patterns", "carbon"))
+    if derived:
+        shown = ", ".join(f"models[{i}]" for i in derived[:5]) + (", ..." if len(derived) > 5 else "")
+        line += (f"; success_count and total_count of {len(derived)} model record(s) ({shown}) derived from "
+                 "success_rate x sample_count, rounded to whole numbers")
+    return line
 
 
 def _unique(seen: dict[tuple[str, ...], int], key: tuple[str, ...], i: int, at: str, listing: str, what: str) -> None:

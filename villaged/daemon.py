@@ -33,7 +33,7 @@ from protocol.events import RoundResult
 from protocol.evidence import VerifiedResult, announcement_of, check_claim, verify_result
 from protocol.fanout import tree_order
 from protocol.jobs import JobSpec
-from protocol.kinds import KINDS, InputError, dequantize_total, out_of_range
+from protocol.kinds import KINDS, InputError, dequantize_total, describe_input, out_of_range
 from protocol.membership import MemberRegistry, MembershipCertificate, decode_certificate, verify_revocations
 from protocol.policy import InputPolicy
 from protocol.priors import validate_round
@@ -1083,8 +1083,15 @@ class Daemon:
     async def put_data(self, name: str, payload: object) -> dict[str, object]:
         if not (0 < len(name) <= 128):
             raise InvalidRequest("name", "must be 1 to 128 characters")
+        try:
+            summary = describe_input(name, payload)
+        except InputError as exc:
+            self.metrics.malformed_messages.labels(kind="local_input").inc()
+            log.info("local_input_refused", input=name, field=exc.field, reason=exc.reason)
+            raise InvalidRequest(exc.field, exc.reason) from None
         self.store.put_local_input(name, payload, time.time())
-        return {"name": name, "updated_at": time.time(), "policy": self.store.get_input_policy(name).to_dict()}
+        return {"name": name, "updated_at": time.time(), "summary": summary,
+                "policy": self.store.get_input_policy(name).to_dict()}
 
     async def put_data_policy(self, name: str, raw: object) -> dict[str, object]:
         if not (0 < len(name) <= 128):
@@ -1101,8 +1108,12 @@ class Daemon:
         local = self.store.get_local_input(name)
         if local is None:
             raise NotFound(f"local input {name!r}")
-        return {"name": local.name, "payload": local.payload, "updated_at": local.updated_at,
-                "policy": self.store.get_input_policy(name).to_dict()}
+        try:
+            summary = describe_input(name, local.payload)
+        except InputError as exc:  # stored before put checked it
+            summary = f"no job can read it: {exc}"
+        return {"name": local.name, "summary": summary, "payload": local.payload,
+                "updated_at": local.updated_at, "policy": self.store.get_input_policy(name).to_dict()}
 
     def _job(self, job_id: str) -> Job:
         job = self.book.jobs.get(job_id)

@@ -31,10 +31,36 @@ async def test_put_json_npy_csv_and_show(data_dir: Path, control: FakeControl, t
     assert shown.exit_code == 0, shown.output
     assert "[1, 2, 3]" in shown.stdout and "local input vec" in shown.stdout
     as_json = await villagectl("data", "show", "stats", "--json", "--data-dir", str(data_dir))
-    assert json.loads(as_json.stdout) == {"name": "stats", "payload": {"values": [1.5, 2]}, "policy": {
+    assert json.loads(as_json.stdout) == {"name": "stats", "summary": "a list of 2 values (kind vector)",
+                                          "payload": {"values": [1.5, 2]}, "policy": {
         "jobs": [], "creators": [], "min_participants": None, "require_dp": False, "repeat": "same-survivors"}}
     put_json = await villagectl("data", "put", "vec", str(tmp_path / "vector.npy"), "--json", "--data-dir", str(data_dir))
     assert json.loads(put_json.stdout)["name"] == "vec"
+
+
+SPEC_RECORD = {"model_id": "gpt-4", "region": "us-west", "quality_tier": "high",
+               "latency_percentile": {"p50": 850, "p95": 1200, "p99": 1800}, "success_rate": 0.987, "sample_count": 15420}
+
+
+async def test_put_the_specs_model_performance_record(data_dir: Path, control: FakeControl, tmp_path: Path) -> None:
+    """The spec's record as written (success_rate and sample_count, no counts) is stored, and the
+    reply says its counts are derived."""
+    (tmp_path / "spec.json").write_text(json.dumps({"models": [SPEC_RECORD]}))
+    put = await villagectl("data", "put", "stats", str(tmp_path / "spec.json"), "--data-dir", str(data_dir))
+    assert put.exit_code == 0, put.output
+    assert put.stdout.strip() == (
+        "stored local input 'stats': routing-priors statistics: models 1, request_patterns 0, carbon 0; success_count "
+        "and total_count of 1 model record(s) (models[0]) derived from success_rate x sample_count, rounded to whole numbers")
+    assert control.data["stats"] == {"models": [SPEC_RECORD]}
+
+
+async def test_put_refuses_a_rate_that_contradicts_the_counts(data_dir: Path, control: FakeControl, tmp_path: Path) -> None:
+    record = dict(SPEC_RECORD, success_count=100, total_count=200)  # 0.5, not 0.987
+    (tmp_path / "spec.json").write_text(json.dumps({"models": [record]}))
+    put = await villagectl("data", "put", "stats", str(tmp_path / "spec.json"), "--data-dir", str(data_dir))
+    assert_one_line_error(put, 1, "villaged refused")
+    assert "as input 'stats': stats.models[0].success_rate: 0.987 contradicts success_count / total_count" in put.stderr
+    assert "stats" not in control.data
 
 
 async def test_show_missing_input(data_dir: Path) -> None:

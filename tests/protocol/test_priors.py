@@ -3,6 +3,7 @@ input errors, spec validation, and the validation metrics."""
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -32,10 +33,16 @@ def node_payload(rng: random.Random) -> dict[str, Any]:
     models = []
     for m, r, t in rng.sample(cells, rng.randint(1, len(cells))):
         total = rng.randint(0, 5000)
+        success = rng.randint(0, total)
         p50 = rng.uniform(10, 2000)
-        models.append({"model_id": m, "region": r, "quality_tier": t, "sample_count": rng.randint(0, 3000),
-                       "latency_percentile": {"p50": p50, "p95": p50 * 1.5, "p99": p50 * 2.2},
-                       "success_count": rng.randint(0, total), "total_count": total, "success_rate": 0.5})
+        record = {"model_id": m, "region": r, "quality_tier": t, "sample_count": rng.randint(0, 3000),
+                  "latency_percentile": {"p50": p50, "p95": p50 * 1.5, "p99": p50 * 2.2}}
+        form = rng.choice(("counts", "counts and rate", "spec"))  # the spec's record: success_rate, no counts
+        if form != "spec":
+            record.update(success_count=success, total_count=total)
+        if form != "counts":
+            record["success_rate"] = round(success / total, 4) if total else rng.random()
+        models.append(record)
     patterns = [{"request_hash": h, "optimal_model": rng.choice(MODELS), "confidence": rng.random(),
                  "sample_count": rng.randint(0, 900), "recency_factor": rng.random(), "energy_savings_pct": 9.0}
                 for h in rng.sample(HASHES, rng.randint(0, len(HASHES)))]
@@ -56,8 +63,12 @@ def plaintext(nodes: list[dict[str, Any]]) -> dict[str, Any]:
             c["w"] += w
             for p in ("p50", "p95", "p99"):
                 c[p] += e["latency_percentile"][p] * w
-            c["s"] += e["success_count"]
-            c["t"] += e["total_count"]
+            if "total_count" in e:
+                c["s"] += e["success_count"]
+                c["t"] += e["total_count"]
+            else:  # the spec's record: total = sample_count, success = success_rate x total rounded half up
+                c["s"] += math.floor(e["success_rate"] * e["sample_count"] + 0.5)
+                c["t"] += e["sample_count"]
     scores: dict[str, dict[str, float]] = {}
     for node in nodes:
         for e in node["request_patterns"]:
@@ -151,6 +162,51 @@ def test_counts_at_the_cap_fit_the_ring_and_above_it_are_refused() -> None:
     with pytest.raises(ParameterError) as overflow:
         spec(max_participants=2148, priors=dict(SECTION, max_count=1_000_000))
     assert overflow.value.field == "priors.max_count" and "at most 999759" in overflow.value.reason
+
+
+SPEC_RECORD = {"model_id": "gpt-4", "region": "us-west", "quality_tier": "high",
+               "latency_percentile": {"p50": 850, "p95": 1200, "p99": 1800}, "success_rate": 0.987, "sample_count": 15420}
+
+
+def test_the_specs_model_performance_record_as_written() -> None:
+    """The spec's "Model Performance Priors" example: no counts, so total = sample_count and
+    success = 0.987 x 15420 = 15219.54, rounded half up to 15220; three such nodes sum exactly."""
+    assert priors.model_counts(SPEC_RECORD, "stats.models[0]") == (15220, 15420, True)
+    other = dict(SPEC_RECORD, success_rate=0.5, sample_count=3)  # 1.5 rounds half up to 2
+    decoded = secure_sum(spec(max_participants=50), [{"models": [SPEC_RECORD]}, {"models": [SPEC_RECORD]},
+                                                     {"models": [other]}])
+    cell = decoded["models"][0]
+    assert (cell["success_count"], cell["total_count"]) == (2 * 15220 + 2, 2 * 15420 + 3)
+    assert cell["success_rate"] == (2 * 15220 + 2) / (2 * 15420 + 3)
+    assert cell["latency_percentile"]["p95"] == pytest.approx(1200, abs=0.01)
+
+
+@pytest.mark.parametrize(("extra", "kept"), [
+    ({"success_count": 15219, "total_count": 15420}, (15219, 15420, False)),  # 0.98696 is 0.987 to 3 decimals
+    ({"success_count": 15219, "total_count": 15420, "success_rate": 0.99}, (15219, 15420, False)),  # 2 decimals
+    ({"success_count": 15219}, (15219, 15420, True)),  # total from sample_count, agreeing with the rate
+    ({"total_count": 1000}, (987, 1000, True)),  # success from the rate
+])
+def test_counts_given_are_kept(extra: dict[str, Any], kept: tuple[int, int, bool]) -> None:
+    assert priors.model_counts(dict(SPEC_RECORD, **extra), "m") == kept
+
+
+@pytest.mark.parametrize(("change", "field", "fragment"), [
+    ({"success_rate": None}, "m.success_count", "give success_count and total_count, or the spec's success_rate"),
+    ({"success_rate": None, "success_count": 3}, "m.total_count", "is required"),
+    ({"success_rate": None, "total_count": 3}, "m.success_count", "is required"),
+    ({"success_rate": 0.9871, "success_count": 15219, "total_count": 15420}, "m.success_rate",
+     "0.9871 contradicts success_count / total_count = 15219/15420"),
+    ({"success_count": 100, "total_count": 200}, "m.success_rate", "contradicts"),
+    ({"sample_count": 15420.5}, "m.sample_count", "whole number"),
+    ({"sample_count": 2_000_000}, "m.sample_count", "derived from success_rate x sample_count"),
+    ({"success_rate": 1.2}, "m.success_rate", "in [0, 1]"),
+])
+def test_ambiguous_records_are_refused_naming_the_field(change: dict[str, Any], field: str, fragment: str) -> None:
+    record = {k: v for k, v in dict(SPEC_RECORD, **change).items() if v is not None}
+    with pytest.raises(ParameterError) as info:
+        priors.model_counts(record, "m", cap=1_000_000)
+    assert info.value.field == field and fragment in info.value.reason, str(info.value)
 
 
 def test_entries_outside_the_key_space_never_leave_the_node() -> None:

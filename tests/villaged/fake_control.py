@@ -13,6 +13,7 @@ import h11
 import trio
 
 from protocol.errors import ParameterError
+from protocol.kinds import InputError, describe_input
 from protocol.policy import InputPolicy
 from villaged.control import Conflict, InvalidRequest, NotFound
 
@@ -106,8 +107,12 @@ class FakeControl:
     async def put_data(self, name: str, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, (dict, list)):
             raise InvalidRequest("payload", "must be a JSON object or array")
+        try:
+            summary = describe_input(name, payload)
+        except InputError as exc:
+            raise InvalidRequest(exc.field, exc.reason) from None
         self.data[name] = payload
-        return {"name": name, "payload": payload}
+        return {"name": name, "summary": summary, "payload": payload}
 
     async def put_data_policy(self, name: str, raw: Any) -> dict[str, Any]:
         try:
@@ -119,7 +124,8 @@ class FakeControl:
     async def get_data(self, name: str) -> dict[str, Any]:
         if name not in self.data:
             raise NotFound(f"data {name!r}")
-        return {"name": name, "payload": self.data[name], "policy": self.policies.get(name, InputPolicy()).to_dict()}
+        return {"name": name, "summary": describe_input(name, self.data[name]), "payload": self.data[name],
+                "policy": self.policies.get(name, InputPolicy()).to_dict()}
 
 
 @dataclass(frozen=True)
