@@ -77,7 +77,8 @@ class JobSync:
         self._node = node
         self._hooks = hooks
         self._jitter = jitter
-        node.serve(JOB_SYNC_PROTOCOL, self._serve, max_request=MAX_REQUEST)
+        # Open to peers whose certificate has not reached this node yet: the request carries it.
+        node.serve(JOB_SYNC_PROTOCOL, self._serve, max_request=MAX_REQUEST, max_request_nonmember=MAX_REQUEST)
 
     async def run(self) -> None:
         """Sync with one random connected peer now and then (often while a roster is overdue), for as

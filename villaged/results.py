@@ -47,6 +47,11 @@ _FETCH_GAP_MAX = 30.0
 #: Nodes outside the tree fetch after a random wait of up to this much per survivor (capped).
 _FETCH_SPREAD_PER_SURVIVOR = 0.02
 _FETCH_SPREAD_MAX = 5.0
+#: A fetch request: a job id, a round number and a certificate.
+_MAX_FETCH = 1024
+#: Round numbers are below this (a job spec's `rounds` is far smaller): a fetch naming any other
+#: number, or a non-integer, is refused before it reaches the store.
+_ROUND_LIMIT = 2**31
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,8 @@ class ResultExchange:
         self._forwarded: set[tuple[str, int, int]] = set()  # attempts whose result this node pushed on (once each)
         self._arrivals: dict[tuple[str, int], trio.Event] = {}  # set (and dropped) when a round's result is kept
         self._awaiting: set[tuple[str, int]] = set()  # rounds whose push this node waits for (one waiter each)
-        node.serve(RESULT_PROTOCOL, self._serve_fetch, max_request=1024)
+        # A fetch carries the asker's certificate (it may be new here); a push comes from a member.
+        node.serve(RESULT_PROTOCOL, self._serve_fetch, max_request=_MAX_FETCH, max_request_nonmember=_MAX_FETCH)
         node.serve(RESULT_PUSH_PROTOCOL, self._serve_push)
 
     # --- pushing ----------------------------------------------------------------------------------
@@ -113,17 +119,11 @@ class ResultExchange:
     # --- fetching ---------------------------------------------------------------------------------
 
     async def _serve_fetch(self, peer: bytes, request: bytes) -> bytes:
-        try:
-            job_id, round_number, certificate = msgpack.unpackb(request)
-            if type(certificate) is not bytes:
-                raise TypeError("certificate")
-            found = self._hooks.stored(str(job_id), int(round_number))
-        except (ValueError, TypeError, msgpack.UnpackException):
-            self._metrics.malformed_messages.labels(kind="result").inc()
-            raise RemoteProtocolError(peer, "result", "request is not [job id, round, certificate]") from None
+        job_id, round_number, certificate = self._fetch_request(peer, request)
         if not self._hooks.is_member(peer):
             self._hooks.admit(certificate, peer)  # raises (and counts) if the certificate is not valid
         self._check_member(peer)
+        found = self._hooks.stored(job_id, round_number)
         if found is None:
             raise RemoteProtocolError(peer, "result", "no such result here")
         return msgpack.packb(list(found))  # the signed announcement travels with the vector
@@ -213,6 +213,27 @@ class ResultExchange:
         return self._hooks.held_attempt(job_id, round_number) is not None
 
     # --- checks -----------------------------------------------------------------------------------
+
+    def _fetch_request(self, peer: bytes, request: bytes) -> tuple[str, int, bytes]:
+        """(job id, round, certificate) from a fetch request, each of its type and the round within
+        0..2^31-1, checked before anything is converted or looked up; a refusal says which is wrong."""
+        try:
+            value = msgpack.unpackb(request)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            value = None
+        if not (isinstance(value, list) and len(value) == 3):
+            problem = "request is not [job id, round, certificate]"
+        elif type(value[0]) is not str:
+            problem = f"job id must be a string, got {type(value[0]).__name__}"
+        elif type(value[1]) is not int or not 0 <= value[1] < _ROUND_LIMIT:
+            problem = f"round must be an integer in 0..{_ROUND_LIMIT - 1}, got {value[1]!r:.40}"
+        elif type(value[2]) is not bytes:
+            problem = f"certificate must be bytes, got {type(value[2]).__name__}"
+        else:
+            return value[0], value[1], value[2]
+        self._metrics.malformed_messages.labels(kind="result").inc()
+        log.info("result_fetch_refused", peer=peer.hex()[:16], reason=problem)
+        raise RemoteProtocolError(peer, "result", problem)
 
     def _check_member(self, peer: bytes) -> None:
         if not self._hooks.is_member(peer):

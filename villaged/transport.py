@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -81,12 +82,25 @@ _REFUSED = "connection refused at its known addresses: the peer is down"
 LOOKUP_ADDR_TTL = 600
 # Addresses handed over in a job's roster: the job may run for a day.
 HINT_ADDR_TTL = 86_400
+# Bytes of request bodies read or being handled at once, all peers together. Each request may be up
+# to HARD_MAX_FRAME (64 MiB) and each peer may have 16 in flight, so without a global cap a few
+# peers could make one daemon hold gigabytes. 256 MiB takes four maximal frames at once, and a
+# round's largest frames (masked vectors) are a few MB. A request beyond it is refused, not queued.
+INBOUND_BUDGET = 256 * 1024 * 1024
 
 RequestHandler = Callable[[bytes, bytes], Awaitable[bytes]]
 """(peer member id, request) -> reply. Raise to send the peer an error reply."""
 
 PeerConnectedHook = Callable[[bytes], Awaitable[None]]
 """Called with a member id when the first connection to that peer opens."""
+
+
+class Membership(Protocol):
+    """Who is an admitted member now; protocol/membership.py's MemberRegistry is one."""
+
+    def is_member(self, member_id: bytes, now: float) -> bool: ...
+
+    def revocation(self, member_id: bytes) -> object | None: ...
 
 
 class EventHook(Protocol):
@@ -117,6 +131,7 @@ class TransportConfig:
     dial_timeout: float = 10.0
     close_timeout: float = 5.0
     stream_idle_timeout: float = 30.0  # inbound: a kept stream with no next request for this long is closed
+    max_inbound_bytes: int = INBOUND_BUDGET  # request bodies held at once, all peers together
 
 
 @dataclass(frozen=True)
@@ -134,7 +149,8 @@ class TransportStats:
 class _Route:
     protocol_id: str
     handler: RequestHandler
-    max_request: int
+    max_request: int  # from an admitted member
+    max_request_nonmember: int | None  # from any other peer; None: members only
     read_timeout: float
     handler_timeout: float
 
@@ -161,6 +177,7 @@ class Node:
         config: TransportConfig,
         on_event: EventHook | None,
         on_peer_connected: PeerConnectedHook | None,
+        membership: Membership | None,
     ) -> None:
         self._host = host
         self._dht = dht
@@ -169,6 +186,8 @@ class Node:
         self._on_event = on_event
         self._on_peer_connected = on_peer_connected
         self._routes: dict[str, _Route] = {}
+        self._membership = membership
+        self._inbound_held = 0  # bytes of admitted request bodies, until their reply is sent
         self._limits = PeerLimits(
             max_active=config.max_inbound_streams_per_peer,
             rate=config.inbound_rate_per_peer,
@@ -272,11 +291,18 @@ class Node:
         handler: RequestHandler,
         *,
         max_request: int | None = None,
+        max_request_nonmember: int | None = None,
         read_timeout: float | None = None,
         handler_timeout: float | None = None,
     ) -> None:
         """Answer each request frame on `protocol_id` with one reply frame. A stream carries requests
         one after another until the asker closes it or leaves it idle (keep-alive, stream_pool.py).
+
+        Who may send what: an admitted member (see `Membership`) requests of up to `max_request`
+        bytes, any other peer (peer ids are free) requests of up to `max_request_nonmember`, or
+        none when it is None. A request beyond its sender's limit is refused from its length prefix,
+        before a byte of its body is read. A node run without a `Membership` treats every peer as a
+        member.
 
         A handler exception becomes an error reply carrying `str(exc)` (the caller raises
         TransportError with it); it never reaches libp2p.
@@ -284,10 +310,13 @@ class Node:
         limit = self._config.max_frame if max_request is None else max_request
         if not 0 <= limit <= HARD_MAX_FRAME:
             raise ValueError(f"max_request must be within 0..{HARD_MAX_FRAME}, got {limit}")
+        if max_request_nonmember is not None and not 0 <= max_request_nonmember <= limit:
+            raise ValueError(f"max_request_nonmember must be within 0..{limit}, got {max_request_nonmember}")
         route = _Route(
             protocol_id=protocol_id,
             handler=handler,
             max_request=limit,
+            max_request_nonmember=max_request_nonmember,
             read_timeout=read_timeout or self._config.read_timeout,
             handler_timeout=handler_timeout or self._config.handler_timeout,
         )
@@ -327,10 +356,8 @@ class Node:
         idle kept stream's end is no event)."""
         try:
             with trio.fail_after(timeout):
-                return await read_length(stream, route.max_request, peer)
-        except FrameTooLarge as exc:
-            self._emit("inbound_oversize", peer, protocol=route.protocol_id, size=exc.length)
-            await self._send_reply(route, stream, error_reply(exc.reason))
+                (length,) = HEADER.unpack(await read_exact(stream, HEADER.size, peer))
+                return length
         except trio.TooSlowError:
             if not between_requests:
                 self._emit("inbound_timeout", peer, protocol=route.protocol_id)
@@ -340,16 +367,50 @@ class Node:
         return None
 
     async def _admit_and_serve(self, route: _Route, stream: INetStream, peer: bytes, length: int) -> tuple[bool, bool]:
-        """Serve one request within the peer's limits: (a reply frame was sent, the stream can carry another)."""
-        refusal = self._limits.admit(peer, trio.current_time())
+        """Serve one request if `_admit` lets it in: (a reply frame was sent, the stream can carry another)."""
+        refusal = self._admit(route, peer, length)
         if refusal is not None:  # the body stays unread, so the stream ends with this reply
-            self._emit("inbound_refused", peer, protocol=route.protocol_id, reason=refusal)
-            await self._send_reply(route, stream, error_reply(refusal))
+            reason, message = refusal
+            self._emit("inbound_refused", peer, protocol=route.protocol_id, reason=reason, size=length, message=message)
+            await self._send_reply(route, stream, error_reply(message))
             return True, False
         try:
             return await self._serve_one(route, stream, peer, length)
         finally:
+            self._inbound_held -= length
             self._limits.release(peer)
+
+    def _admit(self, route: _Route, peer: bytes, length: int) -> tuple[str, str] | None:
+        """Decide from the length prefix alone whether to read a request of `length` bytes: None (a
+        slot of the peer's limits and `length` bytes of the inbound budget are then held), or why not
+        as (reason label, message for the peer)."""
+        refusal = self._sender_refusal(route, peer, length)
+        if refusal is not None:
+            return refusal
+        limited = self._limits.admit(peer, trio.current_time())
+        if limited is not None:
+            return limited, limited
+        budget = self._config.max_inbound_bytes
+        if self._inbound_held + length > budget:
+            self._limits.release(peer)
+            return "inbound budget", (f"request of {length} bytes refused: this node holds {self._inbound_held} bytes "
+                                      f"of requests already, and its inbound budget is {budget}; try again later")
+        self._inbound_held += length
+        return None
+
+    def _sender_refusal(self, route: _Route, peer: bytes, length: int) -> tuple[str, str] | None:
+        """Why `peer` may not send a request of `length` bytes on this route (see `serve`), or None."""
+        if self._membership is None or self._membership.is_member(peer, time.time()):
+            limit, whose = route.max_request, ""
+        elif route.max_request_nonmember is None:
+            if self._membership.revocation(peer) is not None:
+                return "revoked", "member is revoked by the village admin"
+            return "members only", f"{route.protocol_id} serves admitted members only, and this peer is not one (yet)"
+        else:
+            limit, whose = route.max_request_nonmember, " for a peer that is not an admitted member"
+        if length > limit:
+            return "too large", f"frame of {length} bytes exceeds the limit of {limit}{whose}"
+        return None
 
     async def _serve_one(self, route: _Route, stream: INetStream, peer: bytes, length: int) -> tuple[bool, bool]:
         try:
@@ -754,6 +815,7 @@ async def open_node(
     *,
     on_event: EventHook | None = None,
     on_peer_connected: PeerConnectedHook | None = None,
+    membership: Membership | None = None,
 ) -> AsyncIterator[Node]:
     """Run a node listening on `listen`, joined through `bootstrap`, until the block exits.
 
@@ -761,6 +823,8 @@ async def open_node(
     joining continues in the background, so the node is usable at once. Leaving the block
     closes the host within `config.close_timeout`; to stop a node by cancellation, run it
     with `run_node` instead.
+    `membership` tells which peers are admitted members (see `Node.serve`); without it, every peer
+    counts as one.
     """
     bootstrap_peers = parse_bootstrap(bootstrap)
     install_libp2p_tuning()
@@ -777,7 +841,7 @@ async def open_node(
         await _stop_auto_connector(host)
         stack.push_async_callback(_close_host, host, config.close_timeout)
         nursery = await stack.enter_async_context(trio.open_nursery())
-        node = Node(host, dht, pubsub, nursery, config, on_event, on_peer_connected)
+        node = Node(host, dht, pubsub, nursery, config, on_event, on_peer_connected, membership)
         host.get_network().register_notifee(_ConnectionEvents(node))
         settings = DiscoverySettings(
             first_interval=config.discovery_first_interval,
@@ -802,6 +866,7 @@ async def run_node(
     *,
     on_event: EventHook | None = None,
     on_peer_connected: PeerConnectedHook | None = None,
+    membership: Membership | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """`open_node` as a task: `node = await nursery.start(run_node, ...)`; runs until cancelled.
@@ -813,7 +878,7 @@ async def run_node(
     concurrently, which keeps a shutdown of many nodes short (notes §7).
     """
     stop = trio.Event()
-    node_opts = dict(on_event=on_event, on_peer_connected=on_peer_connected)
+    node_opts = dict(on_event=on_event, on_peer_connected=on_peer_connected, membership=membership)
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(_node_until, stop, keypair, listen, bootstrap, config, node_opts)
         task_status.started(node)

@@ -20,8 +20,10 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from protocol.errors import RemoteProtocolError
+from protocol.membership import AdminKeyPair, MemberRegistry, issue_certificate
 from tests.villaged.nodes import FAST, LOOPBACK, network, wait_until
 from villaged.errors import PeerDown, RemoteRefusal, TransportError
+from villaged.framing import HEADER, open_reply, read_exact, read_length
 from villaged.identity import member_id, peer_id_from_member_id
 from villaged.transport import TransportConfig, open_node
 
@@ -142,7 +144,7 @@ async def test_request_response_round_trips_and_failures() -> None:
         release.set()
 
         events = server.statistics().events
-        assert events["inbound_oversize"] == 1 and events["handler_error"] == 1 and events["handler_refused"] == 1
+        assert events["inbound_refused"] == 1 and events["handler_error"] == 1 and events["handler_refused"] == 1
         sent = client.statistics().bytes_sent[ECHO]
         assert sent >= 9_000_000 + 10
         assert server.statistics().bytes_received[ECHO] == sent
@@ -327,3 +329,65 @@ async def test_per_peer_concurrency_limit_and_connect_hook() -> None:
                 await client.request(server.member_id, "/village/test/hold/1", b"", timeout=5)
             release.set()
         assert server.statistics().events["inbound_refused"] == 1
+
+
+async def test_a_non_member_is_refused_from_the_length_prefix_and_the_inbound_budget_bounds_members() -> None:
+    """The attack of issue #15 item 4: a fresh key with no certificate announces 60 MiB bodies. The
+    server refuses from the 4-byte length prefix alone (nothing of the body needs to arrive), names
+    the reason, counts it, and keeps serving; admitted members get the full limit, bounded together
+    by the node's inbound budget."""
+    admin = AdminKeyPair(os.urandom(32))
+    registry = MemberRegistry(admin.public_key, admin.village_id)
+    member_key, stranger_key = create_new_key_pair(), create_new_key_pair()
+    now = int(time.time())
+    registry.admit(issue_certificate(admin.signing_key, admin.village_id, member_id(member_key), now - 60,
+                                     now + 3600).encode(), now)
+    release = trio.Event()
+
+    async def hold(peer: bytes, request: bytes) -> bytes:
+        await release.wait()
+        return b"held %d" % len(request)
+
+    config = replace(FAST, max_inbound_bytes=3 * MIB)
+    members_only, open_to_all = "/village/test/members/1", "/village/test/open/1"
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(open_node(create_new_key_pair(), LOOPBACK, [], config,
+                                                           membership=registry))
+        server.serve(members_only, echo)
+        server.serve(open_to_all, echo, max_request=64 * MIB, max_request_nonmember=1024)
+        server.serve("/village/test/hold/1", hold)
+        stranger = await stack.enter_async_context(open_node(stranger_key, LOOPBACK, server.listen_addrs, config))
+        member = await stack.enter_async_context(open_node(member_key, LOOPBACK, server.listen_addrs, config))
+        await wait_until(lambda: {stranger.member_id, member.member_id} <= set(server.connected_peers()), 10, "both in")
+
+        # Only the length prefix is ever sent: the refusal cannot have waited for the body.
+        stream = await stranger._open_stream(server.member_id, members_only)
+        await stream.write(HEADER.pack(60 * MIB))
+        with trio.fail_after(10):
+            with pytest.raises(RemoteRefusal, match="serves admitted members only"):
+                open_reply(await read_exact(stream, await read_length(stream, 1024, None), None), server.member_id)
+        await stream.reset()
+
+        # Through the ordinary client: the 60 MiB body is never all written, and none of it is read.
+        body = b"\0" * (60 * MIB)
+        with pytest.raises(RemoteRefusal, match="serves admitted members only"):
+            await stranger.request(server.member_id, members_only, body, timeout=10)
+        with pytest.raises(RemoteRefusal, match="exceeds the limit of 1024 for a peer that is not an admitted member"):
+            await stranger.request(server.member_id, open_to_all, body, timeout=10)
+        assert await stranger.request(server.member_id, open_to_all, b"small", timeout=10) == b"llams"
+        assert stranger.statistics().bytes_sent.get(members_only, 0) == 0  # the writer never finished
+        assert server.statistics().bytes_received.get(members_only, 0) == 0
+        assert server.statistics().events["inbound_refused"] == 3
+
+        # A member may send big requests, up to the inbound budget of the whole node at once.
+        assert await member.request(server.member_id, members_only, b"m" * (2 * MIB), timeout=10) == b"m" * (2 * MIB)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(member.request, server.member_id, "/village/test/hold/1", b"a" * (2 * MIB),
+                                       timeout=10))
+            await wait_until(lambda: server.statistics().bytes_received.get("/village/test/hold/1"), 10, "first in")
+            with pytest.raises(RemoteRefusal, match="inbound budget is 3145728"):
+                await member.request(server.member_id, "/village/test/hold/1", b"b" * (2 * MIB), timeout=10)
+            release.set()
+        assert await member.request(server.member_id, "/village/test/hold/1", b"c" * (2 * MIB), timeout=10) == (
+            b"held %d" % (2 * MIB))
+        assert server.statistics().events["inbound_refused"] == 4
