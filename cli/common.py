@@ -128,7 +128,7 @@ def cell(value: Any, key: str = "") -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, str):
-        return value[:16] if _HEX_ID.match(value) else value
+        return value[:16] if _HEX_ID.fullmatch(value) else value
     if isinstance(value, list):
         items = ", ".join(cell(v) for v in value[:_PREVIEW_ITEMS])
         return f"[{items}]" if len(value) <= _PREVIEW_ITEMS else f"[{items}, … ({len(value)} items)]"

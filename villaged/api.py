@@ -463,7 +463,7 @@ class ControlApi:
         if route.auth and (problem := self._auth_problem(request)) is not None:
             return json_error(401, "unauthorized", problem, (("www-authenticate", 'Bearer realm="villaged"'),))
         for name, value in params.items():
-            if not _NAME_RE.match(value):
+            if not _NAME_RE.fullmatch(value):  # match() lets a trailing newline through `$`
                 return json_error(
                     400, "invalid_path", f"path parameter '{name}' = {value!r} must match {NAME_PATTERN}"
                 )

@@ -30,6 +30,7 @@ import trio
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_ADDRESS",
     "MAX_HEADER_BYTES",
     "Handler",
     "Request",
@@ -47,13 +48,18 @@ MAX_HEADER_BYTES: Final = 16 * 1024
 # generous and bounds what one request can make us buffer and parse.
 MAX_BODY_BYTES: Final = 1024 * 1024
 RECEIVE_CHUNK: Final = 64 * 1024
-# A client has IDLE_TIMEOUT to send a request's headers (on a new or kept-alive connection) and
-# then REQUEST_TIMEOUT for its body; slow-loris clients cannot pin a task forever.
+# A client has HEADER_TIMEOUT to send a request's complete headers (on a new or kept-alive
+# connection) and then REQUEST_TIMEOUT for its body; slow-loris clients cannot pin a task for long
+# (with 60 s for headers, 64 half-open connections held every slot for a minute).
 REQUEST_TIMEOUT_SECONDS: Final = 30.0
-IDLE_TIMEOUT_SECONDS: Final = 60.0
+HEADER_TIMEOUT_SECONDS: Final = 10.0
 SEND_TIMEOUT_SECONDS: Final = 30.0
-# villagectl and scripts open a few connections; more than this at once is a runaway script.
+# villagectl and scripts open a few connections; more than this at once is a runaway script. When
+# a cap is reached, the connection that has waited longest for headers is closed to make room
+# (a client that is sending nothing loses its slot to one that has a request), and only if every
+# connection is busy with a request is the new one refused.
 MAX_CONNECTIONS: Final = 64
+MAX_CONNECTIONS_PER_ADDRESS: Final = 16  # so one client address cannot take every slot
 # After an error response we half-close and read the client's leftovers for a moment, so the
 # kernel does not answer unread data with a RST that would destroy our error response in flight.
 _LINGER_SECONDS: Final = 0.5
@@ -110,30 +116,58 @@ async def serve_http(
     await trio.serve_listeners(server.serve_connection, listeners, task_status=task_status)
 
 
+@dataclass(eq=False)
+class _Connection:
+    address: str  # the client's IP address
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    waiting: bool = True  # for a request's headers: its slot is the first to go when a cap is reached
+
+
 class _Server:
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
-        self._connections = 0
+        self._open: list[_Connection] = []  # oldest first
 
     async def serve_connection(self, stream: trio.SocketStream) -> None:
-        self._connections += 1
+        connection = _Connection(_client_address(stream))
         try:
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-            if self._connections > MAX_CONNECTIONS:
-                await _send(conn, stream, json_error(503, "overloaded", f"more than {MAX_CONNECTIONS} connections"), close=True)
+            refusal = self._make_room(connection.address)
+            if refusal is not None:
+                log.warning("http_connection_refused", client=connection.address, reason=refusal)
+                await _send(conn, stream, json_error(503, "overloaded", refusal), close=True)
                 await _linger(stream)
                 return
-            await self._serve(conn, stream)
+            self._open.append(connection)
+            with connection.scope:
+                await self._serve(conn, stream, connection)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away; nothing to answer
         finally:
-            self._connections -= 1
+            if connection in self._open:
+                self._open.remove(connection)
             with trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _serve(self, conn: h11.Connection, stream: trio.SocketStream) -> None:
+    def _make_room(self, address: str) -> str | None:
+        """Make room for one more connection from `address` under both caps, closing the connection
+        that has waited longest for headers where a cap is full; why not, if every one is busy."""
+        same_address = [c for c in self._open if c.address == address]
+        for cap, group, where in ((MAX_CONNECTIONS_PER_ADDRESS, same_address, f" from {address}"),
+                                  (MAX_CONNECTIONS, self._open, "")):
+            if len(group) < cap:
+                continue
+            idle = next((c for c in group if c.waiting), None)
+            if idle is None:
+                return f"{cap} connections{where} are busy with requests already"
+            log.info("http_connection_evicted", client=idle.address, reason=f"{cap} connections{where}, this one idle")
+            self._open.remove(idle)
+            idle.scope.cancel()
+        return None
+
+    async def _serve(self, conn: h11.Connection, stream: trio.SocketStream, connection: _Connection) -> None:
         while True:
-            outcome = await _read_request(conn, stream)
+            outcome = await _read_request(conn, stream, connection)
             if outcome is None:
                 return
             if isinstance(outcome, Response):
@@ -164,23 +198,46 @@ async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
         return event
 
 
-async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> Request | Response | None:
+async def _read_request(
+    conn: h11.Connection, stream: trio.SocketStream, connection: _Connection
+) -> Request | Response | None:
     """The next request, an error Response to send before closing, or None to just close."""
     try:
-        with trio.move_on_after(IDLE_TIMEOUT_SECONDS):
+        connection.waiting = True
+        with trio.move_on_after(HEADER_TIMEOUT_SECONDS) as headers_wait:
             event = await _next_event(conn, stream)
-            if isinstance(event, h11.ConnectionClosed):
-                return None
-            assert isinstance(event, h11.Request), event
-            return await _read_body(conn, stream, event)
-        if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
-            return None  # an idle kept-alive connection (no partial request buffered): close quietly
-        return json_error(408, "request_timeout", f"request headers not received within {IDLE_TIMEOUT_SECONDS:.0f} s")
+        connection.waiting = False
+        if headers_wait.cancelled_caught:
+            if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+                return None  # an idle kept-alive connection (no partial request buffered): close quietly
+            return json_error(408, "request_timeout",
+                              f"request headers not received within {HEADER_TIMEOUT_SECONDS:.0f} s")
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        assert isinstance(event, h11.Request), event
+        size = _header_bytes(event)
+        if size > MAX_HEADER_BYTES:  # h11 checks only headers that arrive in several reads
+            return json_error(431, "headers_too_large",
+                              f"request line and headers are {size} bytes; the limit is {MAX_HEADER_BYTES}")
+        return await _read_body(conn, stream, event)
     except h11.RemoteProtocolError as exc:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return None
         status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
         return json_error(status, "bad_http", f"malformed HTTP request: {exc}")
+
+
+def _header_bytes(request: h11.Request) -> int:
+    """The size of a request's line and header block as sent, less any whitespace h11 stripped."""
+    line = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n")
+    return line + sum(len(name) + len(value) + len(b": \r\n") for name, value in request.headers) + len(b"\r\n")
+
+
+def _client_address(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:  # the client is gone already
+        return "unknown"
 
 
 async def _read_body(conn: h11.Connection, stream: trio.SocketStream, start: h11.Request) -> Request | Response | None:
