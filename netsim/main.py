@@ -184,6 +184,32 @@ def net_300(seed: int = _SEED, report: Path = _REPORT, per_process: int = _PER_P
     _bench_net("net-300", seed, report, per_process)
 
 
+@bench_app.command("soak")
+def soak(
+    rounds: int = typer.Option(500, "--rounds", min=2, help="rounds of the job, run back to back"),
+    n: int = typer.Option(4, "--n", min=3, help="daemons in the village (all in this process)"),
+    d: int = typer.Option(1000, "--d", min=1, help="vector length"),
+    phase_timeout: float = typer.Option(10.0, "--phase-timeout", help="the job's phase timeout (s)"),
+    timeout: float = typer.Option(1800.0, "--timeout", help="stop after this many seconds and report the rounds done"),
+) -> None:
+    """Real daemons in one process run a vector job back to back (round_interval 0): round pace over
+    the first and the last 50 rounds, RSS and trio tasks at the start and the end.
+
+    Example: netsim bench soak --rounds 500
+    """
+    from netsim.soak import run_soak
+
+    install_signal_handlers()
+    try:
+        line = run_soak(rounds, n=n, dimension=d, phase_timeout=phase_timeout, timeout=timeout)
+    except KeyboardInterrupt:
+        typer.echo("netsim: interrupted; every daemon stopped", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(json.dumps(line))
+    if line["rounds_done"] != rounds:
+        raise typer.Exit(1)
+
+
 @bench_app.command("core")
 def core(
     n: int = typer.Option(100, help="clients in the round"),

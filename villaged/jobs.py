@@ -328,12 +328,13 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
         resumed = False
     else:
         resumed = job.state == "running"  # this node was restarted while the job ran
+    previous_end: float | None = None  # when the last round this node took part in or observed ended here
     for round_number in range(job.spec.rounds):
         if job.state != "running":
             return
         if hooks.has_result(job.id, round_number):
             continue
-        late = arrives_late(job, round_number, resumed, time.time())
+        late = arrives_late(job, round_number, time.time(), resumed=resumed, previous_end=previous_end)
         if late and await catch_up(job, round_number, hooks, keep_asking=resumed):
             continue  # this node was away when the round ran (a restart): the others have its result
         resumed = False
@@ -354,6 +355,7 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
             outcome = await observe_round(job, round_number, hooks)
         if outcome != "completed" and await hooks.fetch_result(job, round_number):
             outcome = "completed"  # the round ended without this node, and its result is here now
+        previous_end = time.time()
         await hooks.on_round_end(job, round_number, outcome)
         # Keep this round's machines until the next one ends: stragglers' late frames get an answer.
         driver.forget_round(job.id, round_number - 1)
@@ -401,12 +403,19 @@ async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDr
     return f"gave up after {attempt} attempts: {last_reason}"
 
 
-def arrives_late(job: Job, round_number: int, resumed: bool, now: float) -> bool:
+def arrives_late(job: Job, round_number: int, now: float, *, resumed: bool, previous_end: float | None = None) -> bool:
     """Whether this node comes to a round after its invitations went out: a phase timeout after the
     round opened, or at all after it opened for a node back from a restart (in net-100 a node
     restarted 16 s into a round waited the rest of a 30 s phase timeout for an invite that had
-    gone out before it started, and only then fetched the result)."""
-    return now > job.round_opens_at(round_number) + (0.0 if resumed else job.spec.phase_timeout)
+    gone out before it started, and only then fetched the result).
+
+    A round opens by the schedule, but no earlier than the previous round ended, when its
+    coordinator moves on to it: `previous_end`, when this node saw that round end. Counted from the
+    schedule alone, a job with `round_interval` 0 (every round scheduled at the first one's time)
+    had every node come "late" to every round from a phase timeout in, and each waited out
+    `catch_up`'s 14 s for a result nobody was computing (issue 18)."""
+    opened = max(job.round_opens_at(round_number), previous_end or 0.0)
+    return now > opened + (0.0 if resumed else job.spec.phase_timeout)
 
 
 async def catch_up(job: Job, round_number: int, hooks: JobHooks, keep_asking: bool = False) -> bool:
@@ -416,8 +425,8 @@ async def catch_up(job: Job, round_number: int, hooks: JobHooks, keep_asking: bo
 
     A node back from a restart (`keep_asking`) then asks every last delay for one attempt window:
     in net-100 the five nodes of a restarted process had every stream time out for 30-40 s. A node
-    that comes late because the previous round ran long does not: the others are late too, and
-    one of them has to run the round."""
+    that learned of the job after its rounds began does not: when nobody has the result, the
+    round may not have run yet, and this node may be needed to run it."""
     if await hooks.fetch_result(job, round_number):
         return True
     give_up = trio.current_time() + (job.spec.attempt_window if keep_asking else 0.0)

@@ -114,11 +114,11 @@ def test_a_node_back_from_a_restart_fetches_a_round_that_opened_without_it(book:
     """Its invitation went out before it started: waiting a phase timeout for one only delays the fetch."""
     job = book.jobs["job-1"]
     opened = job.round_opens_at(0)
-    assert arrives_late(job, 0, resumed=True, now=opened + 1.0)
-    assert not arrives_late(job, 0, resumed=True, now=opened - 1.0)  # back before the round: it takes part
-    # A node that ran all along is late only a phase timeout in (a slow previous round ends after this one opened).
-    assert not arrives_late(job, 0, resumed=False, now=opened + 1.0)
-    assert arrives_late(job, 0, resumed=False, now=opened + job.spec.phase_timeout + 1.0)
+    assert arrives_late(job, 0, opened + 1.0, resumed=True)
+    assert not arrives_late(job, 0, opened - 1.0, resumed=True)  # back before the round: it takes part
+    # A node that ran all along is late only a phase timeout in (it learned of the job after the start).
+    assert not arrives_late(job, 0, opened + 1.0, resumed=False)
+    assert arrives_late(job, 0, opened + job.spec.phase_timeout + 1.0, resumed=False)
 
 
 @pytest.mark.parametrize(("interval", "expected"), [
