@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from protocol.errors import RemoteProtocolError
+from protocol.errors import CryptoCheckFailed, RemoteProtocolError
 
 #: A source of cryptographically secure random bytes: `os.urandom` in the daemon,
 #: a seeded DRBG (`DeterministicRandom`) in tests and simulations.
@@ -104,7 +104,7 @@ def open_sealed(key: bytes, ciphertext: bytes, aad: bytes, peer: bytes, phase: s
     try:
         return ChaCha20Poly1305(key).decrypt(_ZERO_NONCE, ciphertext, aad)
     except InvalidTag:
-        raise RemoteProtocolError(peer, phase, "share ciphertext failed authentication") from None
+        raise CryptoCheckFailed(peer, phase, "sealed_share", "share ciphertext failed authentication") from None
 
 
 # --- Ed25519 ----------------------------------------------------------------------------------
@@ -115,11 +115,11 @@ def sign(signing_key: nacl.signing.SigningKey, message: bytes) -> bytes:
 
 
 def verify(member_id: bytes, message: bytes, signature: bytes, phase: str) -> None:
-    """Raise `RemoteProtocolError` unless `signature` is `member_id`'s over `message`."""
+    """Raise `CryptoCheckFailed` (a `RemoteProtocolError`) unless `signature` is `member_id`'s over `message`."""
     try:
         nacl.signing.VerifyKey(member_id).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
-        raise RemoteProtocolError(member_id, phase, "bad signature") from None
+        raise CryptoCheckFailed(member_id, phase, "signature", "bad signature") from None
 
 
 def member_id_of(signing_key: nacl.signing.SigningKey) -> bytes:

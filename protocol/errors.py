@@ -42,6 +42,16 @@ class AuthenticationError(RemoteProtocolError):
     Counted apart from malformed input (villaged's `failed_authentications` metric)."""
 
 
+class CryptoCheckFailed(RemoteProtocolError):
+    """A peer's bytes failed a cryptographic check: a sealed share that does not decrypt and
+    authenticate (`check` "sealed_share"), or a signature that does not verify ("signature").
+    Counted apart (villaged's `federation_encryption_errors_total{check}`): tampering or a broken peer."""
+
+    def __init__(self, peer: bytes | None, phase: str, check: str, reason: str) -> None:
+        super().__init__(peer, phase, reason)
+        self.check = check
+
+
 class InviteRefused(RemoteProtocolError):
     """An invitation this node will not answer. `code` is a short label for metrics
     (``federation_invites_refused_total{reason}``); `reason` says what was wrong."""

@@ -458,8 +458,49 @@ def model_diversity(current: dict[str, Any], models: int | None = None) -> float
     return float(-np.sum(counts * np.log(counts)) / math.log(k))
 
 
+def prior_values(priors: dict[str, Any]) -> dict[str, float]:
+    """The figures routing reads from the priors, by name: each cell's success rate and latency
+    percentiles, each pattern's winning share, each carbon region's intensity and penalty."""
+    values: dict[str, float] = {}
+    for cell in priors.get("models", []):
+        key = f"{cell['model_id']}/{cell['region']}/{cell['quality_tier']}"
+        if cell.get("success_rate") is not None:
+            values[f"{key}:success_rate"] = cell["success_rate"]
+        for p, latency in (cell.get("latency_percentile") or {}).items():
+            values[f"{key}:{p}"] = latency
+    for name, entry in priors.get("request_patterns", {}).items():
+        values[f"pattern:{name}:{entry['optimal_model']}"] = entry["share"]
+    for region, entry in priors.get("carbon", {}).items():
+        values[f"carbon:{region}:intensity"] = entry["carbon_intensity_gco2_per_kwh"]
+        values[f"carbon:{region}:penalty"] = entry["routing_penalty_factor"]
+    return values
+
+
+def convergence_rate(previous: dict[str, Any] | None, current: dict[str, Any]) -> float:
+    """1 - the mean relative change (0..1) of `prior_values` from the previous round: each figure
+    moves by |a - b| / max(|a|, |b|), a figure present in only one round (or a pattern that switched
+    model) by 1. Where prior stability counts switched decisions, this sees the numbers behind them
+    settle: it rises to 1 as successive rounds agree. The first round: 1.0, as for stability."""
+    if previous is None:
+        return 1.0
+    before, after = prior_values(previous), prior_values(current)
+    keys = set(before) | set(after)
+    if not keys:
+        return 1.0
+    change = 0.0
+    for key in keys:
+        a, b = before.get(key), after.get(key)
+        if a is None or b is None:
+            change += 1.0
+        elif a != b:
+            change += abs(a - b) / max(abs(a), abs(b))
+    return 1.0 - change / len(keys)
+
+
 def validate_round(previous: dict[str, Any] | None, current: dict[str, Any], models: int | None = None) -> dict[str, float]:
-    """The spec's validate_aggregation_round without performance_delta (needs live traffic)."""
+    """The spec's validate_aggregation_round without performance_delta (needs live traffic), plus the
+    convergence rate the spec's metrics name."""
     stability = prior_stability(previous, current)
     diversity = model_diversity(current, models)
-    return {"stability_score": stability, "diversity_score": diversity, "round_quality": (stability + diversity) / 2}
+    return {"stability_score": stability, "diversity_score": diversity, "round_quality": (stability + diversity) / 2,
+            "convergence_rate": convergence_rate(previous, current)}

@@ -28,7 +28,8 @@ from protocol.announcements import (
     MAX_ANNOUNCEMENT_BYTES, MAX_ROSTER_ADDRESSES, aggregate_digest, open_announcement, sign_announcement,
 )
 from protocol.election import coordinator_for
-from protocol.errors import AuthenticationError, MemberRevoked, InviteRefused, ParameterError, RemoteProtocolError
+from protocol.errors import (AuthenticationError, CryptoCheckFailed, InviteRefused, MemberRevoked, ParameterError,
+                             RemoteProtocolError)
 from protocol.events import RoundResult
 from protocol.evidence import VerifiedResult, announcement_of, check_claim, verify_result
 from protocol.fanout import tree_order
@@ -540,6 +541,8 @@ class Daemon:
                 self.metrics.failed_authentications.inc()
             elif isinstance(exc, InviteRefused):
                 self.metrics.invites_refused.labels(reason=exc.code).inc()
+            elif isinstance(exc, CryptoCheckFailed):
+                self.metrics.encryption_errors.labels(check=exc.check).inc()
             else:
                 self.metrics.malformed_messages.labels(kind=exc.phase).inc()
             log.info("round_frame_rejected", peer=peer.hex()[:16], phase=exc.phase, reason=exc.reason)
@@ -613,6 +616,7 @@ class Daemon:
         if validation is not None:
             self.metrics.prior_stability.set(validation["stability_score"])
             self.metrics.model_diversity.set(validation["diversity_score"])
+            self.metrics.convergence_rate.set(validation["convergence_rate"])
 
     def _prior_validation(self, job: Job) -> dict[str, float] | None:
         results = self.store.get_results(job.id)
@@ -734,11 +738,16 @@ class Daemon:
         return announcement is not None and self._authentic(announcement, sender)
 
     def _opened(self, record: bytes) -> SignedAnnouncement | None:
-        """The announcement, or None (counted as malformed) if it does not parse or verify."""
+        """The announcement, or None (counted: a bad signature as an encryption error, else as malformed)
+        if it does not parse or verify."""
         try:
             return open_announcement(record)
-        except RemoteProtocolError:
-            self.metrics.malformed_messages.labels(kind="announcement").inc()
+        except RemoteProtocolError as exc:
+            if isinstance(exc, CryptoCheckFailed):
+                self.metrics.encryption_errors.labels(check=exc.check).inc()
+            else:
+                self.metrics.malformed_messages.labels(kind="announcement").inc()
+            log.info("announcement_refused", phase=exc.phase, reason=exc.reason)
             return None
 
     def _authentic(self, announcement: SignedAnnouncement, sender: bytes) -> bool:

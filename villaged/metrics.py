@@ -1,7 +1,8 @@
 """Prometheus metrics of one villaged, served at ``/metrics`` by `villaged/api.py`.
 
 Names follow the spec's "Monitoring and Observability" section (federation_*), plus per-protocol
-traffic counters (village_*). Each `Metrics` owns a private `CollectorRegistry` instead of the
+traffic counters (village_*); where the spec's name differs from ours (`federated_rounds_completed`),
+both are exported. Each `Metrics` owns a private `CollectorRegistry` instead of the
 process-global one, so tests and netsim can run many daemons in one process without their
 counters colliding ("Duplicated timeseries" errors) or leaking into each other.
 
@@ -11,9 +12,12 @@ Counters are declared without the ``_total`` suffix; prometheus-client appends i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 __all__ = ["CONTENT_TYPE", "ROUND_DURATION_BUCKETS", "Metrics"]
@@ -99,7 +103,39 @@ class Metrics:
             "Normalized entropy (0..1) of the request patterns' optimal models in the last routing-priors aggregate.",
             registry=r
         )
+        self.convergence_rate = Gauge(
+            "federation_convergence_rate",
+            "1 - mean relative change (0..1) of the aggregated routing-prior values from the previous round "
+            "(protocol/priors.py convergence_rate): 1 once the priors stop moving.",
+            registry=r
+        )
+        self.encryption_errors = Counter(
+            "federation_encryption_errors",
+            "Peer bytes that failed a cryptographic check, by check: sealed_share (a share that does not decrypt "
+            "and authenticate), signature (a frame or record whose signature does not verify).",
+            ["check"], registry=r,
+        )
+        for check in ("sealed_share", "signature"):  # shown at 0 from the start: an alert can rate() them
+            self.encryption_errors.labels(check=check)
+        r.register(_SpecAliases(self))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (serve with `CONTENT_TYPE`)."""
         return generate_latest(self.registry)
+
+
+class _SpecAliases(Collector):
+    """The spec's names where ours differ, read from our metric at scrape time (never counted twice):
+    `federated_rounds_completed` (the spec's "federated") mirrors `federation_rounds_completed`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily("federated_rounds_completed", "")]
+
+    def collect(self) -> Iterable[Metric]:
+        total = sum(s.value for family in self._metrics.rounds_completed.collect() for s in family.samples
+                    if s.name.endswith("_total"))
+        yield CounterMetricFamily("federated_rounds_completed",
+                                  "The spec's name for federation_rounds_completed (same value).", value=total)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import crypto, masking
-from protocol.errors import RemoteProtocolError
+from protocol.errors import CryptoCheckFailed, RemoteProtocolError
 from protocol.graph import NeighbourGraph
 from protocol.wire import RoundContext
 
@@ -204,8 +204,9 @@ def test_sealed_share_opens_only_with_the_same_key_and_aad() -> None:
     assert crypto.open_sealed(key, sealed, aad, b"a" * 32, "share") == b"share pair"
     wrong_aad = masking.channel_aad(CTX, b"b" * 32, b"a" * 32)
     for k, a, ct in [(other, aad, sealed), (key, wrong_aad, sealed), (key, aad, sealed[:-1] + bytes([sealed[-1] ^ 1]))]:
-        with pytest.raises(RemoteProtocolError, match="authentication"):
+        with pytest.raises(CryptoCheckFailed, match="authentication") as info:
             crypto.open_sealed(k, ct, a, b"a" * 32, "share")
+        assert info.value.check == "sealed_share"  # villaged counts it in federation_encryption_errors_total
 
 
 def test_signatures_verify_and_forgeries_fail() -> None:
@@ -215,8 +216,9 @@ def test_signatures_verify_and_forgeries_fail() -> None:
     crypto.verify(member, b"msg", sig, "p")
     other = crypto.member_id_of(nacl.signing.SigningKey(crypto.sha256(b"other")))
     for m, msg, s in [(member, b"msg!", sig), (other, b"msg", sig), (member, b"msg", bytes(64)), (member, b"msg", sig[:63])]:
-        with pytest.raises(RemoteProtocolError, match="bad signature"):
+        with pytest.raises(CryptoCheckFailed, match="bad signature") as info:
             crypto.verify(m, msg, s, "p")
+        assert info.value.check == "signature"
 
 
 def test_sha256_parts_are_length_prefixed() -> None:

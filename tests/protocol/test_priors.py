@@ -303,3 +303,23 @@ def test_diversity_is_normalized_entropy_over_the_key_space() -> None:
     assert 0 < priors.model_diversity(_result({"a": "m1", "b": "m2"}), models=3) < 1
     report = priors.validate_round(None, _result({"a": "m1", "b": "m2", "c": "m3"}), models=3)
     assert report["round_quality"] == pytest.approx(1.0)
+
+
+def _cell(rate: float, p95: float) -> dict[str, Any]:
+    return {"model_id": "gpt-4", "region": "us-west", "quality_tier": "high", "success_rate": rate,
+            "latency_percentile": {"p50": 100.0, "p95": p95, "p99": 300.0}}
+
+
+def test_convergence_rate_is_one_minus_the_mean_relative_change_of_the_priors() -> None:
+    before = {"models": [_cell(0.9, 200.0)], "request_patterns": {"a": {"optimal_model": "m1", "share": 0.5}},
+              "carbon": {"us-west": {"carbon_intensity_gco2_per_kwh": 400.0, "routing_penalty_factor": 0.1}}}
+    assert priors.convergence_rate(None, before) == 1.0
+    assert priors.convergence_rate(before, before) == 1.0
+    # p95 200 -> 250 (0.2 relative); the pattern switches model: its m1 share vanishes and an m2 share appears (1 each); 8 figures in all
+    after = {**before, "models": [_cell(0.9, 250.0)], "request_patterns": {"a": {"optimal_model": "m2", "share": 0.5}}}
+    assert priors.convergence_rate(before, after) == pytest.approx(1 - (0.2 + 2) / 8)
+    # successive rounds that move less converge: the rate rises towards 1
+    rounds = [{**before, "models": [_cell(0.9, 200.0 + 100.0 / 2 ** r)]} for r in range(5)]
+    rates = [priors.convergence_rate(a, b) for a, b in zip(rounds, rounds[1:])]
+    assert rates == sorted(rates) and rates[-1] > 0.99
+    assert priors.validate_round(before, after)["convergence_rate"] == priors.convergence_rate(before, after)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.villaged.promtool import promtool
 
 from villaged.metrics import Metrics
 
@@ -50,3 +54,44 @@ def test_two_daemons_in_one_process_do_not_share_counters() -> None:
     a.rounds_completed.inc()
     assert samples(a)[("federation_rounds_completed_total", ())] == 1
     assert samples(b)[("federation_rounds_completed_total", ())] == 0
+
+
+SPEC_NAMES = (  # the spec's "Monitoring and Observability": every name it lists, as Prometheus exposes it
+    "federation_nodes_active", "federation_round_duration_seconds_count", "federation_participation_rate",
+    "federated_rounds_completed_total", "federation_prior_stability", "federation_model_diversity",
+    "federation_convergence_rate", "federation_failed_authentications_total", "federation_encryption_errors_total",
+    "federation_malformed_messages_total",
+)
+
+
+def test_every_metric_the_spec_names_is_exported() -> None:
+    m = Metrics()
+    m.round_duration_seconds.observe(1.0)
+    m.malformed_messages.labels(kind="gossip").inc()
+    names = {name for name, _ in samples(m)}
+    assert set(SPEC_NAMES) <= names, set(SPEC_NAMES) - names
+
+
+def test_the_specs_rounds_completed_is_an_alias_not_a_second_count() -> None:
+    m = Metrics()
+    for _ in range(3):
+        m.rounds_completed.inc()
+    got = samples(m)
+    assert got[("federated_rounds_completed_total", ())] == got[("federation_rounds_completed_total", ())] == 3
+
+
+def test_encryption_errors_are_shown_at_zero_and_counted_by_check() -> None:
+    m = Metrics()
+    got = samples(m)
+    assert got[("federation_encryption_errors_total", (("check", "sealed_share"),))] == 0
+    assert got[("federation_encryption_errors_total", (("check", "signature"),))] == 0
+    m.encryption_errors.labels(check="sealed_share").inc()
+    assert samples(m)[("federation_encryption_errors_total", (("check", "sealed_share"),))] == 1
+
+
+def test_exposition_passes_promtool_check_metrics() -> None:
+    m = Metrics()
+    m.rounds_completed.inc()
+    m.round_duration_seconds.observe(2.0)
+    checked = subprocess.run([promtool(), "check", "metrics"], input=m.render(), capture_output=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

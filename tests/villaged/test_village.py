@@ -212,6 +212,28 @@ async def test_bad_frames_are_refused_counted_and_the_daemon_keeps_serving(tmp_p
         assert total >= len(bad_frames)
 
 
+async def test_a_forged_frame_signature_is_an_encryption_error(tmp_path: Path) -> None:
+    """An invite is checked before anything is kept for it: one whose signature was tampered with is
+    refused and counted in federation_encryption_errors_total{check="signature"}, the spec's metric."""
+    async with running_village(village_configs(tmp_path, 2)) as nodes:
+        (sender, _, _), (target, _, _) = nodes
+
+        async def admitted() -> bool:
+            return len(await target.members()) == 2
+
+        await wait_for(admitted, timeout=20)
+        assert sender._node is not None
+        params = JobSpec.from_dict(SPEC).round_params(3)
+        invite = wire.encode(RoundContext("some-job", 0, 0), messages.Invite((sender.me, target.me), params), sender._key)
+        forged = invite[:-1] + bytes([invite[-1] ^ 1])  # the frame ends with its Ed25519 signature
+        with pytest.raises(TransportError, match="bad signature"):
+            await sender._node.request(target.me, ROUND_PROTOCOL, forged, timeout=5.0)
+        registry = target.metrics.registry
+        assert registry.get_sample_value("federation_encryption_errors_total", {"check": "signature"}) == 1
+        assert registry.get_sample_value("federation_encryption_errors_total", {"check": "sealed_share"}) == 0
+        assert await target.status()  # still serving
+
+
 async def test_a_node_runs_two_jobs_at_once(tmp_path: Path) -> None:
     configs = village_configs(tmp_path, 4)
     async with running_village(configs) as nodes:
