@@ -160,12 +160,14 @@ class MachineRunner:
         self._nursery = nursery
         self._send = send
         self._report = report
-        self._timers = trio.CancelScope()
-        self.closed = False
+        self._closed = trio.Event()
         self._lock = trio.Lock()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
     def start(self) -> None:
-        self._nursery.start_soon(self._run_timers_scope)
         self._nursery.start_soon(self._apply_later, self.machine.start(trio.current_time()))
 
     async def feed(self, frame: bytes, reply_to: bytes | None = None) -> bytes | None:
@@ -181,12 +183,7 @@ class MachineRunner:
 
     def close(self) -> None:
         """Abandon the machine: no more frames, no timers. Its keys die with it."""
-        self.closed = True
-        self._timers.cancel()
-
-    async def _run_timers_scope(self) -> None:
-        with self._timers:
-            await trio.sleep_forever()
+        self._closed.set()
 
     async def _apply_later(self, outputs: list[Output]) -> None:
         async with self._lock:
@@ -222,11 +219,11 @@ class MachineRunner:
                 await self._apply(self.machine.peer_lost(peer, trio.current_time()))
 
     async def _timer(self, name: str, seconds: float) -> None:
-        if self.closed:
-            return
-        with trio.move_on_after(seconds) as scope:
-            await trio.sleep_forever()
-        if scope.cancelled_caught and not self.closed:
+        """Fire `name` after `seconds` unless the machine closes first. A timer that outlived its closed
+        machine kept it (keys, vectors) alive: back to back, 25 a round piled up for a phase timeout."""
+        with trio.move_on_after(seconds):
+            await self._closed.wait()
+        if not self.closed:
             async with self._lock:
                 if not self.closed:
                     await self._apply(self.machine.timer_fired(name, trio.current_time()))
