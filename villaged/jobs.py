@@ -335,6 +335,8 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
         if hooks.has_result(job.id, round_number):
             continue
         late = arrives_late(job, round_number, time.time(), resumed=resumed, previous_end=previous_end)
+        if late:  # said, so that a wait for a result shows in the log (issue 18's 14 s waits did not)
+            log.info("round_catch_up", job=job.id, round=round_number, restarted=resumed)
         if late and await catch_up(job, round_number, hooks, keep_asking=resumed):
             continue  # this node was away when the round ran (a restart): the others have its result
         resumed = False
