@@ -128,8 +128,17 @@ def revoke_member(admin_dir: Path, keys: AdminKeyPair, member_id: bytes, reason:
 
 
 def parse_member_id(text: str) -> bytes:
-    """A member id from 64 hex characters or an Ed25519 libp2p peer id (base58, ``12D3KooW...``)."""
+    """A member id from 64 hex characters or an Ed25519 libp2p peer id (base58, ``12D3KooW...``), or
+    from what `villaged id` prints (its ``member_id ...`` line, or its --json object), as it is."""
     text = text.strip()
+    try:
+        printed = json.loads(text)
+    except ValueError:
+        printed = None
+    if isinstance(printed, dict) and isinstance(printed.get("member_id"), str):
+        text = printed["member_id"]
+    elif (line := re.search(r"^member_id\s+(\S+)\s*$", text, re.M)) is not None:
+        text = line.group(1)
     if re.fullmatch(r"[0-9a-fA-F]{64}", text):
         return bytes.fromhex(text)
     try:

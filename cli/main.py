@@ -72,7 +72,8 @@ def village_init(admin_dir: AdminDir) -> None:
 @village_app.command("admit")
 @friendly_errors
 def village_admit(
-    member: Annotated[str, typer.Argument(help="Member id (64 hex chars) or libp2p peer id (12D3KooW...).")],
+    member: Annotated[str, typer.Argument(help="Member id (64 hex chars), libp2p peer id (12D3KooW...), or a file "
+                                               "holding what `villaged id` printed.")],
     admin_dir: AdminDir,
     expires: Annotated[str, typer.Option(help="Validity: 7d, 12h, 2w, 90m, or an ISO date.")] = "7d",
     out: Annotated[Path | None, typer.Option(help="Certificate file to write (default ./member-<id>.cert).")] = None,
@@ -84,8 +85,9 @@ def village_admit(
     Example:
 
         villagectl village admit 12D3KooWQx... --admin-dir ~/.village-admin --expires 7d --out node1.cert
+        villagectl village admit node1.id --admin-dir ~/.village-admin   # node1.id: `villaged id` output
     """
-    member_id = parse_member_id(member)
+    member_id = parse_member_id(Path(member).read_text() if Path(member).is_file() else member)
     keys = load_admin_key(admin_dir)
     now = time.time()
     expires_at = parse_expiry(expires, now)

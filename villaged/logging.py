@@ -85,7 +85,9 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
     root.addHandler(handler)
     root.setLevel(numeric)
     third_party = numeric if numeric == logging.DEBUG else max(numeric, _THIRD_PARTY_FLOOR)
-    for name in ("libp2p", "multiaddr", "trio", "asyncio"):
+    # libp2p.network.auto_connector pins itself to INFO on import and then logs "initiating 500000 new
+    # dials" on every start (its target is the default watermark, not a real dial count): it gets the floor too.
+    for name in ("libp2p", "libp2p.network.auto_connector", "multiaddr", "trio", "asyncio"):
         logging.getLogger(name).setLevel(third_party)
     # Importing py-libp2p (0.8.1, libp2p/utils/logging.py) clears the "libp2p" logger's handlers
     # and sets propagate=False, which silences it unless LIBP2P_DEBUG is set (and then it logs to

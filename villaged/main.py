@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from pathlib import Path
@@ -71,10 +72,15 @@ async def _serve_until_signal(daemon: object) -> None:
 
 
 @app.command("id")
-def show_id(data_dir: Path = typer.Option(..., "--data-dir", help="the node's data directory (created if missing)")) -> None:
+def show_id(
+    data_dir: Path = typer.Option(..., "--data-dir", help="the node's data directory (created if missing)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the member id (64 hex digits)"),
+    as_json: bool = typer.Option(False, "--json", help='print {"member_id": ..., "peer_id": ...}'),
+) -> None:
     """Print this node's member id (creating its identity on first use): give it to the admin to be admitted.
+    `villagectl village admit` takes the member id, the peer id, or this output (or a file holding it) as it is.
 
-    Example: villaged id --data-dir ~/.village
+    Example: villaged id --data-dir ~/.village > node1.id
     """
     try:
         keypair = load_or_create_identity(data_dir)
@@ -82,7 +88,12 @@ def show_id(data_dir: Path = typer.Option(..., "--data-dir", help="the node's da
         typer.echo(f"villaged: {exc}", err=True)
         raise typer.Exit(2) from None
     me = member_id(keypair)
-    typer.echo(f"member_id {me.hex()}")
-    typer.echo(f"peer_id {peer_id_from_member_id(me)}")
+    if quiet:
+        typer.echo(me.hex())
+    elif as_json:
+        typer.echo(json.dumps({"member_id": me.hex(), "peer_id": str(peer_id_from_member_id(me))}))
+    else:
+        typer.echo(f"member_id {me.hex()}")
+        typer.echo(f"peer_id {peer_id_from_member_id(me)}")
 if __name__ == "__main__":
     app()

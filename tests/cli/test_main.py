@@ -81,6 +81,29 @@ def test_village_init_and_admit(tmp_path: Path) -> None:
     assert again.exit_code == 1 and "refusing to overwrite" in again.stderr
 
 
+def test_admit_takes_what_villaged_id_prints(tmp_path: Path) -> None:
+    """`villaged id` output, plain, --json or --quiet, as text or as a file, admits that member."""
+    from villaged.main import app as villaged_app
+
+    admin_dir = tmp_path / "admin"
+    assert runner.invoke(app, ["village", "init", "--admin-dir", str(admin_dir)]).exit_code == 0
+    node = tmp_path / "node"
+    printed = {form: runner.invoke(villaged_app, ["id", "--data-dir", str(node), *flags])
+               for form, flags in (("plain", []), ("json", ["--json"]), ("quiet", ["-q"]))}
+    assert all(result.exit_code == 0 for result in printed.values())
+    member = printed["quiet"].stdout.strip()
+    assert len(member) == 64 and json.loads(printed["json"].stdout)["member_id"] == member
+    assert printed["plain"].stdout.startswith(f"member_id {member}\npeer_id 12D3KooW")
+    for form, result in printed.items():
+        id_file = tmp_path / f"{form}.id"
+        id_file.write_text(result.stdout)
+        for i, given in enumerate((str(id_file), result.stdout)):
+            admit = runner.invoke(app, ["village", "admit", given, "--admin-dir", str(admin_dir),
+                                        "--out", str(tmp_path / f"{form}-{i}.cert")])
+            assert admit.exit_code == 0, admit.output
+            assert f"member:      {member}" in admit.stdout
+
+
 def test_admit_errors_are_one_line(tmp_path: Path) -> None:
     no_key = runner.invoke(app, ["village", "admit", "ab" * 32, "--admin-dir", str(tmp_path)])
     assert no_key.exit_code == 1 and no_key.stderr.startswith("error: no admin key at")

@@ -86,3 +86,20 @@ def test_round_log_has_the_standard_keys() -> None:
 def test_bad_level_is_named() -> None:
     with pytest.raises(ValueError, match="'loud' is not one of debug, info, warning, error"):
         configure_logging("loud")
+
+
+def test_libp2p_auto_connector_start_line_is_silenced_at_info_and_kept_at_debug() -> None:
+    """py-libp2p's auto-connector pins its logger to INFO on import and logs "initiating 500000 new
+    dials" at every start; villaged's floor for third-party loggers covers it."""
+    import libp2p.network.auto_connector  # noqa: F401 (the import pins the level)
+
+    connector = logging.getLogger("libp2p.network.auto_connector")
+    for level, shown in (("info", False), ("debug", True)):
+        out = io.StringIO()
+        configure_logging(level, stream=out, json=True)
+        connector.info("Connections below target; initiating %s new dials", 500000)
+        connector.warning("a real problem")
+        lines = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+        assert ("Connections below target; initiating 500000 new dials" in lines) is shown
+        assert "a real problem" in lines
+    connector.setLevel(logging.INFO)
