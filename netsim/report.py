@@ -1,25 +1,31 @@
-"""Reports of netsim runs: `report.json` (everything measured) and `report.html` (pictures).
+"""Reports of netsim runs: `report.json` (everything measured) and `report.html` (a page to read).
 
-The HTML page is self-contained (inline SVG, no script, no external files) so it opens
-anywhere and can be attached to an issue. It was chosen over matplotlib PNGs because
-matplotlib is not a village dependency and three simple charts do not justify adding it.
+The HTML page is self-contained (inline SVG, no script, no external files) so it opens anywhere
+and can be attached to an issue; matplotlib is not a village dependency and these few simple
+charts do not justify adding it.
 
-Charts: a timeline of the phases of every round (failed attempts in grey, with their abort
-reason as tooltip), round latency against N and bytes per node against d over all runs in
-the report (one point per run; `netsim bench` puts its workloads in one report), and a table
-per run with each round's participants, drops, coordinator CPU and result check.
+Per run, top to bottom: a plain-language verdict (did every round give the exact sum, what faults
+were injected and what they cost), the phase breakdown of each round on the scale of the longest
+round (a 0.07 s round is not drawn on the run's 30 s wall clock), bytes sent per node as a
+distribution (one dot per node and round, the coordinator apart), and the per-round table.
+Charts across runs (round time vs N, bytes vs d) appear only when the report holds several runs
+(`netsim bench` puts its workloads in one report).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
 
 PHASE_COLOURS = {"advertise": "#4e79a7", "share": "#f28e2b", "masked": "#59a14f", "consistency": "#b07aa1",
                  "unmask": "#e15759"}
+COORDINATOR_COLOUR, NODE_COLOUR = "#e15759", "#4e79a7"
+VERDICT_WORDS = {"exact": "exact sum", "aborted": "aborted (no result anywhere)", "missing": "some live nodes lack the result",
+                 "split": "nodes hold different results", "mismatch": "WRONG result"}
 
 
 def write_report(directory: Path, runs: list[dict[str, Any]]) -> tuple[Path, Path]:
@@ -57,116 +63,11 @@ def round_summary(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# --- SVG helpers -----------------------------------------------------------------------------------
-
-def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
+# --- words -----------------------------------------------------------------------------------------
 
 
-def _axis_max(values: list[float]) -> float:
-    top = max(values) if values else 1.0
-    return top * 1.1 if top > 0 else 1.0
-
-
-def scatter(title: str, xlabel: str, ylabel: str, points: list[tuple[float, float, str]], width: int = 460, height: int = 300) -> str:
-    """A labelled scatter plot; each point is (x, y, label)."""
-    left, bottom, top, right = 70, 40, 30, 20
-    xmax = _axis_max([p[0] for p in points])
-    ymax = _axis_max([p[1] for p in points])
-    pw, ph = width - left - right, height - top - bottom
-
-    def sx(x: float) -> float:
-        return left + pw * x / xmax
-
-    def sy(y: float) -> float:
-        return top + ph * (1 - y / ymax)
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-             f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{_esc(title)}</text>',
-             f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333"/>',
-             f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">{_esc(xlabel)}</text>',
-             f'<text x="14" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {top + ph / 2})">{_esc(ylabel)}</text>']
-    for i in range(5):
-        yv, xv = ymax * i / 4, xmax * i / 4
-        parts.append(f'<text x="{left - 4}" y="{sy(yv) + 4}" text-anchor="end">{yv:.3g}</text>')
-        parts.append(f'<line x1="{left}" y1="{sy(yv)}" x2="{left + pw}" y2="{sy(yv)}" stroke="#ddd"/>')
-        parts.append(f'<text x="{sx(xv)}" y="{top + ph + 14}" text-anchor="middle">{xv:.3g}</text>')
-    for x, y, label in points:
-        parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="#4e79a7"><title>{_esc(label)}</title></circle>')
-        parts.append(f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 6:.1f}">{_esc(label)}</text>')
-    if not points:
-        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" fill="#888">no data</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def timeline(run: dict[str, Any], width: int = 900) -> str:
-    """One row per round: each attempt from its start; completed attempts split into phases."""
-    rounds = run.get("rounds", [])
-    starts = [a["started_at"] for r in rounds for a in r.get("attempts", []) if a.get("started_at")]
-    if not starts:
-        return '<p class="muted">no round attempts recorded</p>'
-    t0 = min(starts)
-    ends = [a.get("ended_at") or a["started_at"] for r in rounds for a in r.get("attempts", []) if a.get("started_at")]
-    span = max(max(ends) - t0, 1e-3) * 1.02
-    left, row, top = 80, 22, 24
-    height = top + row * len(rounds) + 30
-    pw = width - left - 20
-
-    def sx(t: float) -> float:
-        return left + pw * (t - t0) / span
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">']
-    for i in range(6):
-        t = span * i / 5
-        x = left + pw * i / 5
-        parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 26}" stroke="#eee"/>')
-        parts.append(f'<text x="{x:.1f}" y="{height - 12}" text-anchor="middle">{t:.1f} s</text>')
-    for i, r in enumerate(rounds):
-        y = top + i * row
-        verdict = r["check"]["verdict"]
-        parts.append(f'<text x="{left - 6}" y="{y + 14}" text-anchor="end">round {r["round"]}'
-                     f'{"" if verdict == "exact" else " (" + _esc(verdict) + ")"}</text>')
-        for a in r.get("attempts", []):
-            if not a.get("started_at"):
-                continue
-            x0 = sx(a["started_at"])
-            if a["state"] == "completed" and a.get("phase_timings"):
-                x = x0
-                for phase, seconds in a["phase_timings"].items():
-                    w = max(pw * seconds / span, 0.5)
-                    colour = PHASE_COLOURS.get(phase, "#999")
-                    parts.append(f'<rect x="{x:.1f}" y="{y + 3}" width="{w:.1f}" height="{row - 6}" fill="{colour}">'
-                                 f'<title>round {r["round"]} attempt {a["attempt"]} {phase}: {seconds:.3f} s</title></rect>')
-                    x += w
-            else:
-                end = a.get("ended_at") or a["started_at"]
-                w = max(sx(end) - x0, 2)
-                parts.append(f'<rect x="{x0:.1f}" y="{y + 6}" width="{w:.1f}" height="{row - 12}" fill="#bbb">'
-                             f'<title>attempt {a["attempt"]} {a["state"]}: {_esc(a.get("abort_reason"))}</title></rect>')
-    parts.append("</svg>")
-    legend = " ".join(f'<span style="background:{c};color:white;padding:1px 6px">{p}</span>' for p, c in PHASE_COLOURS.items())
-    return "".join(parts) + f'<div>{legend} <span style="background:#bbb;padding:1px 6px">failed attempt</span></div>'
-
-
-def _run_table(run: dict[str, Any]) -> str:
-    head = ("<tr><th>round</th><th>check</th><th>wall s</th><th>attempts</th><th>coordinator</th><th>coord. CPU s</th>"
-            "<th>participants</th><th>dropped</th><th>result spread s</th><th>sent/node (median)</th><th>received/node (median)</th></tr>")
-    rows = []
-    for r in run.get("rounds", []):
-        sent = [b["sent"] for b in r.get("bytes", {}).values()]
-        received = [b["received"] for b in r.get("bytes", {}).values()]
-        reasons = "; ".join(f'{a["attempt"]}: {a["abort_reason"]}' for a in r.get("attempts", []) if a.get("abort_reason"))
-        rows.append(
-            f'<tr><td>{r["round"]}</td><td class="{_esc(r["check"]["verdict"])}">{_esc(r["check"]["verdict"])}</td>'
-            f'<td>{_esc(r.get("wall_seconds"))}</td><td title="{_esc(reasons)}">{len(r.get("attempts", []))}</td>'
-            f'<td>{_esc(r.get("coordinator"))}</td><td>{_esc(r.get("coordinator_cpu_seconds"))}</td>'
-            f'<td>{len(r.get("participants", []))}</td><td>{len(r.get("dropped", []))}</td>'
-            f'<td>{_esc(r.get("result_spread_seconds", "-"))}</td>'
-            f'<td>{_fmt_bytes(statistics.median(sent)) if sent else "-"}</td>'
-            f'<td>{_fmt_bytes(statistics.median(received)) if received else "-"}</td></tr>')
-    return f"<table>{head}{''.join(rows)}</table>"
+def _seconds(s: float) -> str:
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s"
 
 
 def _fmt_bytes(n: float) -> str:
@@ -177,43 +78,285 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _peers(events: list[dict[str, Any]]) -> str:
+    peers = sorted({p for e in events for p in e.get("peers", [])})
+    return ("peer " if len(peers) == 1 else "peers ") + ", ".join(map(str, peers))
+
+
+def _faults(events: list[dict[str, Any]]) -> list[str]:
+    """A round's injected faults in words: who was killed where, who came back, anything else netsim noted.
+    Arming a failpoint is preparation, not a fault: it is left out."""
+    died = [e for e in events if e["event"] == "died"]
+    restarted = [e for e in events if e["event"] == "restarted"]
+    words = []
+    for failpoint in sorted({e.get("failpoint", "?") for e in died}):
+        at = [e for e in died if e.get("failpoint", "?") == failpoint]
+        role, _, phase = failpoint.partition(":")
+        words.append(f"{_peers(at)} killed ({at[0].get('signal', 'signal')}) in the {phase or failpoint} phase"
+                     + (f" as {role}" if phase else ""))
+    if restarted:
+        words.append(f"{_peers(restarted)} restarted after the round")
+    for e in events:
+        if e["event"] not in ("died", "restarted") and not e["event"].startswith("armed"):
+            details = ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("at", "round", "event"))
+            words.append(e["event"].replace("_", " ") + (f" ({details})" if details else ""))
+    return words
+
+
+def verdict(run: dict[str, Any]) -> list[str]:
+    """The run in sentences: the overall outcome first, then what each round went through."""
+    rounds = run.get("rounds", [])
+    final = run.get("final_check") or {}
+    exact = sum(1 for r in rounds if r["check"]["verdict"] == "exact")
+    lines = []
+    if run.get("ok"):
+        lines.append(f"Passed. {exact} of {_plural(len(rounds), 'round')} produced the exact sum of their survivors' "
+                     f"inputs (checked against the plaintext); at the end, all {final.get('results_checked', 0)} results "
+                     "held by live nodes were checked and none was wrong or missing.")
+    else:
+        wrong = [f"round {r['round']}: {VERDICT_WORDS.get(r['check']['verdict'], r['check']['verdict'])}"
+                 for r in rounds if r["check"]["verdict"] not in ("exact", "aborted")]
+        lines.append("FAILED. " + ("; ".join(wrong) + ". " if wrong else "")
+                     + f"Final check: {final.get('mismatches', 0)} wrong and {final.get('missing', 0)} missing of "
+                       f"{final.get('results_checked', 0)} results held by live nodes.")
+        for bad in final.get("offending", [])[:5]:
+            lines.append(f"Peer {bad['peer']}, round {bad['round']}: {'; '.join(bad['problems'])}.")
+    events = run.get("events", [])
+    killed = sum(len(e.get("peers", [])) for e in events if e["event"] == "died")
+    if killed:
+        lines[0] += (f" Faults injected: {_plural(killed, 'peer')} killed mid-round in all, "
+                     f"{sum(len(e.get('peers', [])) for e in events if e['event'] == 'restarted')} restarted.")
+    for r in rounds:
+        faults = _faults([e for e in events if e.get("round") == r["round"]])
+        attempts = r.get("attempts", [])
+        failed = [a for a in attempts if a.get("state") != "completed"]
+        text = (f"Round {r['round']}: {VERDICT_WORDS.get(r['check']['verdict'], r['check']['verdict'])}, "
+                f"{len(r.get('participants', []))} participants, {len(r.get('dropped', []))} dropped")
+        if r.get("wall_seconds") is not None:
+            text += f", {_seconds(r['wall_seconds'])}"
+        text += f", {_plural(len(attempts), 'attempt')}" if attempts else ""
+        if failed:
+            text += " (" + "; ".join(f"attempt {a['attempt']} {a.get('state')}: {a.get('abort_reason') or 'no reason given'}"
+                                     for a in failed) + ")"
+        faults_text = "; ".join(faults)
+        lines.append(text + "." + (f" {faults_text[0].upper()}{faults_text[1:]}." if faults else ""))
+    return lines
+
+
+# --- SVG helpers -----------------------------------------------------------------------------------
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def nice_ticks(top: float, count: int = 5) -> list[float]:
+    """Round tick values 0, step, 2 step, ... covering `top`, with step 1, 2 or 5 x 10^k."""
+    if top <= 0:
+        return [0.0, 1.0]
+    raw = top / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    return [i * step for i in range(math.ceil(top / step - 1e-9) + 1)]
+
+
+def _tick_label(value: float, unit: str) -> str:
+    if unit == "s":
+        return _seconds(value) if value else "0"
+    if unit == "B":
+        return _fmt_bytes(value).replace(".0 ", " ") if value else "0"
+    return f"{value:g}"
+
+
+def _svg(width: int, height: int, body: list[str]) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+            f'font-size="12">{"".join(body)}</svg>')
+
+
+def _x_axis(left: float, width: float, top: float, bottom: float, ticks: list[float], unit: str) -> list[str]:
+    parts = []
+    for t in ticks:
+        x = left + width * t / ticks[-1]
+        parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#e4e4e4"/>')
+        parts.append(f'<text x="{x:.1f}" y="{bottom + 15}" text-anchor="middle" fill="#555">{_esc(_tick_label(t, unit))}</text>')
+    return parts
+
+
+def phase_breakdown(run: dict[str, Any], width: int = 900) -> str:
+    """Each round's completed attempt as one bar split into its phases, on the longest round's scale."""
+    bars = []
+    for r in run.get("rounds", []):
+        done = [a for a in r.get("attempts", []) if a.get("state") == "completed" and a.get("phase_timings")]
+        if done:
+            timings = done[-1]["phase_timings"]
+            order = [p for p in PHASE_COLOURS if p in timings] + sorted(set(timings) - set(PHASE_COLOURS))
+            bars.append((f"round {r['round']}", {p: timings[p] for p in order}))
+    if not bars:
+        return '<p class="muted">No round completed, so there are no phase timings to draw.</p>'
+    ticks = nice_ticks(max(sum(p.values()) for _, p in bars))
+    left, row, top = 90, 30, 10
+    plot = width - left - 30
+    bottom = top + row * len(bars)
+    parts = _x_axis(left, plot, top, bottom, ticks, "s")
+    for i, (label, phases) in enumerate(bars):
+        y = top + i * row
+        parts.append(f'<text x="{left - 8}" y="{y + 19}" text-anchor="end">{_esc(label)}</text>')
+        x = left
+        for phase, seconds in phases.items():
+            w = plot * seconds / ticks[-1]
+            parts.append(f'<rect x="{x:.1f}" y="{y + 5}" width="{max(w, 0.5):.1f}" height="{row - 10}" '
+                         f'fill="{PHASE_COLOURS.get(phase, "#999")}"><title>{_esc(label)} {phase}: {_seconds(seconds)}</title></rect>')
+            if w > 46:
+                parts.append(f'<text x="{x + w / 2:.1f}" y="{y + 19}" text-anchor="middle" fill="white">{_seconds(seconds)}</text>')
+            x += w
+        parts.append(f'<text x="{x + 6:.1f}" y="{y + 19}" fill="#333">{_seconds(sum(phases.values()))}</text>')
+    legend = " ".join(f'<span class="key" style="background:{c}">{p}</span>' for p, c in PHASE_COLOURS.items())
+    return _svg(width, bottom + 24, parts) + f'<div class="legend">{legend}</div>'
+
+
+def bytes_distribution(run: dict[str, Any], width: int = 900) -> str:
+    """Bytes each node sent in each round: one dot per node (the coordinator in red), the median marked."""
+    rows = [(r["round"], r.get("coordinator"), r.get("bytes") or {}) for r in run.get("rounds", []) if r.get("bytes")]
+    if not rows:
+        return '<p class="muted">No byte counts recorded.</p>'
+    ticks = nice_ticks(max(b["sent"] for _, _, per in rows for b in per.values()))
+    left, row, top = 90, 34, 10
+    plot = width - left - 30
+    bottom = top + row * len(rows)
+    parts = _x_axis(left, plot, top, bottom, ticks, "B")
+    for i, (number, coordinator, per_node) in enumerate(rows):
+        y = top + i * row + row / 2
+        parts.append(f'<text x="{left - 8}" y="{y + 4}" text-anchor="end">round {number}</text>')
+        members = [b["sent"] for node, b in per_node.items() if str(node) != str(coordinator)]
+        if members:
+            median = statistics.median(members)
+            mx = left + plot * median / ticks[-1]
+            parts.append(f'<line x1="{mx:.1f}" y1="{y - 12}" x2="{mx:.1f}" y2="{y + 12}" stroke="#222" stroke-width="2">'
+                         f'<title>median of the other nodes: {_fmt_bytes(median)}</title></line>')
+        for j, (node, b) in enumerate(sorted(per_node.items(), key=lambda kv: str(kv[0]))):
+            is_coordinator = str(node) == str(coordinator)
+            x = left + plot * b["sent"] / ticks[-1]
+            jitter = ((j * 7) % 11 - 5) * 1.2  # spread equal values a little so each dot stays visible
+            parts.append(f'<circle cx="{x:.1f}" cy="{y + jitter:.1f}" r="4.5" fill-opacity="0.75" '
+                         f'fill="{COORDINATOR_COLOUR if is_coordinator else NODE_COLOUR}">'
+                         f'<title>node {_esc(node)}{" (coordinator)" if is_coordinator else ""}: sent {_fmt_bytes(b["sent"])}, '
+                         f'received {_fmt_bytes(b["received"])}</title></circle>')
+    legend = (f'<span class="dot" style="background:{NODE_COLOUR}"></span> a node '
+              f'<span class="dot" style="background:{COORDINATOR_COLOUR}"></span> the round\'s coordinator '
+              '<b>|</b> median of the nodes (nodes that dropped out are not shown)')
+    return _svg(width, bottom + 24, parts) + f'<div class="legend">{legend}</div>'
+
+
+def scatter(title: str, xlabel: str, ylabel: str, points: list[tuple[float, float, str]], unit: str,
+            width: int = 460, height: int = 300) -> str:
+    """A labelled scatter plot across runs; each point is (x, y, label)."""
+    left, bottom, top, right = 70, 40, 30, 20
+    xticks, yticks = nice_ticks(max(p[0] for p in points)), nice_ticks(max(p[1] for p in points))
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + pw * x / xticks[-1]
+
+    def sy(y: float) -> float:
+        return top + ph * (1 - y / yticks[-1])
+
+    parts = [f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{_esc(title)}</text>',
+             f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">{_esc(xlabel)}</text>',
+             f'<text x="14" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {top + ph / 2})">{_esc(ylabel)}</text>']
+    for yv in yticks:
+        parts.append(f'<line x1="{left}" y1="{sy(yv):.1f}" x2="{left + pw}" y2="{sy(yv):.1f}" stroke="#e4e4e4"/>')
+        parts.append(f'<text x="{left - 4}" y="{sy(yv) + 4:.1f}" text-anchor="end">{_esc(_tick_label(yv, unit))}</text>')
+    for xv in xticks:
+        parts.append(f'<text x="{sx(xv):.1f}" y="{top + ph + 14}" text-anchor="middle">{xv:g}</text>')
+    for x, y, label in points:
+        parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{NODE_COLOUR}"><title>{_esc(label)}</title></circle>')
+        parts.append(f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 6:.1f}">{_esc(label)}</text>')
+    return _svg(width, height, parts)
+
+
+def _run_table(run: dict[str, Any]) -> str:
+    head = ("<tr><th>round</th><th>result</th><th>time</th><th>attempts</th><th>coordinator</th><th>its CPU</th>"
+            "<th>participants</th><th>dropped</th><th>result spread</th><th title=\"median over the nodes\">sent/node</th>"
+            "<th title=\"median over the nodes\">received/node</th></tr>")
+    rows = []
+    for r in run.get("rounds", []):
+        sent = [b["sent"] for b in r.get("bytes", {}).values()]
+        received = [b["received"] for b in r.get("bytes", {}).values()]
+        reasons = "; ".join(f'{a["attempt"]}: {a["abort_reason"]}' for a in r.get("attempts", []) if a.get("abort_reason"))
+
+        def secs(value: Any) -> str:
+            return "-" if value is None else _seconds(value)
+
+        rows.append(
+            f'<tr><td>{r["round"]}</td><td class="{_esc(r["check"]["verdict"])}">{_esc(r["check"]["verdict"])}</td>'
+            f'<td>{secs(r.get("wall_seconds"))}</td><td title="{_esc(reasons)}">{len(r.get("attempts", []))}</td>'
+            f'<td>{_esc(r.get("coordinator"))}</td><td>{secs(r.get("coordinator_cpu_seconds"))}</td>'
+            f'<td>{len(r.get("participants", []))}</td><td>{len(r.get("dropped", []))}</td>'
+            f'<td>{secs(r.get("result_spread_seconds"))}</td>'
+            f'<td>{_fmt_bytes(statistics.median(sent)) if sent else "-"}</td>'
+            f'<td>{_fmt_bytes(statistics.median(received)) if received else "-"}</td></tr>')
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
 def _label(run: dict[str, Any]) -> str:
     c = run.get("config", {})
     return run.get("bench") or f'N={c.get("n")} d={c.get("d")}'
 
 
-def render_html(runs: list[dict[str, Any]]) -> str:
+def _across_runs(runs: list[dict[str, Any]]) -> str:
+    """Round time vs N and bytes vs d, one point per run: drawn only when there are several runs."""
+    if len(runs) < 2:
+        return ""
     latency = [(r["config"]["n"], s["round_wall_s_median"], _label(r)) for r in runs
                if (s := round_summary(r))["round_wall_s_median"] is not None]
-    per_node = [(r["config"]["d"], s["bytes_sent_per_node_median"] / 1e6, _label(r)) for r in runs
+    per_node = [(r["config"]["d"], s["bytes_sent_per_node_median"], _label(r)) for r in runs
                 if (s := round_summary(r))["bytes_sent_per_node_median"] is not None]
+    charts = [scatter("Round time vs N", "peers (N)", "median round time", latency, "s") if len(latency) > 1 else "",
+              scatter("Bytes sent per node vs d", "vector length (d)", "median sent per node and round", per_node, "B")
+              if len(per_node) > 1 else ""]
+    return f'<h2>Across {len(runs)} runs</h2><div class="charts">{"".join(charts)}</div>' if any(charts) else ""
+
+
+def render_html(runs: list[dict[str, Any]]) -> str:
     sections = []
     for run in runs:
         c = run.get("config", {})
-        status = "ok" if run.get("ok") else "FAILED"
-        events = "".join(f'<li>round {_esc(e.get("round"))}: {_esc(e["event"])} '
-                         f'{_esc({k: v for k, v in e.items() if k not in ("at", "round", "event")})}</li>'
-                         for e in run.get("events", []))
+        status = "passed" if run.get("ok") else "FAILED"
+        sentences = verdict(run)
         sections.append(
-            f'<h2>{_esc(_label(run))}: <span class="{status}">{status}</span></h2>'
-            f'<p>N={c.get("n")} peers in {c.get("processes")} processes, d={c.get("d")}, {c.get("rounds")} rounds, '
-            f'seed {run.get("seed")}, job {_esc(run.get("job_id"))}, start-up {run.get("startup_seconds")} s, '
-            f'final check: {_esc(run.get("final_check"))}</p>'
-            f'{timeline(run)}{_run_table(run)}'
-            + (f"<details><summary>{len(run.get('events', []))} fault events</summary><ul>{events}</ul></details>" if events else ""))
+            f'<section><h2>{_esc(_label(run))} <span class="badge {status}">{status}</span></h2>'
+            f'<p class="verdict {status}">{_esc(sentences[0])}</p>'
+            f'<ul class="rounds">{"".join(f"<li>{_esc(s)}</li>" for s in sentences[1:])}</ul>'
+            f'<p class="muted">{c.get("n")} peers in {c.get("processes")} processes, vector length {c.get("d")}, '
+            f'{c.get("rounds")} rounds, workload {_esc(run.get("workload", "vector"))}, seed {run.get("seed")}, '
+            f'job {_esc(run.get("job_id"))}, start-up {run.get("startup_seconds")} s.</p>'
+            f'<h3>Where each round spends its time</h3>{phase_breakdown(run)}'
+            f'<h3>Bytes each node sent per round</h3>{bytes_distribution(run)}'
+            f'<h3>Rounds</h3>{_run_table(run)}</section>')
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>netsim report</title>
 <style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-.exact, .ok {{ color: #2a7a2a; }} .mismatch, .missing, .split, .FAILED {{ color: #b00; font-weight: bold; }}
-.aborted {{ color: #a60; }} .muted {{ color: #888; }} .charts {{ display: flex; gap: 2em; flex-wrap: wrap; }}
+body {{ font-family: sans-serif; margin: 1.5em 2em; color: #222; max-width: 960px; }}
+h1 {{ margin-bottom: 0.2em; }} h3 {{ margin: 1.4em 0 0.3em; font-size: 1em; color: #444; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; white-space: nowrap; }}
+.verdict {{ font-size: 1.1em; padding: 0.6em 0.8em; border-radius: 4px; }}
+.verdict.passed {{ background: #e8f4e8; }} .verdict.FAILED {{ background: #fbe9e9; }}
+.badge {{ font-size: 0.7em; padding: 2px 8px; border-radius: 3px; color: white; vertical-align: middle; }}
+.badge.passed {{ background: #2a7a2a; }} .badge.FAILED {{ background: #b00; }}
+.exact {{ color: #2a7a2a; }} .mismatch, .missing, .split {{ color: #b00; font-weight: bold; }} .aborted {{ color: #a60; }}
+.muted {{ color: #777; }} .charts {{ display: flex; gap: 2em; flex-wrap: wrap; }}
+.legend {{ font-size: 0.85em; color: #444; margin: 0.2em 0 0 90px; }}
+.key {{ color: white; padding: 1px 6px; margin-right: 3px; }}
+.dot {{ display: inline-block; width: 9px; height: 9px; border-radius: 50%; margin-left: 6px; }}
+ul.rounds {{ margin: 0.4em 0; padding-left: 1.2em; }} ul.rounds li {{ margin: 0.2em 0; }}
 </style></head><body>
 <h1>netsim report</h1>
-<div class="charts">
-{scatter("Round latency vs N", "peers (N)", "median round wall time (s)", latency)}
-{scatter("Bytes sent per node vs d", "vector length (d)", "median MB sent per node per round", per_node)}
-</div>
+{_across_runs(runs)}
 {''.join(sections)}
 </body></html>
 """
