@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -29,9 +30,23 @@ jobs_app = typer.Typer(help="Jobs: submit, list, inspect, join, cancel and watch
 _FINAL_STATES: Final = ("completed", "cancelled", "failed")
 
 
+def _load_spec_file(path: Path) -> Any:
+    """A spec from JSON, or from TOML (.toml: the spec's configuration block as a [federation] table)."""
+    if path.suffix.lower() != ".toml":
+        return load_json_file(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"{path} is not valid TOML: {exc}") from None
+
+
 def build_spec(spec_file: Path | None, fields: dict[str, Any], settings: list[str]) -> dict[str, Any]:
     """The spec from ``--spec FILE``, then the field flags, then ``--set KEY=VALUE`` (dotted keys nest)."""
-    spec = load_json_file(spec_file) if spec_file is not None else {}
+    spec = _load_spec_file(spec_file) if spec_file is not None else {}
     if not isinstance(spec, dict):
         raise CliError(f"{spec_file}: a job spec must be a JSON object")
     spec.update({key: value for key, value in fields.items() if value is not None})
@@ -56,7 +71,7 @@ def build_spec(spec_file: Path | None, fields: dict[str, Any], settings: list[st
 @jobs_app.command("create")
 @friendly_errors
 def jobs_create(
-    spec_file: Annotated[Path | None, typer.Option("--spec", help="Job spec as a JSON file; flags override its fields.")] = None,
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="Job spec as a JSON or TOML file; flags override its fields.")] = None,
     kind: Annotated[str | None, typer.Option(help="Job kind, e.g. vector.")] = None,
     data: Annotated[str | None, typer.Option(help="Name of the local input each member contributes.")] = None,
     dimension: Annotated[int | None, typer.Option(help="Length of each input vector.")] = None,

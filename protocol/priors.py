@@ -8,6 +8,8 @@ Layout: the key space is declared in the job spec (`priors` section), never disc
     request_patterns  list of request hashes, or an int:  (P)
                       P hash buckets, bucket = SHA-256(hash) mod P
     carbon_regions    list of region names (default: regions)  (C)
+    min_sample_count  records with fewer samples stay on the node (default 0; the spec's
+                      aggregation.minimum_sample_size, protocol/spec_config.py)
 Every node builds the identical layout from the spec, so masked vectors line up coordinate by
 coordinate; data a node lacks is zeros, and entries outside the key space are skipped (they never
 leave the node). With explicit hashes there are no collisions. With buckets, patterns that collide
@@ -79,6 +81,7 @@ class PriorsLayout:
     max_count: int = 1_000_000
     max_score: float = 1e6
     max_carbon: float = 2_000.0
+    min_sample_count: int = 0  # records with fewer samples stay on the node (the spec's minimum_sample_size)
 
     @property
     def cells(self) -> int:
@@ -134,7 +137,7 @@ def parse_layout(raw: Any) -> PriorsLayout:
 def _parse_layout(text: str) -> PriorsLayout:
     raw = json.loads(text)
     known = {"models", "regions", "tiers", "request_patterns", "carbon_regions", "max_latency_ms", "max_count",
-             "max_score", "max_carbon"}
+             "max_score", "max_carbon", "min_sample_count"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ParameterError(f"priors.{unknown[0]}", f"unknown field (known: {', '.join(sorted(known))})")
@@ -162,6 +165,11 @@ def _parse_layout(text: str) -> PriorsLayout:
         if type(value) is not int or not 0 < value < 1 << 31:
             raise ParameterError("priors.max_count", f"must be a positive integer below 2^31, got {value!r}")
         caps["max_count"] = value
+    if "min_sample_count" in raw:
+        value = raw["min_sample_count"]
+        if type(value) is not int or not 0 <= value < 1 << 31:
+            raise ParameterError("priors.min_sample_count", f"must be a whole number in [0, 2^31), got {value!r}")
+        caps["min_sample_count"] = value
     return PriorsLayout(models, regions, tiers, patterns, buckets, carbon, **caps)
 
 
@@ -221,7 +229,7 @@ def encode(layout: PriorsLayout, payload: Any, where: str = "data", exact_counts
         samples = _number(entry, "sample_count", at)
         success, total, _ = model_counts(entry, at, layout.max_count)
         _unique(seen, ("model", model, region, tier), i, at, "models", "same model_id, region and quality_tier")
-        if model not in model_at or region not in region_at or tier not in tier_at:
+        if model not in model_at or region not in region_at or tier not in tier_at or samples < layout.min_sample_count:
             continue
         w = min(samples / WEIGHT_SAMPLES, 1.0)
         cap = layout.max_latency_ms
@@ -239,7 +247,7 @@ def encode(layout: PriorsLayout, payload: Any, where: str = "data", exact_counts
         recency = _number(entry, "recency_factor", at, high=1.0) if "recency_factor" in entry else 1.0
         _unique(seen, ("pattern", request_hash), i, at, "request_patterns", "same request_hash")
         slot = layout.pattern_index(request_hash)
-        if slot is None or model not in model_at:
+        if slot is None or model not in model_at or samples < layout.min_sample_count:
             continue
         score = min(confidence * samples * recency, layout.max_score) / layout.max_score
         index = layout.pattern_offset + slot * len(layout.models) + model_at[model]

@@ -65,6 +65,28 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def _spec_federation_block(path: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """The spec's `[federation]` table in a daemon's file: `enabled` is this node's join_policy
+    (true: auto, false: manual); the round and aggregation keys belong to a job (protocol/spec_config.py)."""
+    if "federation" not in values:
+        return values
+    values = dict(values)
+    section = values.pop("federation")
+    if not isinstance(section, dict):
+        raise ConfigError(path, "federation", "must be a table (the spec's federation block)")
+    for key, value in section.items():
+        if key != "enabled":
+            raise ConfigError(path, f"federation.{key}", "is a job setting: give it in the job spec's federation "
+                                                         "section (villagectl jobs create --spec FILE)")
+        if type(value) is not bool:
+            raise ConfigError(path, "federation.enabled", f"must be true or false, got {value!r}")
+        policy = "auto" if value else "manual"
+        if values.get("join_policy", policy) != policy:
+            raise ConfigError(path, "federation.enabled", f"{str(value).lower()} contradicts join_policy {values['join_policy']!r}")
+        values["join_policy"] = policy
+    return values
+
+
 def load_config(path: Path | None, overrides: dict[str, Any]) -> DaemonConfig:
     """Merge a TOML file (if any) with command-line overrides (which win)."""
     values: dict[str, Any] = {}
@@ -75,6 +97,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> DaemonConfig:
             raise ConfigError(path, "file", f"cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(path, "file", f"not valid TOML: {exc}") from None
+        values = _spec_federation_block(path, values)
         for key, value in values.items():
             if key not in _FIELD_TYPES:
                 raise ConfigError(path, key, f"unknown setting (known: {', '.join(sorted(_FIELD_TYPES))})")

@@ -38,6 +38,7 @@ from protocol.kinds import KINDS, InputError, dequantize_total, describe_input, 
 from protocol.membership import MemberRegistry, MembershipCertificate, decode_certificate, verify_revocations
 from protocol.policy import InputPolicy
 from protocol.priors import validate_round
+from protocol.spec_config import translate_job
 from protocol.wire import RoundContext
 from villaged.api import serve_api
 from villaged.config import DaemonConfig
@@ -997,7 +998,7 @@ class Daemon:
 
     async def create_job(self, spec: dict[str, object]) -> dict[str, object]:
         try:
-            parsed = JobSpec.from_dict(spec)
+            parsed = JobSpec.from_dict(translate_job(spec))  # the spec's federation block, in village's terms
         except ParameterError as exc:
             raise InvalidRequest(exc.field, exc.reason) from None
         except TypeError as exc:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from cli.errors import CliError
+from cli.jobs import build_spec
 from protocol.jobs import JobSpec
+from protocol.spec_config import translate_job
 from tests.cli.helpers import assert_one_line_error, villagectl
 from tests.villaged.fake_control import FakeControl
 
@@ -146,3 +151,17 @@ async def test_show_prints_the_privacy_guarantee_against_participants_and_outsid
         assert field in text
     assert "add or remove one client's vector" in text and "differential privacy" in text
     assert f"{plan.spent(2):.3g}" in text
+
+
+def test_spec_file_may_be_toml_with_the_specs_federation_table(tmp_path: Path) -> None:
+    path = tmp_path / "job.toml"
+    path.write_text('kind = "vector"\ndata = "stats"\ndimension = 4\n\n[federation]\nround_interval_minutes = 30\n'
+                    "max_round_duration_seconds = 300\n")
+    spec = build_spec(path, {"rounds": 2}, [])
+    assert spec == {"kind": "vector", "data": "stats", "dimension": 4, "rounds": 2,
+                    "federation": {"round_interval_minutes": 30, "max_round_duration_seconds": 300}}
+    parsed = JobSpec.from_dict(translate_job(spec))  # what villaged does with it
+    assert (parsed.round_interval, parsed.phase_timeout) == (1800.0, 60.0)
+    path.write_text("kind = \n")
+    with pytest.raises(CliError, match="job.toml is not valid TOML"):
+        build_spec(path, {}, [])
