@@ -258,6 +258,8 @@ async def test_a_node_that_was_down_fetches_the_results_it_missed_from_the_peers
     async with running_village(configs) as nodes:
         daemons = [d for d, _, _ in nodes]
         for i, daemon in enumerate(daemons):
+            # unchanged inputs summed without node 3 after round 0: its owner lets them be (see the next test)
+            await daemon.put_data_policy("stats", {"repeat": "allow"})
             await daemon.put_data("stats", [float(i)] * 8)
         job = await daemons[0].create_job(dict(SPEC, rounds=3, round_interval=3.0))
 
@@ -278,6 +280,33 @@ async def test_a_node_that_was_down_fetches_the_results_it_missed_from_the_peers
             got = await restarted.results(job["id"])
             assert [r["digest"] for r in got] == [r["digest"] for r in expected]
             nursery.cancel_scope.cancel()
+
+
+async def test_unchanged_inputs_are_not_summed_again_without_a_member_that_dropped(tmp_path: Path) -> None:
+    """Issue 15: with inputs unchanged between rounds, round 1's sum without node 3 minus round 0's sum with
+    it is node 3's input, for anyone who holds both results. The others refuse to sign round 1's survivor
+    set (the default policy, `repeat: same-survivors`), so round 1 releases nothing."""
+    configs = village_configs(tmp_path, 4)
+    async with running_village(configs) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        for i, daemon in enumerate(daemons):
+            await daemon.put_data("stats", [float(i)] * 8)
+        job = await daemons[0].create_job(dict(SPEC, rounds=2, round_interval=3.0, phase_timeout=2.0))
+        await wait_for_results(daemons, job["id"], 1, timeout=60)
+        nodes[3][2].cancel()  # node 3 goes down after round 0
+        others = daemons[:3]
+
+        async def round_1_given_up() -> bool:
+            states = [(await d.get_job(job["id"]))["state"] for d in others]
+            return "running" not in states
+
+        await wait_for(round_1_given_up, timeout=120)
+        for daemon in others:
+            assert await result_count(daemon, job["id"]) == 1  # round 0 only: no sum leaves node 3 out
+            version = daemon.store.local_input_version("stats")
+            assert version is not None and daemon.store.input_survivors("stats", version) is not None
+        reasons = [str(r.get("abort_reason")) for d in others for r in await d.rounds(job["id"]) if r["round"] == 1]
+        assert any("unchanged since it was summed with a different survivor set" in r for r in reasons), reasons
 
 
 async def test_a_node_that_missed_a_jobs_gossip_learns_it_from_a_peer_and_joins(tmp_path: Path) -> None:
