@@ -106,9 +106,9 @@ async def test_round_over_budget_is_not_started_and_the_count_survives_a_restart
         assert job is not None
         book.set_state("j1", "running")
         affordable = spec.noise_plan().affordable_releases()  # type: ignore[union-attr]
-        for _ in range(affordable):
+        for round_number in range(affordable):  # each round whose masked input left is a release
             assert book.budget_allows_round(job)
-            book.record_release("j1")
+            store.record_spent("j1", round_number, 0, time.time())
     with Store.open(tmp_path / "village.db") as store:
         book = JobBook(store, me, lambda member: True)
         job2: Job = book.jobs["j1"]
