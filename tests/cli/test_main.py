@@ -152,7 +152,8 @@ def test_every_command_has_help_with_an_example() -> None:
 
 def test_shell_completion() -> None:
     script = runner.invoke(app, ["--show-completion", "bash"], prog_name="villagectl")
-    assert script.exit_code == 0 and "complete -o default -F _villagectl_completion villagectl" in script.stdout
+    assert script.exit_code == 0, (script.output, script.exception)
+    assert "complete -o default -F _villagectl_completion villagectl" in script.stdout
     env = {"_VILLAGECTL_COMPLETE": "complete_bash", "COMP_WORDS": "villagectl jobs w", "COMP_CWORD": "2"}
     assert runner.invoke(app, [], prog_name="villagectl", env=env).stdout.split() == ["watch"]
 

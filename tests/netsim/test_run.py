@@ -56,16 +56,16 @@ def test_four_peers_two_rounds_exact_and_clean(tmp_path: Path, monkeypatch: pyte
 
 def test_check_catches_a_wrong_sum() -> None:
     """The checker itself: a result whose digest or values are off by one step is a mismatch."""
-    scenario = Scenario(RunConfig(n=2, d=3))
+    scenario = Scenario(RunConfig(n=3, d=3))  # rounds of two are refused: no quorum without the coordinator's vote
     scenario.spec(start_delay=1.0, round_interval=0.0)
-    scenario.workload.payloads = {"aa": [1, -2, 3], "bb": {"values": [4, 5, -6]}}
-    total, digest = scenario.expected(["aa", "bb"])
-    assert total.tolist() == [5.0, 3.0, -3.0]
-    good = {"participants": ["aa", "bb"], "digest": digest, "values": total.tolist(), "error_bound": 0.001}
+    scenario.workload.payloads = {"aa": [1, -2, 3], "bb": {"values": [4, 5, -6]}, "dd": [1, 1, 1]}
+    total, digest = scenario.expected(["aa", "bb", "dd"])
+    assert total.tolist() == [6.0, 4.0, -2.0]
+    good = {"participants": ["aa", "bb", "dd"], "digest": digest, "values": total.tolist(), "error_bound": 0.001}
     assert scenario.check_result(good) == []
-    assert scenario.check_result({**good, "participants": ["aa"]})  # wrong participant set
-    assert scenario.check_result({**good, "values": [5.0, 3.0, -2.0]})  # off by one
-    assert scenario.check_result({**good, "participants": ["aa", "cc"]})  # a stranger
+    assert scenario.check_result({**good, "participants": ["aa", "bb"]})  # wrong participant set
+    assert scenario.check_result({**good, "values": [6.0, 4.0, -1.0]})  # off by one
+    assert scenario.check_result({**good, "participants": ["aa", "bb", "cc"]})  # a stranger
 
 
 def test_client_killed_at_masked_round_completes_exactly() -> None:
