@@ -14,7 +14,7 @@ import nacl.signing
 import numpy as np
 import pytest
 
-from protocol import crypto, masking
+from protocol import crypto, masking, shamir
 from protocol.client import ClientPhase, ClientRound
 from protocol.coordinator import CoordinatorPhase
 from protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -340,6 +340,29 @@ def test_delivery_with_a_swapped_ciphertext_refused() -> None:
     assert "authentication" in error.reason
     assert cluster.clients[me].phase is ClientPhase.ABORTED
     assert all(e.message.KIND != "masked" for e in cluster.sent if e.sender == me)
+
+
+def test_an_authentic_share_outside_the_field_is_the_senders_error() -> None:
+    """Issue 15 item 7: a neighbour's out-of-range Shamir share raised a bare ValueError (logged as a
+    handler bug, blamed on nobody). It is a RemoteProtocolError naming the sender."""
+    cluster = Cluster(PARAMS, N)
+    held = cluster.run(until=CoordinatorPhase.MASKED)
+    me = cluster.ids[0]
+    [real] = [s for s in held if s.to == me]
+    delivery = decode(real.frame).message
+    assert isinstance(delivery, ShareDelivery)
+    liar = delivery.shares[0][0]
+    ctx = cluster.context.encode()
+    my_channel_key = decode(_advert_frames(cluster)[me]).message.channel_key  # type: ignore[attr-defined]
+    shared = crypto.x25519(cluster.clients[liar]._channel_secret, my_channel_key, me, "share")
+    too_large = shamir.PRIME.to_bytes(shamir.SHARE_BYTES, "big")
+    sealed = crypto.seal(masking.channel_key(shared, ctx, liar, me), too_large + too_large,
+                         masking.channel_aad(ctx, liar, me))
+    forged = ShareDelivery(((liar, sealed), *delivery.shares[1:]))
+    cluster.to_client(me, cluster.forge(forged))
+    [error] = cluster.client_errors[me]
+    assert error.peer == liar and "bad Shamir share" in error.reason
+    assert cluster.clients[me].phase is ClientPhase.ABORTED
 
 
 # --- lying about survivors ------------------------------------------------------------------------
