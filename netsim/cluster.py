@@ -188,7 +188,7 @@ class Cluster:
 
     def prepare(self) -> None:
         """Identities, certificates and fixed listen addresses for every peer."""
-        from villaged.identity import load_or_create_identity, member_id, peer_id_from_member_id  # imports libp2p
+        from villaged.transport import load_or_create_identity, member_id, peer_id_from_member_id  # imports libp2p
 
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "admin.seed").write_bytes(self.admin.seed)

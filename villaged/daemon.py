@@ -44,7 +44,6 @@ from villaged.api import serve_api
 from villaged.config import DaemonConfig
 from villaged.control import Conflict, InvalidRequest, NotFound
 from villaged.errors import ConfigError, RemoteRefusal, TransportError
-from villaged.identity import load_or_create_identity, member_id, peer_id_from_member_id, signing_key
 from villaged.job_sync import JobSync, JobSyncHooks
 from villaged.jobs import Job, JobBook, JobHooks, run_job
 from villaged.logging import log_round
@@ -52,7 +51,15 @@ from villaged.metrics import Metrics
 from villaged.results import ResultExchange, ResultHooks
 from villaged.rounds import ROUND_PROTOCOL, RoundDriver
 from villaged.store import ResultRecord, RoundRecord, Store, StoreError
-from villaged.transport import Node, TransportConfig, open_node
+from villaged.transport import (
+    Node,
+    TransportConfig,
+    load_or_create_identity,
+    member_id,
+    open_node,
+    peer_id_from_member_id,
+    signing_key,
+)
 from villaged.tree_push import push_down
 
 log = structlog.get_logger("villaged")

@@ -12,8 +12,8 @@ import typer
 
 from villaged.config import load_config
 from villaged.errors import VillagedError
-from villaged.identity import load_or_create_identity, member_id, peer_id_from_member_id
 from villaged.logging import configure_logging
+from villaged.transport import load_or_create_identity, member_id, peer_id_from_member_id
 
 app = typer.Typer(help="The village daemon: secure aggregation rounds with peers over libp2p.", no_args_is_help=True)
 

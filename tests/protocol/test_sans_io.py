@@ -14,27 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.imports import imported_modules
+
 PROTOCOL = Path(__file__).resolve().parents[2] / "protocol"
 FORBIDDEN = {"trio", "libp2p", "socket", "sqlite3", "time", "os", "random", "asyncio"}
 SOURCES = sorted(PROTOCOL.rglob("*.py"))
-
-
-def _imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module)
-            # `from os import path` and `from . import x` both handled; record `from x import y` as x.y too
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Call):
-            func = node.func
-            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-            if name in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
-                found.add(str(node.args[0].value))
-    return found
 
 
 def test_there_are_protocol_sources() -> None:
@@ -44,7 +28,7 @@ def test_there_are_protocol_sources() -> None:
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
 def test_no_forbidden_imports(path: Path) -> None:
-    bad = {m for m in _imported_modules(path) if m.split(".")[0] in FORBIDDEN}
+    bad = {m for m in imported_modules(path) if m.split(".")[0] in FORBIDDEN}
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 
@@ -54,7 +38,7 @@ def test_the_checker_sees_every_import_form(tmp_path: Path) -> None:
         "import os\nimport trio.lowlevel\nfrom time import monotonic\nimport importlib\n"
         "def f():\n    import socket\n    return importlib.import_module('sqlite3')\n"
     )
-    assert {m.split(".")[0] for m in _imported_modules(sample)} >= {"os", "trio", "time", "socket", "sqlite3"}
+    assert {m.split(".")[0] for m in imported_modules(sample)} >= {"os", "trio", "time", "socket", "sqlite3"}
 
 
 def test_importing_protocol_loads_no_io_modules() -> None:

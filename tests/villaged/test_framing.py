@@ -1,4 +1,4 @@
-"""Tests for villaged/framing.py and villaged/peer_limits.py, over an in-memory stream."""
+"""Tests for villaged/transport/framing.py and villaged/transport/limits.py, over an in-memory stream."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from libp2p.network.stream.exceptions import StreamEOF
 
 from villaged.errors import TransportError
-from villaged.framing import (
+from villaged.transport.framing import (
     HEADER,
     FrameTooLarge,
     error_reply,
@@ -16,7 +16,7 @@ from villaged.framing import (
     read_length,
     write_frame,
 )
-from villaged.peer_limits import PeerLimits
+from villaged.transport.limits import PeerLimits
 
 PEER = b"\x07" * 32
 

@@ -1,4 +1,4 @@
-"""Tests for villaged/identity.py: the key file and member id <-> peer id conversions."""
+"""Tests for villaged/transport/identity.py: the key file and member id <-> peer id conversions."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from libp2p.crypto.secp256k1 import create_new_key_pair as create_secp256k1_key_
 from libp2p.peer.id import ID
 
 from villaged.errors import ConfigError
-from villaged.identity import (
+from villaged.transport.identity import (
     KEY_FILE_NAME,
     load_or_create_identity,
     member_id,

@@ -12,7 +12,7 @@ from libp2p.kad_dht.utils import maybe_consume_signed_record as consume_dht_reco
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import create_signed_peer_record
 
-from villaged.libp2p_tuning import RecordMemo, dht_record_key
+from villaged.transport.tuning import RecordMemo, dht_record_key
 
 
 def closer_peer(record: bytes, peer_id: ID) -> Any:

@@ -24,7 +24,7 @@ from protocol.evidence import VerifiedResult, votes_digest
 from protocol.fanout import push_targets, tree_order
 from tests.villaged.nodes import network, wait_until
 from villaged.errors import RemoteRefusal
-from villaged.identity import member_id, signing_key
+from villaged.transport.identity import member_id, signing_key
 from villaged.metrics import Metrics
 from villaged.results import RESULT_PROTOCOL, RESULT_PUSH_PROTOCOL, ResultExchange, ResultHooks
 from villaged.transport import Node

@@ -19,7 +19,7 @@ from protocol.membership import AdminKeyPair, RevokedMember, issue_certificate, 
 from villaged.control import Conflict, InvalidRequest
 from villaged.daemon import ANNOUNCE_PROTOCOL, MEMBERSHIP_PROTOCOL, Daemon
 from villaged.errors import RemoteRefusal
-from villaged.identity import load_or_create_identity, member_id
+from villaged.transport.identity import load_or_create_identity, member_id
 from villaged.job_sync import JOB_SYNC_PROTOCOL
 from villaged.results import RESULT_PROTOCOL
 from villaged.rounds import ROUND_PROTOCOL

@@ -1,8 +1,8 @@
-"""Tests for villaged/stream_pool.py: which idle stream a request gets, and what must be closed."""
+"""Tests for villaged/transport/stream_pool.py: which idle stream a request gets, and what must be closed."""
 
 from __future__ import annotations
 
-from villaged.stream_pool import StreamPool
+from villaged.transport.stream_pool import StreamPool
 
 A, B = b"\x01" * 32, b"\x02" * 32
 

@@ -1,4 +1,4 @@
-"""Tests for villaged/transport.py over real libp2p hosts on 127.0.0.1 (real clock).
+"""Tests for villaged/transport/host.py over real libp2p hosts on 127.0.0.1 (real clock).
 
 Each test starts its own small network in this process. Timings printed with -s are the
 numbers quoted in the commit messages.
@@ -23,8 +23,8 @@ from protocol.errors import RemoteProtocolError
 from protocol.membership import AdminKeyPair, MemberRegistry, issue_certificate
 from tests.villaged.nodes import FAST, LOOPBACK, network, wait_until
 from villaged.errors import PeerDown, RemoteRefusal, TransportError
-from villaged.framing import HEADER, open_reply, read_exact, read_length
-from villaged.identity import member_id, peer_id_from_member_id
+from villaged.transport.framing import HEADER, open_reply, read_exact, read_length
+from villaged.transport.identity import member_id, peer_id_from_member_id
 from villaged.transport import TransportConfig, open_node
 
 pytestmark = pytest.mark.slow

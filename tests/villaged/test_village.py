@@ -22,7 +22,7 @@ from protocol.election import coordinator_for
 from protocol.fanout import push_targets, tree_order
 from protocol.jobs import JobSpec
 from protocol.membership import AdminKeyPair, issue_certificate
-from villaged.identity import load_or_create_identity, member_id
+from villaged.transport.identity import load_or_create_identity, member_id
 
 from villaged.control import NotFound
 from villaged.daemon import ANNOUNCE_PROTOCOL, Daemon

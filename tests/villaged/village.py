@@ -14,7 +14,7 @@ import trio
 from protocol.membership import AdminKeyPair, issue_certificate
 from villaged.config import DaemonConfig
 from villaged.daemon import Daemon, Started
-from villaged.identity import load_or_create_identity, member_id
+from villaged.transport.identity import load_or_create_identity, member_id
 
 
 def admit(admin: AdminKeyPair, data_dir: Path, lifetime: float = 3600) -> bytes:

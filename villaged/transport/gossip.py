@@ -17,7 +17,7 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.pubsub.pubsub import Pubsub
 
-from villaged.identity import member_id_from_peer_id
+from villaged.transport.identity import member_id_from_peer_id
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ import struct
 from typing import Protocol
 
 import trio
-import villaged.libp2p_logging  # noqa: F401, I001  (before any libp2p import)
 from libp2p.network.stream.exceptions import StreamError
 
 from villaged.errors import RemoteRefusal, TransportError

@@ -37,7 +37,7 @@ from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.network.swarm import Swarm
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
-from villaged.identity import peer_id_from_member_id
+from villaged.transport.identity import peer_id_from_member_id
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import os
 import stat
 from pathlib import Path
 
-import villaged.libp2p_logging  # noqa: F401, I001  (before any libp2p import)
 from libp2p.crypto.ed25519 import Ed25519PrivateKey, Ed25519PublicKey, create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key

@@ -11,7 +11,7 @@ DHT (discovery.py), gossipsub with a fixed 1 s heartbeat (gossip.py), every stre
 wrapped so no exception escapes into libp2p (one would end the whole trio run), and
 `host.close()` on the way out (leaving `host.run()` alone closes nothing).
 
-Reading order: framing.py (wire format), peer_limits.py, gossip.py, discovery.py.
+Reading order: framing.py (wire format), limits.py, gossip.py, discovery.py.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from protocol.errors import RemoteProtocolError
-from villaged.discovery import DiscoverySettings, DiscoveryState, maintain_peers, parse_bootstrap
+from villaged.transport.discovery import DiscoverySettings, DiscoveryState, maintain_peers, parse_bootstrap
 from villaged.errors import PeerDown, TransportError
-from villaged.framing import (
+from villaged.transport.framing import (
     HARD_MAX_FRAME,
     HEADER,
     REPLY_OK,
@@ -63,11 +63,11 @@ from villaged.framing import (
     read_length,
     write_frame,
 )
-from villaged.gossip import Gossip, GossipValidator
-from villaged.identity import member_id_from_peer_id, peer_id_from_member_id
-from villaged.libp2p_tuning import install as install_libp2p_tuning
-from villaged.peer_limits import PeerLimits
-from villaged.stream_pool import StreamPool
+from villaged.transport.gossip import Gossip, GossipValidator
+from villaged.transport.identity import member_id_from_peer_id, peer_id_from_member_id
+from villaged.transport.tuning import install as install_libp2p_tuning
+from villaged.transport.limits import PeerLimits
+from villaged.transport.stream_pool import StreamPool
 
 log = logging.getLogger(__name__)
 
@@ -751,7 +751,7 @@ def _build_host(keypair: KeyPair, config: TransportConfig) -> IHost:
         # The resource manager's extras cost CPU on every stream and can refuse a busy village
         # outright: its circuit breaker stops *all* connections for 60 s after 5 failed
         # acquisitions, and graceful degradation shrinks the stream limit under load.
-        # villaged bounds its peers itself (peer_limits.py); keep only the connection caps.
+        # villaged bounds its peers itself (limits.py); keep only the connection caps.
         resource_manager=new_resource_manager(
             enable_metrics=False,
             enable_circuit_breaker=False,
