@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from netsim.core import DROPOUT_PHASES, simulate_round, summarize
+from netsim.harness import DROPOUT_PHASES, simulate_round, summarize
 from protocol import crypto, masking
 from protocol.params import RoundParams
 

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import typer
 
 from netsim.bench import bench_core
-from netsim.core import DROPOUT_PHASES
+from netsim.harness import DROPOUT_PHASES
 
 app = typer.Typer(help="Spawn local village peers, inject faults, and check every result against the plaintext.", no_args_is_help=True)
 bench_app = typer.Typer(help="Standard workloads; each prints one JSON line.", no_args_is_help=True)

@@ -1,6 +1,6 @@
 """Tests for protocol/client.py: one client machine against honest and lying coordinators.
 
-The lying coordinator is the `Cluster` harness (tests/protocol/cluster.py): it runs the honest
+The lying coordinator is `RoundHarness` (netsim/harness.py): it runs the honest
 CoordinatorRound for the early phases, then signs its own forged frames with the coordinator key.
 Invariant under test (notes §1): an honest client reveals at most one kind of share of each w,
 once, and only after t holders of w signed the same U3.
@@ -26,7 +26,7 @@ from protocol.messages import (
 from protocol.params import RoundParams
 from protocol.wire import RoundContext, decode, encode
 
-from .cluster import Cluster
+from netsim.harness import RoundHarness
 
 PARAMS = RoundParams(dimension=8, bits=32, neighbours=4, threshold=3, min_survivors=3, phase_timeout=5.0)
 N = 8
@@ -39,21 +39,21 @@ def _request_for(sends: list[Send], member: bytes) -> UnmaskRequest:
     return message
 
 
-def _at_unmask(stop_at: dict[int, str] | None = None, seed: bytes = b"cluster") -> tuple[Cluster, list[Send]]:
-    cluster = Cluster(PARAMS, N, stop_at=stop_at, seed=seed)
+def _at_unmask(stop_at: dict[int, str] | None = None, seed: bytes = b"cluster") -> tuple[RoundHarness, list[Send]]:
+    cluster = RoundHarness(PARAMS, N, stop_at=stop_at, seed=seed)
     held = cluster.run(until=CoordinatorPhase.UNMASK)
     assert held, cluster.abort
     return cluster, held
 
 
-def _assert_refused(cluster: Cluster, member: bytes, match: str) -> None:
+def _assert_refused(cluster: RoundHarness, member: bytes, match: str) -> None:
     [error] = cluster.client_errors[member]
     assert match in error.reason
     assert cluster.clients[member].phase is ClientPhase.ABORTED
     assert cluster.unmask_messages_from(member) == []
 
 
-def _assert_never_both(cluster: Cluster) -> None:
+def _assert_never_both(cluster: RoundHarness) -> None:
     for owner, kinds in cluster.revealed().items():
         assert not kinds["seed"] & kinds["key"], "a client revealed both shares of one owner"
         t = cluster.params.threshold
@@ -64,7 +64,7 @@ def _assert_never_both(cluster: Cluster) -> None:
 
 
 def test_exact_outputs_of_an_honest_run() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     me = cluster.ids[0]
     client = cluster.clients[me]
     assert client.start(0.0) == [StartTimer("invite", 30.0)]
@@ -79,7 +79,7 @@ def test_exact_outputs_of_an_honest_run() -> None:
 
 
 def test_honest_round_finishes_with_every_client_done() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     cluster.run()
     assert cluster.result is not None
     assert np.array_equal(cluster.result.result.aggregate, cluster.expected_sum(cluster.ids))
@@ -102,7 +102,7 @@ def test_input_must_be_a_uint32_vector() -> None:
 def test_unmasking_uses_the_committed_shapes() -> None:
     # the masked input leaves as d little-endian uint32 words, masked mod 2^m
     params = RoundParams(dimension=8, bits=12, neighbours=4, threshold=3, min_survivors=3, phase_timeout=5.0)
-    cluster = Cluster(params, N)
+    cluster = RoundHarness(params, N)
     cluster.run()
     assert cluster.result is not None
     masked = [e.message.vector for e in cluster.sent if e.message.KIND == "masked"]
@@ -118,7 +118,7 @@ def test_unmasking_uses_the_committed_shapes() -> None:
 
 @pytest.mark.parametrize("phase", ["invite", "advertise", "share", "masked", "consistency"])
 def test_timer_of_the_current_phase_aborts_coordinator_silent(phase: str) -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     me = cluster.ids[0]
     client = cluster.clients[me]
     sends = cluster.start()
@@ -145,7 +145,7 @@ def test_timer_of_the_current_phase_aborts_coordinator_silent(phase: str) -> Non
 
 
 def test_timers_after_done_are_ignored() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     cluster.run()
     client = cluster.clients[cluster.ids[0]]
     assert client.phase is ClientPhase.DONE
@@ -158,7 +158,7 @@ def test_timers_after_done_are_ignored() -> None:
 
 
 def test_frames_from_anyone_but_the_coordinator_are_rejected_without_state_change() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     me, other = cluster.ids[0], cluster.ids[1]
     invite = Invite(tuple(sorted(cluster.ids)), PARAMS)
     impostor = encode(cluster.context, invite, cluster.key_of[other])
@@ -172,14 +172,14 @@ def test_frames_from_anyone_but_the_coordinator_are_rejected_without_state_chang
 
 
 def test_out_of_order_message_aborts() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     me = cluster.ids[0]
     cluster.to_client(me, cluster.forge(SurvivorList(tuple(sorted(cluster.ids)))))
     _assert_refused(cluster, me, "unexpected survivors")
 
 
 def test_coordinator_abort_message_ends_the_round() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     me = cluster.ids[0]
     assert cluster.to_client(me, cluster.forge(Abort("bye"))) == []
     assert cluster.client_events[me] == [RoundAborted(cluster.context, "invite", "coordinator aborted: bye")]
@@ -195,7 +195,7 @@ def test_coordinator_abort_message_ends_the_round() -> None:
     ],
 )
 def test_unsafe_or_mismatched_invite_refused(change: dict[str, int], match: str) -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     me = cluster.ids[0]
     fields = {f: getattr(PARAMS, f) for f in ("dimension", "bits", "neighbours", "threshold", "min_survivors", "phase_timeout")}
     fields.update(change)
@@ -205,7 +205,7 @@ def test_unsafe_or_mismatched_invite_refused(change: dict[str, int], match: str)
 
 
 def test_invite_without_this_node_or_with_strangers_refused() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     me = cluster.ids[0]
     others = tuple(sorted(cluster.ids[1:]))
     cluster.to_client(me, cluster.forge(Invite(others, PARAMS)))
@@ -222,18 +222,18 @@ def test_invite_without_this_node_or_with_strangers_refused() -> None:
 # --- key exchange ------------------------------------------------------------------------------------
 
 
-def _at_keys(cluster: Cluster) -> list[Send]:
+def _at_keys(cluster: RoundHarness) -> list[Send]:
     held = cluster.run(until=CoordinatorPhase.SHARE)
     assert held
     return held
 
 
-def _advert_frames(cluster: Cluster) -> dict[bytes, bytes]:
+def _advert_frames(cluster: RoundHarness) -> dict[bytes, bytes]:
     return {e.sender: e.frame for e in cluster.sent if isinstance(e.message, AdvertiseKeys)}
 
 
 def test_bundle_must_echo_our_own_keys() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     _at_keys(cluster)
     me = cluster.ids[0]
     adverts = _advert_frames(cluster)
@@ -243,7 +243,7 @@ def test_bundle_must_echo_our_own_keys() -> None:
 
 
 def test_bundle_with_a_non_neighbour_refused() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     _at_keys(cluster)
     me = cluster.ids[0]
     adverts = _advert_frames(cluster)
@@ -255,7 +255,7 @@ def test_bundle_with_a_non_neighbour_refused() -> None:
 
 @pytest.mark.parametrize("u", [0, 1, 2**255 - 20])
 def test_neighbour_with_a_low_order_channel_key_is_refused(u: int) -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     _at_keys(cluster)
     me = cluster.ids[0]
     bad = min(cluster.graph.neighbours(me))
@@ -272,7 +272,7 @@ def test_neighbour_with_a_low_order_channel_key_is_refused(u: int) -> None:
 
 
 def test_neighbours_reusing_keys_refused() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     _at_keys(cluster)
     me = cluster.ids[0]
     a, b = sorted(cluster.graph.neighbours(me))[:2]
@@ -286,7 +286,7 @@ def test_neighbours_reusing_keys_refused() -> None:
 def test_too_few_live_neighbours_is_a_clean_abort_not_an_error() -> None:
     # Regression: an honest coordinator relaying fewer than t-1 neighbours' keys made the client *raise*
     # RemoteProtocolError; a count below t is a normal outcome, reported as RoundAborted (errors.py).
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     me = cluster.ids[0]
     # drop all but one neighbour of `me` before they advertise
     neighbours = sorted(cluster.graph.neighbours(me))
@@ -301,7 +301,7 @@ def test_too_few_live_neighbours_is_a_clean_abort_not_an_error() -> None:
 
 
 def test_too_few_neighbours_sharing_is_a_clean_abort() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     me = cluster.ids[0]
     neighbours = sorted(cluster.graph.neighbours(me))
     cluster.stop_at = {v: "share" for v in neighbours[1:]}
@@ -313,7 +313,7 @@ def test_too_few_neighbours_sharing_is_a_clean_abort() -> None:
 
 
 def test_delivery_from_a_non_neighbour_refused() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     held = cluster.run(until=CoordinatorPhase.MASKED)
     me = cluster.ids[0]
     stranger = next(m for m in cluster.ids if m != me and m not in cluster.graph.neighbours(me))
@@ -327,7 +327,7 @@ def test_delivery_from_a_non_neighbour_refused() -> None:
 
 def test_delivery_with_a_swapped_ciphertext_refused() -> None:
     # AAD binds (sender, recipient): a share sealed for a different pair fails authentication.
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     held = cluster.run(until=CoordinatorPhase.MASKED)
     me = cluster.ids[0]
     [real] = [s for s in held if s.to == me]
@@ -345,7 +345,7 @@ def test_delivery_with_a_swapped_ciphertext_refused() -> None:
 def test_an_authentic_share_outside_the_field_is_the_senders_error() -> None:
     """Issue 15 item 7: a neighbour's out-of-range Shamir share raised a bare ValueError (logged as a
     handler bug, blamed on nobody). It is a RemoteProtocolError naming the sender."""
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     held = cluster.run(until=CoordinatorPhase.MASKED)
     me = cluster.ids[0]
     [real] = [s for s in held if s.to == me]
@@ -368,8 +368,8 @@ def test_an_authentic_share_outside_the_field_is_the_senders_error() -> None:
 # --- lying about survivors ------------------------------------------------------------------------
 
 
-def _at_survivors(stop_at: dict[int, str] | None = None) -> tuple[Cluster, list[Send]]:
-    cluster = Cluster(PARAMS, N, stop_at=stop_at)
+def _at_survivors(stop_at: dict[int, str] | None = None) -> tuple[RoundHarness, list[Send]]:
+    cluster = RoundHarness(PARAMS, N, stop_at=stop_at)
     held = cluster.run(until=CoordinatorPhase.CONSISTENCY)
     assert held, cluster.abort
     return cluster, held
@@ -384,7 +384,7 @@ def test_survivor_list_omitting_this_client_refused() -> None:
 
 
 def test_survivor_list_naming_a_neighbour_that_never_shared_refused() -> None:
-    probe = Cluster(PARAMS, N)
+    probe = RoundHarness(PARAMS, N)
     me = probe.ids[0]
     quiet = min(probe.graph.neighbours(me))
     cluster, held = _at_survivors(stop_at={probe.ids.index(quiet): "share"})
@@ -446,7 +446,7 @@ def test_request_naming_the_receiver_as_dropped_when_it_is_not_in_u3_is_refused(
 
 
 def test_request_naming_a_non_neighbour_as_dropped_is_refused() -> None:
-    probe = Cluster(PARAMS, N)
+    probe = RoundHarness(PARAMS, N)
     me = probe.ids[0]
     far = next(m for m in probe.ids if m != me and m not in probe.graph.neighbours(me))
     cluster, held = _at_unmask(stop_at={probe.ids.index(far): "masked"})  # far really dropped after sharing
@@ -457,7 +457,7 @@ def test_request_naming_a_non_neighbour_as_dropped_is_refused() -> None:
 
 
 def test_request_with_repeated_dropped_ids_is_refused_without_revealing() -> None:
-    probe = Cluster(PARAMS, N)
+    probe = RoundHarness(PARAMS, N)
     me = probe.ids[0]
     w = min(probe.graph.neighbours(me))
     cluster, held = _at_unmask(stop_at={probe.ids.index(w): "masked"})
@@ -515,7 +515,7 @@ def test_repeated_votes_do_not_count_twice() -> None:
 
 
 def test_a_second_request_after_an_answer_gives_no_more_shares() -> None:
-    probe = Cluster(PARAMS, N)
+    probe = RoundHarness(PARAMS, N)
     me = probe.ids[0]
     w = min(probe.graph.neighbours(me))
     cluster, held = _at_unmask(stop_at={probe.ids.index(w): "masked"})
@@ -533,7 +533,7 @@ def test_a_second_request_after_an_answer_gives_no_more_shares() -> None:
 
 
 def test_honest_unmask_answer_is_exactly_what_the_invariant_allows() -> None:
-    probe = Cluster(PARAMS, N)
+    probe = RoundHarness(PARAMS, N)
     me = probe.ids[0]
     w = min(probe.graph.neighbours(me))
     gone = max(probe.graph.neighbours(me))  # never shared: nothing at all about it
@@ -549,10 +549,10 @@ def test_honest_unmask_answer_is_exactly_what_the_invariant_allows() -> None:
 # --- the split view: half of w's neighbours told "w dropped", half "w survived" -----------------------
 
 
-def _split_view_attack(group_b: frozenset[bytes], w_index: int = 0) -> Cluster:
+def _split_view_attack(group_b: frozenset[bytes], w_index: int = 0) -> RoundHarness:
     """The spy shows U3 to everyone but `group_b`, which sees U3 - {w}; then it asks every client for the
     most it can: B for w's key share (w "dropped"), the rest for w's seed share."""
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     w = cluster.ids[w_index]
     held = cluster.run(until=CoordinatorPhase.CONSISTENCY)
     assert held
@@ -575,7 +575,7 @@ def _split_view_attack(group_b: frozenset[bytes], w_index: int = 0) -> Cluster:
 
 
 def _splits() -> list[frozenset[bytes]]:
-    probe = Cluster(PARAMS, N)
+    probe = RoundHarness(PARAMS, N)
     neighbours = sorted(probe.graph.neighbours(probe.ids[0]))
     return [frozenset(c) for r in range(len(neighbours) + 1) for c in itertools.combinations(neighbours, r)]
 
@@ -602,7 +602,7 @@ def test_split_view_never_yields_both_secrets_of_w(group_b: frozenset[bytes]) ->
 
 
 def test_split_view_with_an_even_split_makes_b_refuse_at_the_consistency_check() -> None:
-    probe = Cluster(PARAMS, N)
+    probe = RoundHarness(PARAMS, N)
     neighbours = sorted(probe.graph.neighbours(probe.ids[0]))
     group_b = frozenset(neighbours[: len(neighbours) // 2])
     cluster = _split_view_attack(group_b)
@@ -627,7 +627,7 @@ def _honest_holder_splits() -> list[frozenset[int]]:
 def test_a_participating_coordinator_signing_both_lists_never_gets_both_secrets(b_indexes: frozenset[int]) -> None:
     """Issue 15 attack 1: the coordinator (participant 0) shows U3 to the victim and group A and U3 - {victim}
     to group B, signs both lists itself, and adds its own shares to each side. Its vote must not count."""
-    cluster = Cluster(SMALL, 5, coordinator_index=0)
+    cluster = RoundHarness(SMALL, 5, coordinator_index=0)
     coordinator, victim = cluster.ids[0], cluster.ids[1]
     group_b = {cluster.ids[i] for i in b_indexes}
     assert cluster.run(until=CoordinatorPhase.CONSISTENCY)
@@ -661,7 +661,7 @@ def test_a_participating_coordinator_signing_both_lists_never_gets_both_secrets(
 
 
 def test_an_honest_round_with_a_participating_coordinator_still_finishes() -> None:
-    cluster = Cluster(SMALL, 5, coordinator_index=0)
+    cluster = RoundHarness(SMALL, 5, coordinator_index=0)
     cluster.run()
     assert cluster.result is not None
     assert np.array_equal(cluster.result.result.aggregate, cluster.expected_sum(cluster.ids))
@@ -670,9 +670,9 @@ def test_an_honest_round_with_a_participating_coordinator_still_finishes() -> No
 def test_unchanged_input_signs_only_the_survivor_set_it_was_summed_with() -> None:
     """A coordinator that drops one member from the second sum of unchanged inputs learns that member's
     input (the difference); a client whose input is unchanged refuses to sign another survivor set."""
-    probe = Cluster(SMALL, 5)
+    probe = RoundHarness(SMALL, 5)
     earlier = masking.member_set_digest(frozenset(probe.ids))
-    cluster = Cluster(SMALL, 5)
+    cluster = RoundHarness(SMALL, 5)
     me, victim = cluster.ids[0], cluster.ids[1]
     cluster.clients[me] = ClientRound(cluster.context, cluster.key_of[me], cluster.coordinator_id, cluster.inputs[me],
                                       crypto.DeterministicRandom(b"me"), same_survivors_as=earlier)
@@ -681,7 +681,7 @@ def test_unchanged_input_signs_only_the_survivor_set_it_was_summed_with() -> Non
     event = cluster.client_events[me][-1]
     assert isinstance(event, RoundAborted) and "unchanged" in event.reason
     # the same set is signed as usual
-    again = Cluster(SMALL, 5)
+    again = RoundHarness(SMALL, 5)
     again.clients[me] = ClientRound(again.context, again.key_of[me], again.coordinator_id, again.inputs[me],
                                     crypto.DeterministicRandom(b"me"), same_survivors_as=earlier)
     again.run()
@@ -693,8 +693,8 @@ def test_unchanged_input_signs_only_the_survivor_set_it_was_summed_with() -> Non
 
 @pytest.mark.parametrize("later", [RoundContext("cluster-job", 5, 0), RoundContext("cluster-job", 4, 1), RoundContext("other", 4, 0)])
 def test_invite_of_another_round_or_attempt_refused(later: RoundContext) -> None:
-    old = Cluster(PARAMS, N)
-    new = Cluster(PARAMS, N, context=later)
+    old = RoundHarness(PARAMS, N)
+    new = RoundHarness(PARAMS, N, context=later)
     me = new.ids[0]
     [old_invite] = [s for s in old.start() if s.to == me]
     new.to_client(me, old_invite.frame)
@@ -703,7 +703,7 @@ def test_invite_of_another_round_or_attempt_refused(later: RoundContext) -> None
 
 
 def test_every_coordinator_frame_of_attempt_a_is_refused_in_attempt_a_plus_1() -> None:
-    old = Cluster(PARAMS, N)
+    old = RoundHarness(PARAMS, N)
     sends = old.start()
     frames: list[Send] = list(sends)
     # record every frame the coordinator sends in attempt a
@@ -714,17 +714,17 @@ def test_every_coordinator_frame_of_attempt_a_is_refused_in_attempt_a_plus_1() -
     mine = [s.frame for s in frames if s.to == me]
     assert [decode(f).message.KIND for f in mine] == ["invite", "keys", "delivery", "survivors", "unmask_request"]
     for frame in mine:
-        new = Cluster(PARAMS, N, context=RoundContext("cluster-job", 4, 1))
+        new = RoundHarness(PARAMS, N, context=RoundContext("cluster-job", 4, 1))
         new.to_client(me, frame)
         _assert_refused(new, me, "expected")
 
 
 def test_relayed_adverts_of_an_earlier_attempt_refused() -> None:
     # The coordinator re-signs an old KeyBundle: the inner AdvertiseKeys frames carry the old context.
-    old = Cluster(PARAMS, N)
+    old = RoundHarness(PARAMS, N)
     [*_] = old.run(until=CoordinatorPhase.SHARE)
     old_adverts = _advert_frames(old)
-    new = Cluster(PARAMS, N, context=RoundContext("cluster-job", 4, 1))
+    new = RoundHarness(PARAMS, N, context=RoundContext("cluster-job", 4, 1))
     new.run(until=CoordinatorPhase.SHARE)
     me = new.ids[0]
     new_adverts = _advert_frames(new)
@@ -739,7 +739,7 @@ def test_votes_of_an_earlier_attempt_refused() -> None:
     old, old_held = _at_unmask()
     me = old.ids[0]
     old_votes = _request_for(old_held, me).signatures
-    new = Cluster(PARAMS, N, context=RoundContext("cluster-job", 4, 1))
+    new = RoundHarness(PARAMS, N, context=RoundContext("cluster-job", 4, 1))
     held = new.run(until=CoordinatorPhase.UNMASK)
     request = _request_for(held, me)
     new.to_client(me, new.forge(UnmaskRequest(old_votes, request.dropped)))
@@ -748,10 +748,10 @@ def test_votes_of_an_earlier_attempt_refused() -> None:
 
 def test_fresh_keys_per_attempt() -> None:
     # Same members, same (persistent) randomness sources, two attempts: no X25519 public key repeats.
-    first = Cluster(PARAMS, N, context=RoundContext("cluster-job", 4, 0))
+    first = RoundHarness(PARAMS, N, context=RoundContext("cluster-job", 4, 0))
     randoms = {m: first.clients[m]._random for m in first.ids}
     first.run()
-    second = Cluster(PARAMS, N, context=RoundContext("cluster-job", 4, 1), randoms=randoms)
+    second = RoundHarness(PARAMS, N, context=RoundContext("cluster-job", 4, 1), randoms=randoms)
     second.run()
     assert first.result is not None and second.result is not None
     keys = []
@@ -764,7 +764,7 @@ def test_fresh_keys_per_attempt() -> None:
 
 
 def test_a_finished_client_cannot_be_reused_for_another_attempt() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     cluster.run()
     me = cluster.ids[0]
     again = cluster.forge(Invite(tuple(sorted(cluster.ids)), PARAMS))
@@ -774,6 +774,6 @@ def test_a_finished_client_cannot_be_reused_for_another_attempt() -> None:
 
 def test_unmask_shares_message_type_is_what_the_spy_records() -> None:
     # sanity of the harness: the spy decodes every UnmaskShares an honest run sends
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     cluster.run()
     assert sum(isinstance(e.message, UnmaskShares) for e in cluster.sent) == N

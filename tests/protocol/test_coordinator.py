@@ -18,7 +18,7 @@ from protocol.messages import (
 from protocol.params import RoundParams
 from protocol.wire import RoundContext, decode, encode
 
-from .cluster import Cluster
+from netsim.harness import RoundHarness
 
 PARAMS = RoundParams(dimension=8, bits=32, neighbours=4, threshold=3, min_survivors=3, phase_timeout=5.0)
 N = 8
@@ -31,15 +31,15 @@ def _snapshot(c: CoordinatorRound) -> tuple[Any, ...]:
     )
 
 
-def _collecting(phase: CoordinatorPhase, stop_at: dict[int, str] | None = None) -> tuple[Cluster, list[bytes]]:
+def _collecting(phase: CoordinatorPhase, stop_at: dict[int, str] | None = None) -> tuple[RoundHarness, list[bytes]]:
     """A cluster whose coordinator is collecting `phase`, with every client's answer for it in hand."""
-    cluster = Cluster(PARAMS, N, stop_at=stop_at)
+    cluster = RoundHarness(PARAMS, N, stop_at=stop_at)
     sends = cluster.start() if phase is CoordinatorPhase.ADVERTISE else cluster.run(until=phase)
     assert cluster.coordinator.phase is phase
     return cluster, cluster.deliver(sends)
 
 
-def _finish(cluster: Cluster, frames: list[bytes], sends: list[Send] | None = None) -> None:
+def _finish(cluster: RoundHarness, frames: list[bytes], sends: list[Send] | None = None) -> None:
     """Feed the remaining client frames and route honestly (with `sends` still to deliver) to the end;
     the sum must be exact."""
     sends = list(sends or [])
@@ -55,7 +55,7 @@ def _finish(cluster: Cluster, frames: list[bytes], sends: list[Send] | None = No
 
 
 def test_start_invites_every_participant_and_starts_the_timer() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     *sends, timer = cluster.coordinator.start(0.0)
     assert timer == StartTimer("advertise", PARAMS.phase_timeout)
     assert sorted(s.to for s in sends) == sorted(cluster.ids)
@@ -106,7 +106,7 @@ def test_masked_vector_of_the_wrong_length_rejected(words: int) -> None:
 
 def test_masked_words_beyond_the_modulus_rejected() -> None:
     params = RoundParams(dimension=8, bits=16, neighbours=4, threshold=3, min_survivors=3, phase_timeout=5.0)
-    cluster = Cluster(params, N)
+    cluster = RoundHarness(params, N)
     frames = cluster.deliver(cluster.run(until=CoordinatorPhase.MASKED))
     sender = decode(frames[0]).sender
     bad = encode(cluster.context, MaskedInput(np.full(8, 1 << 16, dtype="<u4").tobytes()), cluster.key_of[sender])
@@ -201,7 +201,7 @@ def test_message_of_the_wrong_kind_rejected_but_stragglers_ignored() -> None:
 
 
 def test_sender_that_skipped_a_phase_rejected() -> None:
-    cluster = Cluster(PARAMS, N, stop_at={0: "share"})
+    cluster = RoundHarness(PARAMS, N, stop_at={0: "share"})
     frames = cluster.deliver(cluster.run(until=CoordinatorPhase.MASKED))
     skipper = cluster.ids[0]
     forged = encode(cluster.context, MaskedInput(bytes(32)), cluster.key_of[skipper])
@@ -214,10 +214,10 @@ def test_sender_that_skipped_a_phase_rejected() -> None:
     "later", [RoundContext("cluster-job", 5, 0), RoundContext("cluster-job", 4, 1), RoundContext("cluster-job", 3, 0)]
 )
 def test_frames_of_another_round_or_attempt_rejected(later: RoundContext) -> None:
-    old = Cluster(PARAMS, N)
+    old = RoundHarness(PARAMS, N)
     old.run()
     assert old.result is not None
-    new = Cluster(PARAMS, N, context=later)
+    new = RoundHarness(PARAMS, N, context=later)
     sends = new.start()
     for env in old.sent:  # every kind of frame from the old round, in the new round's first phase
         before = _snapshot(new.coordinator)
@@ -229,12 +229,12 @@ def test_frames_of_another_round_or_attempt_rejected(later: RoundContext) -> Non
     assert np.array_equal(new.result.result.aggregate, new.expected_sum(new.ids))
 
 
-def _first_t_xs(cluster: Cluster, order: list[bytes], owner: bytes) -> tuple[int, ...]:
+def _first_t_xs(cluster: RoundHarness, order: list[bytes], owner: bytes) -> tuple[int, ...]:
     holders = [s for s in order if s in cluster.graph.holders(owner)]
     return tuple(cluster.graph.x_of(owner, h) for h in holders[: PARAMS.threshold])
 
 
-def _tamper(cluster: Cluster, frames: list[bytes], kind: str, owner: bytes, how: str) -> list[bytes]:
+def _tamper(cluster: RoundHarness, frames: list[bytes], kind: str, owner: bytes, how: str) -> list[bytes]:
     """Re-sign one holder's UnmaskShares with a bad share of `owner` and put it first."""
     envelopes = [decode(f) for f in frames]
     victim = next(e for e in envelopes if owner in dict(getattr(e.message, f"{kind}_shares")))
@@ -292,7 +292,7 @@ def test_bad_key_share_gives_a_clean_abort_never_a_wrong_sum(how: str, reason: s
 
 
 def test_abort_is_announced_to_every_participant() -> None:
-    cluster = Cluster(PARAMS, N, stop_at={i: "advertise" for i in range(N - 2)})
+    cluster = RoundHarness(PARAMS, N, stop_at={i: "advertise" for i in range(N - 2)})
     sends = cluster.deliver(cluster.start())
     for frame in sends:
         cluster.to_coordinator(frame)
@@ -305,7 +305,7 @@ def test_abort_is_announced_to_every_participant() -> None:
 
 
 def test_stale_and_terminal_timers_are_ignored() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     sends = cluster.start()
     for name in ("share", "masked", "consistency", "unmask", "done", "aborted", "bogus"):
         assert cluster.coordinator.timer_fired(name, 1.0) == []
@@ -314,7 +314,7 @@ def test_stale_and_terminal_timers_are_ignored() -> None:
     assert cluster.result is not None and cluster.coordinator.phase is CoordinatorPhase.DONE
     for name in ("advertise", "unmask", "done", "aborted"):  # regression: "done" raised KeyError
         assert cluster.coordinator.timer_fired(name, 1e6) == []
-    aborted = Cluster(PARAMS, N, stop_at={i: "advertise" for i in range(N)})
+    aborted = RoundHarness(PARAMS, N, stop_at={i: "advertise" for i in range(N)})
     aborted.run()
     assert aborted.abort is not None
     assert aborted.coordinator.timer_fired("aborted", 1e6) == []
@@ -358,7 +358,7 @@ def test_a_lost_peer_is_not_waited_for_and_the_sum_stays_exact(phase: Coordinato
         sends += cluster.to_coordinator(frame)
     if phase is not CoordinatorPhase.UNMASK:  # unmask may close early anyway: every secret has t shares
         assert cluster.coordinator.phase is phase  # still waiting for the lost peer's answer
-    sends += cluster._from_coordinator(cluster.coordinator.peer_lost(lost, cluster.now))
+    sends += cluster.peer_lost(lost)
     assert cluster.coordinator.phase is not phase, "closed without waiting for the timeout"
     for frame in mine:  # the peer turns up after all: a straggler, ignored
         assert cluster.to_coordinator(frame) == []
@@ -368,7 +368,7 @@ def test_a_lost_peer_is_not_waited_for_and_the_sum_stays_exact(phase: Coordinato
 
 
 def test_losing_a_stranger_or_a_peer_after_the_end_changes_nothing() -> None:
-    cluster = Cluster(PARAMS, N)
+    cluster = RoundHarness(PARAMS, N)
     cluster.start()
     assert cluster.coordinator.peer_lost(crypto.sha256(b"stranger"), 0.0) == []
     cluster.run()

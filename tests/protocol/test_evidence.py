@@ -1,6 +1,6 @@
 """protocol/evidence.py: a real round's result passes; every kind of planted or tampered result is
 refused, naming the signer and the reason. The evidence comes from real client and coordinator
-machines (tests/protocol/cluster.py); the attacks forge only with keys an attacker would hold."""
+machines (netsim/harness.py); the attacks forge only with keys an attacker would hold."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from protocol.evidence import VerifiedResult, announcement_of, check_claim, veri
 from protocol.jobs import JobSpec
 from protocol.messages import ConsistencySignature
 from protocol.wire import RoundContext, encode
-from tests.protocol.cluster import CONTEXT, Cluster, member_keys
+from netsim.harness import CONTEXT, RoundHarness, member_keys
 
 N, D = 8, 16
 SPEC = JobSpec.from_dict({"kind": "vector", "data": "stats", "dimension": D, "rounds": 6, "min_participants": 4,
                           "max_participants": N, "neighbours": 4})
-KEYS = member_keys(N)
+KEYS = member_keys(N, b"cluster")  # RoundHarness's default seed
 IDS = [bytes(k.verify_key) for k in KEYS]
 KEY_OF = dict(zip(IDS, KEYS))
 ROSTER = sorted(IDS)
@@ -31,7 +31,7 @@ ELECTED = coordinator_for(CONTEXT.job_id, CONTEXT.round, CONTEXT.attempt, ROSTER
 
 def run_round(stop_at: dict[int, str] | None = None) -> RoundResult:
     """A genuine round among the roster, coordinated by the member the election names."""
-    cluster = Cluster(SPEC.round_params(N), N, keys=KEYS, stop_at=stop_at, coordinator_index=IDS.index(ELECTED))
+    cluster = RoundHarness(SPEC.round_params(N), N, keys=KEYS, stop_at=stop_at, coordinator_index=IDS.index(ELECTED))
     cluster.run()
     assert cluster.result is not None, cluster.abort
     return cluster.result.result

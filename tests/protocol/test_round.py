@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from netsim.core import DROPOUT_PHASES, make_members, simulate_round
+from netsim.harness import DROPOUT_PHASES, member_keys, simulate_round
 from protocol import crypto
 from protocol.graph import NeighbourGraph
 from protocol.params import RoundParams
@@ -33,7 +33,7 @@ class Prediction:
 
 
 def predict(params: RoundParams, n: int, dropouts: dict[int, str], seed: bytes = b"netsim") -> Prediction:
-    ids = [crypto.member_id_of(k) for k in make_members(n, seed)]
+    ids = [crypto.member_id_of(k) for k in member_keys(n, seed)]
     graph = NeighbourGraph(ids, params.neighbours, SIM_CONTEXT.encode())
     stop = {ids[i]: phase for i, phase in dropouts.items()}
     t, ms = params.threshold, params.min_survivors
@@ -143,7 +143,7 @@ def test_no_dropouts_finishes_with_everyone() -> None:
 def test_one_dropout_in_each_phase(phase: str) -> None:
     prediction = check(PARAMS, 10, {3: phase})
     assert prediction.finishes
-    ids = [crypto.member_id_of(k) for k in make_members(10)]
+    ids = [crypto.member_id_of(k) for k in member_keys(10, b"netsim")]
     # before sending its masked input a client is out of the sum; after, it is in (its seed is rebuilt)
     assert (ids[3] in prediction.survivors) == (phase in ("consistency", "unmask"))
 
@@ -160,7 +160,7 @@ def test_min_survivors_respected() -> None:
 
 
 def _neighbour_indices(n: int, member: int, k: int) -> list[int]:
-    ids = [crypto.member_id_of(key) for key in make_members(n)]
+    ids = [crypto.member_id_of(key) for key in member_keys(n, b"netsim")]
     graph = NeighbourGraph(ids, k, SIM_CONTEXT.encode())
     return sorted(ids.index(v) for v in graph.neighbours(ids[member]))
 
@@ -177,7 +177,7 @@ def test_fewer_than_t_live_neighbours_is_a_clean_abort_never_a_wrong_sum(phase: 
 def test_client_with_too_few_neighbours_stops_cleanly_and_the_rest_can_finish() -> None:
     # Regression for the client fix: a client whose neighbours dropped before advertising used to raise out of
     # simulate_round; now it stops with RoundAborted and the round goes on without it when the others can.
-    ids = [crypto.member_id_of(k) for k in make_members(10)]
+    ids = [crypto.member_id_of(k) for k in member_keys(10, b"netsim")]
     nb = _neighbour_indices(10, 0, 4)
     finished = 0
     for gone in itertools.combinations(nb, 3):

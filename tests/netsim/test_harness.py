@@ -1,4 +1,4 @@
-"""Tests for netsim/core.py: the in-process round simulation the protocol tests rely on."""
+"""Tests for netsim/harness.py: the in-memory round harness behind `netsim bench core` (the protocol tests use its spy)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from netsim.core import DROPOUT_PHASES, make_members, random_inputs, simulate_round, summarize
+from netsim.harness import DROPOUT_PHASES, member_keys, random_inputs, simulate_round, summarize
 from protocol import crypto
 from protocol.params import RoundParams
 from protocol.wire import RoundContext
@@ -49,7 +49,7 @@ def test_phase_timer_advances_virtual_time_only_when_someone_is_silent() -> None
 
 
 def test_explicit_inputs_and_context_are_used() -> None:
-    ids = [crypto.member_id_of(k) for k in make_members(5)]
+    ids = [crypto.member_id_of(k) for k in member_keys(5, b"netsim")]
     inputs = {m: np.full(16, i, dtype=np.uint32) for i, m in enumerate(ids)}
     outcome = simulate_round(PARAMS, 5, inputs=inputs, context=RoundContext("j", 9, 2))
     assert outcome.result is not None
@@ -58,7 +58,7 @@ def test_explicit_inputs_and_context_are_used() -> None:
 
 
 def test_random_inputs_respect_the_modulus() -> None:
-    ids = [crypto.member_id_of(k) for k in make_members(3)]
+    ids = [crypto.member_id_of(k) for k in member_keys(3, b"netsim")]
     for bits in (1, 8, 32):
         for vector in random_inputs(ids, 64, bits, b"x").values():
             assert vector.dtype == np.uint32 and int(vector.max()) < 1 << bits
