@@ -91,8 +91,6 @@ _RUNNING_ANNOUNCE_PERIOD = 60.0
 _CERTIFICATE_CHECK_PERIOD = 60.0
 _CERTIFICATE_WARNING = 86_400.0
 _WARNING_GAP = 3600.0
-#: The store's meta row holding the newest admin-signed revocation list (hex).
-_REVOCATIONS_META = "revocations"
 
 
 @dataclass(frozen=True)
@@ -316,7 +314,7 @@ class Daemon:
     def _stored_result(self, job_id: str, round_number: int) -> tuple[bytes, bytes, tuple[bytes, ...]] | None:
         """The coordinator's signed announcement, the aggregate and the votes, as this node stored them."""
         found = self.store.get_result(job_id, round_number)
-        return None if found is None else (found.signature, found.aggregate, found.votes)
+        return None if found is None else (found.signed_announcement, found.aggregate, found.votes)
 
     async def _fetch_result(self, job: Job, round_number: int) -> bool:
         assert self._results is not None
@@ -413,14 +411,13 @@ class Daemon:
 
     def _load_revocations(self) -> None:
         """Adopt the revocation list kept in the store (before any stored certificate is admitted)."""
-        stored = self.store.get_meta(_REVOCATIONS_META)
+        stored = self.store.revocation_list()
         if stored is None:
             return
         try:
-            self.registry.apply_revocations(bytes.fromhex(stored))
-        except (ValueError, RemoteProtocolError) as exc:
-            reason = exc.reason if isinstance(exc, RemoteProtocolError) else "not hex"
-            raise ConfigError(self.store.path, "meta.revocations", reason) from None
+            self.registry.apply_revocations(stored)
+        except RemoteProtocolError as exc:
+            raise ConfigError(self.store.path, "revocation_list", exc.reason) from None
 
     def _held_revocations(self) -> tuple[int, bytes] | None:
         held = self.registry.revocations
@@ -438,7 +435,7 @@ class Daemon:
             raise
         if adopted is None:
             return False
-        self.store.set_meta(_REVOCATIONS_META, listed.hex())
+        self.store.put_revocation_list(listed)
         log.warning("revocations_adopted", serial=adopted.serial, revoked=[r.member_id.hex()[:16] for r in adopted.revoked],
                     source=source)
         if self._node is not None and self._nursery is not None:
@@ -605,7 +602,7 @@ class Daemon:
         stored = self.store.put_result(ResultRecord(
             job_id=announcement.job_id, round=announcement.round, attempt=announcement.attempt,
             coordinator=result.coordinator, aggregate=result.aggregate, participants=announcement.survivors,
-            dropped=announcement.dropped, signature=record, received_at=time.time(), votes=result.votes,
+            dropped=announcement.dropped, signed_announcement=record, received_at=time.time(), votes=result.votes,
         ))
         if stored == "stored":
             self._export_prior_metrics(announcement.job_id)
@@ -692,11 +689,11 @@ class Daemon:
         return b"ok"
 
     def _active_jobs(self) -> dict[str, bool]:
-        return {j.id: j.roster is not None for j in self.book.jobs.values() if j.state in ("pending", "running")}
+        return {j.id: j.roster is not None for j in self.book.active_jobs()}
 
     def _roster_overdue(self) -> bool:
         now = time.time()
-        return any(j.roster is None and j.state == "pending" and now > j.start_at for j in self.book.jobs.values())
+        return any(j.roster is None and j.state == "pending" and now > j.start_at for j in self.book.active_jobs())
 
     def _records_for(self, job_id: str, with_job: bool) -> list[bytes]:
         """A job's creator-signed announcement (if `with_job`) and roster, for job sync."""
@@ -958,9 +955,14 @@ class Daemon:
         while True:
             await trio.sleep(self.config.announce_interval)
             now = time.time()
-            for job in list(self.book.jobs.values()):
-                if job.creator != self.me or job.state not in ("pending", "running"):
-                    schedule.pop(job.id, None)
+            for job_id in self.book.forget_ended(now):  # the signed records of jobs long over go too
+                self._job_records.pop(job_id, None)
+                self._roster_records.pop(job_id, None)
+            active = self.book.active_jobs()
+            for job_id in schedule.keys() - {job.id for job in active}:
+                del schedule[job_id]
+            for job in active:
+                if job.creator != self.me:
                     continue
                 due, gap = schedule.get(job.id, (now, self.config.announce_interval))
                 if now < due:

@@ -36,7 +36,8 @@ from protocol.policy import DEFAULT_PARTICIPANT_FLOOR, InputPolicy
 from protocol.wire import RoundContext
 from villaged.metrics import Metrics
 from villaged.rounds import RoundDriver, RoundTracker
-from villaged.store import JobRecord, RoundRecord, Store
+from villaged.job_table import RETENTION, JobTable
+from villaged.store import JobRecord, JobState, RoundRecord, Store
 
 log = structlog.get_logger("villaged.jobs")
 
@@ -59,7 +60,7 @@ class Job:
     spec: JobSpec
     creator: bytes
     created_at: float
-    state: str
+    state: JobState
     members: set[bytes] = field(default_factory=set)  # who joined
     roster: tuple[bytes, ...] | None = None  # the creator's frozen member list, once known
     roster_known: trio.Event = field(default_factory=trio.Event)
@@ -77,35 +78,47 @@ class JobBook:
     """The jobs this node knows, their members, and its own inputs (the round driver's directory)."""
 
     def __init__(self, store: Store, me: bytes, is_member: Callable[[bytes], bool],
-                 participant_floor: int = DEFAULT_PARTICIPANT_FLOOR, metrics: Metrics | None = None) -> None:
+                 participant_floor: int = DEFAULT_PARTICIPANT_FLOOR, metrics: Metrics | None = None,
+                 retention: float = RETENTION) -> None:
         self._store = store
         self.metrics = metrics or Metrics()
         self.me = me
         self._is_member = is_member
         self.participant_floor = participant_floor  # fewest participants a round with this node's input may have
-        self.jobs: dict[str, Job] = {}
-        self._encoded: dict[str, tuple[float, np.ndarray]] = {}  # job id -> (input version, encoded input)
+        self.jobs = JobTable(store, self._load, retention)
+        self._encoded: dict[str, tuple[float, np.ndarray]] = {}  # active job id -> (input version, encoded input)
+        now = time.time()
         for record in store.list_jobs():
-            job = self._from_record(record)
-            job.members = set(store.job_members(record.id))
-            roster = store.get_meta(f"roster/{record.id}")
-            if roster is not None:
-                job.roster = tuple(bytes.fromhex(m) for m in roster.split(",") if m)
-                job.roster_known.set()
-            self.jobs[record.id] = job
+            ended = record.state not in ("pending", "running")
+            if not ended or now - record.updated_at <= retention:
+                self.jobs.hold(self._load(record), record.updated_at if ended else None)
 
-    @staticmethod
-    def _from_record(record: JobRecord) -> Job:
-        return Job(record.id, JobSpec.from_dict(record.spec), record.creator, record.created_at, record.state)
+    def _load(self, record: JobRecord) -> Job:
+        job = Job(record.id, JobSpec.from_dict(record.spec), record.creator, record.created_at, record.state)
+        job.members = set(self._store.job_members(record.id))
+        if record.roster is not None:
+            job.roster = record.roster
+            job.roster_known.set()
+        return job
 
     def add_job(self, job_id: str, spec: JobSpec, creator: bytes, created_at: float) -> Job | None:
-        """Remember a job; returns it if it was new."""
+        """Remember a job; returns it if it was new (not held, nor in the store)."""
         if job_id in self.jobs:
             return None
         record = JobRecord(job_id, spec.to_dict(), creator, "pending", created_at, time.time())
         self._store.put_job(record)
-        job = self.jobs[job_id] = self._from_record(record)
+        job = self._load(record)
+        self.jobs.hold(job)
         return job
+
+    def active_jobs(self) -> list[Job]:
+        """The jobs that are pending or running (what the periodic scans look at)."""
+        return self.jobs.active()
+
+    def forget_ended(self, now: float) -> list[str]:
+        """Let go of the jobs that ended more than the retention window ago (they stay in the store);
+        returns their ids, for the caches keyed by job elsewhere."""
+        return self.jobs.forget_ended(now)
 
     def add_member(self, job_id: str, member: bytes) -> bool:
         job = self.jobs.get(job_id)
@@ -123,15 +136,22 @@ class JobBook:
         if len(members) > job.spec.max_participants:
             log.warning("roster_refused", job=job_id, members=len(members), max_participants=job.spec.max_participants)
             return False
-        self._store.set_meta(f"roster/{job_id}", ",".join(m.hex() for m in members))
+        self._store.set_roster(job_id, members)
         job.roster = members
         job.roster_known.set()
         return True
 
-    def set_state(self, job_id: str, state: str) -> None:
+    def set_state(self, job_id: str, state: JobState) -> None:
         job = self.jobs[job_id]
         job.state = state
-        self._store.set_job_state(job_id, state, time.time())  # type: ignore[arg-type]
+        now = time.time()
+        self._store.set_job_state(job_id, state, now)
+        self._ended(job_id, state, now)
+
+    def _ended(self, job_id: str, state: JobState, now: float) -> None:
+        if state not in ("pending", "running"):
+            self.jobs.ended(job_id, now)
+            self._encoded.pop(job_id, None)  # an ended job takes no input
 
     def check_input(self, job: Job) -> np.ndarray:
         """This node's float input for `job` (read-only); raises InputError saying what is wrong with it.
@@ -279,12 +299,16 @@ class JobBook:
         return plan is None or plan.spent(self.privacy_releases(job.id) + 1) <= plan.budget_epsilon
 
     def end_reason(self, job_id: str) -> str | None:
-        return self._store.get_meta(f"job_end_reason/{job_id}")
+        record = self._store.get_job(job_id)
+        return None if record is None else record.end_reason
 
-    def finish(self, job_id: str, reason: str, state: str = "completed") -> None:
+    def finish(self, job_id: str, reason: str, state: JobState = "completed") -> None:
         """End a job, remembering why it ended before its last round."""
-        self._store.set_meta(f"job_end_reason/{job_id}", reason)
-        self.set_state(job_id, state)
+        job = self.jobs[job_id]
+        job.state = state
+        now = time.time()
+        self._store.end_job(job_id, state, reason, now)
+        self._ended(job_id, state, now)
 
 
 

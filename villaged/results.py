@@ -28,6 +28,7 @@ from protocol.errors import AuthenticationError, RemoteProtocolError
 from protocol.evidence import VerifiedResult
 from protocol.fanout import depth, tree_order
 from villaged.errors import TransportError
+from villaged.job_table import RETENTION
 from villaged.metrics import Metrics
 from villaged.transport import Node
 from villaged.tree_push import push_down
@@ -80,9 +81,13 @@ class ResultExchange:
     def __init__(self, node: Node, nursery: trio.Nursery, hooks: ResultHooks, metrics: Metrics, me: bytes) -> None:
         self._node, self._nursery, self._hooks, self._metrics, self._me = node, nursery, hooks, metrics, me
         self._jitter = random.Random()  # spreads fetches in time (not for secrets)
-        self._forwarded: set[tuple[str, int, int]] = set()  # attempts whose result this node pushed on (once each)
-        self._arrivals: dict[tuple[str, int], trio.Event] = {}  # set (and dropped) when a round's result is kept
-        self._awaiting: set[tuple[str, int]] = set()  # rounds whose push this node waits for (one waiter each)
+        # Attempts whose result this node pushed on (once each) -> when (trio time, in order): kept for
+        # `RETENTION`, far beyond the last copy of a push that can still be on its way.
+        self._forwarded: dict[tuple[str, int, int], float] = {}
+        # Rounds whose push this node waits for (one waiter each, `_fetch_when_overdue`), and the event
+        # set when the round's result is kept; both go when the wait ends, however it ends.
+        self._awaiting: set[tuple[str, int]] = set()
+        self._arrivals: dict[tuple[str, int], trio.Event] = {}
         # A fetch carries the asker's certificate (it may be new here); a push comes from a member.
         node.serve(RESULT_PROTOCOL, self._serve_fetch, max_request=_MAX_FETCH, max_request_nonmember=_MAX_FETCH)
         node.serve(RESULT_PUSH_PROTOCOL, self._serve_push)
@@ -95,11 +100,20 @@ class ResultExchange:
         key = (body.job_id, body.round, body.attempt)
         if key in self._forwarded:
             return
-        self._forwarded.add(key)
+        self._forget_forwarded_before(trio.current_time() - RETENTION)
+        self._forwarded[key] = trio.current_time()
         order = self._tree(body, coordinator)
         push_down(self._node, self._nursery, RESULT_PUSH_PROTOCOL,
                   msgpack.packb([record, result.aggregate, list(result.votes)]), order, coordinator,
                   frozenset(order) - frozenset(body.dropped), "result")
+
+    def _forget_forwarded_before(self, cutoff: float) -> None:
+        """Drop the oldest entries of `_forwarded` (it is in push order) up to `cutoff`."""
+        while self._forwarded:
+            oldest = next(iter(self._forwarded))
+            if self._forwarded[oldest] >= cutoff:
+                return
+            del self._forwarded[oldest]
 
     def _tree(self, body: ResultAnnouncement, coordinator: bytes) -> list[bytes]:
         return tree_order(body.job_id, self._hooks.roster(body.job_id) or [coordinator, *body.survivors])
@@ -169,6 +183,7 @@ class ResultExchange:
                 gap = min(2 * gap, _FETCH_GAP_MAX)
         finally:
             self._awaiting.discard(key)
+            self._arrivals.pop(key, None)
 
     async def _collect(self, body: ResultAnnouncement, author: bytes) -> None:
         """A node outside the tree waits a random moment (so that they do not all ask at once) and

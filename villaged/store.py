@@ -1,7 +1,7 @@
 """villaged's durable state: one SQLite file, ``data_dir/village.db``.
 
-What lives here: identity metadata (``meta``), membership certificates, jobs, rounds with their
-phase timings, results, and the local inputs a node contributes. The round driver follows the
+What lives here: membership certificates and the revocation list, jobs (with their roster and why
+they ended), rounds with their phase timings, results, and the local inputs a node contributes. The round driver follows the
 "save state, then send" rule (notes/style.md §2): it commits here before any message that
 depends on the commit leaves the node.
 
@@ -19,7 +19,8 @@ Durability choices:
 Schema changes are an ordered list of migrations; ``PRAGMA user_version`` records how many have
 been applied. Each migration runs in one transaction together with its version bump, so a crash
 in the middle of an upgrade leaves the previous version intact. Never edit a released migration:
-append a new one.
+append a new one. A migration step is SQL, or a function of the connection when rows must be
+rewritten in Python (this SQLite has no ``unhex``).
 
 Not thread-safe: use one `Store` from one thread at a time (e.g. behind a
 ``trio.CapacityLimiter(1)`` when calling it through ``trio.to_thread.run_sync``).
@@ -32,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,8 +74,33 @@ class StoreError(VillagedError):
     """
 
 
-# Ordered; index i holds the statements that take the schema from version i to i + 1.
-MIGRATIONS: Final[Sequence[Sequence[str]]] = (
+def _move_meta_into_columns(db: sqlite3.Connection) -> None:
+    """Version 6 -> 7: the strings that lived in ``meta`` move into typed columns, and ``meta`` goes.
+
+    ``roster/<job>`` (comma-separated hex ids) -> ``jobs.roster`` (the ids concatenated, in order);
+    ``job_end_reason/<job>`` -> ``jobs.end_reason``; ``revocations`` (hex) -> ``revocation_list``;
+    ``privacy_releases/<job>`` (the release counter of villaged before ``spent_rounds``) ->
+    ``jobs.releases_before_spent_rounds``, so that an old node's budget still counts them. Rows of
+    jobs this node no longer stores are dropped with the table.
+    """
+    for key, value in db.execute("SELECT key, value FROM meta").fetchall():
+        kind, _, job_id = key.partition("/")
+        if kind == "roster":
+            ids = b"".join(bytes.fromhex(m) for m in value.split(",") if m)
+            db.execute("UPDATE jobs SET roster = ? WHERE id = ?", (ids, job_id))
+        elif kind == "job_end_reason":
+            db.execute("UPDATE jobs SET end_reason = ? WHERE id = ?", (value, job_id))
+        elif kind == "privacy_releases":
+            db.execute("UPDATE jobs SET releases_before_spent_rounds = ? WHERE id = ?", (int(value), job_id))
+        elif key == "revocations":
+            db.execute("INSERT INTO revocation_list (id, list) VALUES (1, ?)", (bytes.fromhex(value),))
+    db.execute("DROP TABLE meta")
+
+
+MigrationStep = str | Callable[[sqlite3.Connection], None]
+
+# Ordered; index i holds the steps that take the schema from version i to i + 1.
+MIGRATIONS: Final[Sequence[Sequence[MigrationStep]]] = (
     (
         """CREATE TABLE meta (
             key TEXT PRIMARY KEY,
@@ -182,6 +208,21 @@ MIGRATIONS: Final[Sequence[Sequence[str]]] = (
             PRIMARY KEY (job_id, round)
         ) STRICT""",
     ),
+    (
+        # The job's roster as the creator froze it (member ids concatenated, in the creator's order;
+        # NULL until it is known) and why the job ended before its last round.
+        "ALTER TABLE jobs ADD COLUMN roster BLOB CHECK (length(roster) % 32 = 0)",
+        "ALTER TABLE jobs ADD COLUMN end_reason TEXT",
+        "ALTER TABLE jobs ADD COLUMN releases_before_spent_rounds INTEGER NOT NULL DEFAULT 0",
+        # The newest revocation list this node adopted, as the admin signed it (one row).
+        """CREATE TABLE revocation_list (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            list BLOB NOT NULL
+        ) STRICT""",
+        _move_meta_into_columns,
+        # The results column holds the coordinator's whole signed result announcement, not a signature.
+        "ALTER TABLE results RENAME COLUMN signature TO signed_announcement",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -201,6 +242,8 @@ class JobRecord:
     state: JobState
     created_at: float
     updated_at: float
+    roster: tuple[bytes, ...] | None = None  # the creator's frozen member list, once known
+    end_reason: str | None = None  # why the job ended before its last round
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +274,7 @@ class ResultRecord:
     aggregate: bytes
     participants: tuple[bytes, ...]
     dropped: tuple[bytes, ...]
-    signature: bytes
+    signed_announcement: bytes  # the coordinator's signed ResultAnnouncement record, served with the aggregate
     received_at: float
     votes: tuple[bytes, ...] = ()  # the consistency votes that show the attempt ran (none before issue #15)
 
@@ -335,23 +378,25 @@ class Store:
             )
         for version in range(current, SCHEMA_VERSION):
             with self._transaction() as db:
-                for statement in MIGRATIONS[version]:
-                    db.execute(statement)
+                for step in MIGRATIONS[version]:
+                    if isinstance(step, str):
+                        db.execute(step)
+                    else:
+                        step(db)
                 # user_version is part of the database header, so it commits atomically with the DDL.
                 db.execute(f"PRAGMA user_version = {version + 1}")
 
-    # -- meta --------------------------------------------------------------------------------
+    # -- revocations -------------------------------------------------------------------------
 
-    def set_meta(self, key: str, value: str) -> None:
+    def put_revocation_list(self, listed: bytes) -> None:
+        """Keep the revocation list this node adopted (as the admin signed it), replacing the held one."""
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+            db.execute("INSERT INTO revocation_list (id, list) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET list = excluded.list",
+                       (listed,))
 
-    def get_meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+    def revocation_list(self) -> bytes | None:
+        row = self._db.execute("SELECT list FROM revocation_list WHERE id = 1").fetchone()
+        return None if row is None else bytes(row[0])
 
     # -- members -----------------------------------------------------------------------------
 
@@ -391,10 +436,6 @@ class Store:
         rows = self._db.execute("SELECT member_id, addresses FROM peer_addresses")
         return {bytes(m): [str(a) for a in json.loads(addrs)] for m, addrs in rows}
 
-    def delete_expired_members(self, now: float) -> int:
-        with self._transaction() as db:
-            return db.execute("DELETE FROM members WHERE expires_at <= ?", (now,)).rowcount
-
     # -- jobs --------------------------------------------------------------------------------
 
     def put_job(self, job: JobRecord) -> bool:
@@ -403,21 +444,20 @@ class Store:
         spec = json.dumps(job.spec, sort_keys=True, allow_nan=False)
         with self._transaction() as db:
             cursor = db.execute(
-                "INSERT INTO jobs (id, spec, creator, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(id) DO NOTHING",
-                (job.id, spec, job.creator, job.state, job.created_at, job.updated_at),
+                "INSERT INTO jobs (id, spec, creator, state, created_at, updated_at, roster, end_reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+                (job.id, spec, job.creator, job.state, job.created_at, job.updated_at,
+                 None if job.roster is None else b"".join(job.roster), job.end_reason),
             )
             return cursor.rowcount == 1
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        row = self._db.execute(
-            "SELECT id, spec, creator, state, created_at, updated_at FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
+        row = self._db.execute(_JOB_SELECT + " WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _job_from_row(row)
 
     def list_jobs(self, state: JobState | None = None) -> list[JobRecord]:
         """Jobs oldest first, optionally only those in ``state``."""
-        query = "SELECT id, spec, creator, state, created_at, updated_at FROM jobs"
+        query = _JOB_SELECT
         params: tuple[str, ...] = ()
         if state is not None:
             query += " WHERE state = ?"
@@ -431,6 +471,22 @@ class Store:
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (state, updated_at, job_id)
             )
+            if cursor.rowcount == 0:
+                raise StoreError(f"no job {job_id!r} in {self.path}")
+
+    def set_roster(self, job_id: str, members: Sequence[bytes]) -> None:
+        """Keep the job's frozen roster. Raises StoreError if the job is unknown."""
+        _check_member_ids(members)
+        with self._transaction() as db:
+            if db.execute("UPDATE jobs SET roster = ? WHERE id = ?", (b"".join(members), job_id)).rowcount == 0:
+                raise StoreError(f"no job {job_id!r} in {self.path}")
+
+    def end_job(self, job_id: str, state: JobState, reason: str, updated_at: float) -> None:
+        """Set a job's final state and why it ended before its last round, in one commit."""
+        _check_state("job", state, JOB_STATES)
+        with self._transaction() as db:
+            cursor = db.execute("UPDATE jobs SET state = ?, end_reason = ?, updated_at = ? WHERE id = ?",
+                                (state, reason, updated_at, job_id))
             if cursor.rowcount == 0:
                 raise StoreError(f"no job {job_id!r} in {self.path}")
 
@@ -514,16 +570,17 @@ class Store:
             result.aggregate,
             _ids_to_json(result.participants),
             _ids_to_json(result.dropped),
-            result.signature,
+            result.signed_announcement,
             result.received_at,
         )
         with self._transaction() as db:
             try:
                 cursor = db.execute(
                     "INSERT INTO results (job_id, round, attempt, coordinator, aggregate, participants, dropped, "
-                    "signature, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id, round) DO UPDATE SET "
+                    "signed_announcement, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id, round) DO UPDATE SET "
                     "attempt = excluded.attempt, coordinator = excluded.coordinator, aggregate = excluded.aggregate, "
-                    "participants = excluded.participants, dropped = excluded.dropped, signature = excluded.signature, "
+                    "participants = excluded.participants, dropped = excluded.dropped, "
+                    "signed_announcement = excluded.signed_announcement, "
                     "received_at = excluded.received_at WHERE excluded.attempt < results.attempt",
                     values,
                 )
@@ -613,8 +670,12 @@ class Store:
         return None if row is None else int(row[0])
 
     def spent_count(self, job_id: str) -> int:
-        """Rounds of the job whose sums may hold this node's input: the releases of its input."""
-        return int(self._db.execute("SELECT count(*) FROM spent_rounds WHERE job_id = ?", (job_id,)).fetchone()[0])
+        """Rounds of the job whose sums may hold this node's input: the releases of its input (with
+        those an older villaged counted before `spent_rounds` existed)."""
+        row = self._db.execute(
+            "SELECT (SELECT count(*) FROM spent_rounds WHERE job_id = ?) + "
+            "coalesce((SELECT releases_before_spent_rounds FROM jobs WHERE id = ?), 0)", (job_id, job_id)).fetchone()
+        return int(row[0])
 
     def record_input_use(self, name: str, version: float, survivors_digest: bytes) -> None:
         """Commit the survivor set a version of an input is signed over, before the signature leaves.
@@ -662,13 +723,10 @@ class Store:
         rows = self._db.execute("SELECT member_id FROM job_members WHERE job_id = ? ORDER BY member_id", (job_id,))
         return [bytes(m) for (m,) in rows]
 
-    def list_local_inputs(self) -> list[LocalInput]:
-        rows = self._db.execute("SELECT name, payload, updated_at FROM local_inputs ORDER BY name")
-        return [LocalInput(n, json.loads(p), u) for n, p, u in rows]
 
 
 _RESULT_SELECT: Final = (
-    "SELECT job_id, round, attempt, coordinator, aggregate, participants, dropped, signature, received_at, "
+    "SELECT job_id, round, attempt, coordinator, aggregate, participants, dropped, signed_announcement, received_at, "
     "(SELECT votes FROM result_votes AS v WHERE v.job_id = results.job_id AND v.round = results.round) FROM results"
 )
 
@@ -681,19 +739,23 @@ def _result_from_row(row: tuple[Any, ...]) -> ResultRecord:
 
 def _same_result(a: ResultRecord, b: ResultRecord) -> bool:
     # received_at is when *we* got it, not part of the result.
-    return (a.attempt, a.coordinator, a.aggregate, a.participants, a.dropped, a.signature) == (
+    return (a.attempt, a.coordinator, a.aggregate, a.participants, a.dropped, a.signed_announcement) == (
         b.attempt,
         b.coordinator,
         b.aggregate,
         tuple(b.participants),
         tuple(b.dropped),
-        b.signature,
+        b.signed_announcement,
     )
 
 
+_JOB_SELECT: Final = "SELECT id, spec, creator, state, created_at, updated_at, roster, end_reason FROM jobs"
+
+
 def _job_from_row(row: tuple[Any, ...]) -> JobRecord:
-    i, spec, creator, state, created, updated = row
-    return JobRecord(i, json.loads(spec), bytes(creator), state, created, updated)
+    i, spec, creator, state, created, updated, roster, end_reason = row
+    members = None if roster is None else tuple(bytes(roster[at:at + 32]) for at in range(0, len(roster), 32))
+    return JobRecord(i, json.loads(spec), bytes(creator), state, created, updated, members, end_reason)
 
 
 def _check_member_ids(member_ids: Iterable[bytes]) -> None:

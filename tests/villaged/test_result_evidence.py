@@ -51,7 +51,7 @@ async def test_forged_results_are_refused_on_push_and_fetch_and_the_stored_one_s
         by_id = {d.me: d for d in daemons}
         genuine = daemons[0].store.get_result(job_id, 0)
         assert genuine is not None and len(genuine.votes) >= 3
-        body = open_announcement(genuine.signature).body
+        body = open_announcement(genuine.signed_announcement).body
         assert isinstance(body, ResultAnnouncement)
 
         def elected(round_number: int, attempt: int = 0) -> Daemon:
@@ -92,7 +92,7 @@ async def test_forged_results_are_refused_on_push_and_fetch_and_the_stored_one_s
         liar, asker = daemons[1], daemons[2]
         planted = replace(body, round=1, aggregate_digest=aggregate_digest(bytes(32)), votes_digest=votes_digest(()))
         liar.store.put_result(replace(genuine, round=1, aggregate=bytes(32), votes=(), received_at=time.time(),
-                                      signature=sign_announcement(planted, liar._key, liar._certificate)))
+                                      signed_announcement=sign_announcement(planted, liar._key, liar._certificate)))
         assert asker._results is not None
         before = refusals(asker)
         assert not await asker._results.fetch_from([liar.me], job_id, 1)
@@ -107,5 +107,5 @@ async def test_forged_results_are_refused_on_push_and_fetch_and_the_stored_one_s
         assert coordinator._node is not None
         reply = await coordinator._node.request(
             target_for(coordinator).me, RESULT_PUSH_PROTOCOL,
-            msgpack.packb([genuine.signature, genuine.aggregate, list(genuine.votes)]), timeout=30)
+            msgpack.packb([genuine.signed_announcement, genuine.aggregate, list(genuine.votes)]), timeout=30)
         assert reply == b"ok"

@@ -49,7 +49,7 @@ def test_reopen_keeps_everything(db_path: Path) -> None:
         "job-1", 0, 1, COORD, "aborted", 150.0, (ALICE, BOB), (BOB,), {"share_keys": 0.5}, 160.0, "2 < threshold 3"
     )
     with Store.open(db_path) as store:
-        store.set_meta("member_id", ALICE.hex())
+        store.put_revocation_list(b"signed list")
         store.put_member(ALICE, b"cert-a", 10_000)
         assert store.put_job(job())
         store.record_round(rnd)
@@ -58,8 +58,7 @@ def test_reopen_keeps_everything(db_path: Path) -> None:
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
     with Store.open(db_path) as store:
         assert store.schema_version == SCHEMA_VERSION
-        assert store.get_meta("member_id") == ALICE.hex()
-        assert store.get_meta("missing") is None
+        assert store.revocation_list() == b"signed list"
         assert [(m.member_id, m.certificate, m.expires_at) for m in store.members()] == [(ALICE, b"cert-a", 10_000)]
         assert store.get_job("job-1") == job()
         assert store.list_jobs() == [job()]
@@ -93,6 +92,62 @@ def test_job_state_and_listing(db_path: Path) -> None:
         with pytest.raises(StoreError, match="job state 'bogus'"):
             store.set_job_state("a", "bogus", 1.0)  # type: ignore[arg-type]
         assert store.get_job("nope") is None
+
+
+def test_a_jobs_roster_and_end_reason_are_columns_that_survive_a_reopen(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.put_job(job("a"))
+        store.put_job(job("b"))
+        store.set_roster("a", [BOB, ALICE])  # the creator's order is kept
+        store.end_job("b", "failed", "no roster from the job's creator by the start", 102.0)
+        with pytest.raises(StoreError, match="no job 'zzz'"):
+            store.set_roster("zzz", [ALICE])
+        with pytest.raises(StoreError, match="32 bytes"):
+            store.set_roster("a", [b"short"])
+        assert store.revocation_list() is None
+    with Store.open(db_path) as store:
+        a, b = store.get_job("a"), store.get_job("b")
+        assert a is not None and a.roster == (BOB, ALICE) and a.end_reason is None
+        assert b is not None and b.roster is None and (b.state, b.end_reason, b.updated_at) == (
+            "failed", "no roster from the job's creator by the start", 102.0)
+
+
+def test_an_old_village_db_with_meta_rows_keeps_them_in_columns(db_path: Path) -> None:
+    """A village.db of schema 6 keeps its roster, end reason, revocation list and (pre-spent_rounds)
+    release count; the `meta` table goes."""
+    from villaged.store import MIGRATIONS
+
+    raw = sqlite3.connect(db_path)
+    for migration in MIGRATIONS[:6]:
+        for statement in migration:
+            assert isinstance(statement, str)
+            raw.execute(statement)
+    raw.execute("INSERT INTO jobs VALUES ('j1', '{}', ?, 'running', 1.0, 1.0)", (ALICE,))
+    raw.execute("INSERT INTO jobs VALUES ('j2', '{}', ?, 'failed', 1.0, 2.0)", (ALICE,))
+    raw.execute("INSERT INTO results VALUES ('j1', 0, 0, ?, x'0102', '[]', '[]', x'5151', 3.0)", (COORD,))
+    raw.executemany("INSERT INTO meta VALUES (?, ?)", [
+        ("roster/j1", f"{BOB.hex()},{ALICE.hex()}"),
+        ("roster/j2", ""),  # a roster of nobody is still a roster
+        ("job_end_reason/j2", "only 1 members joined before the start"),
+        ("privacy_releases/j1", "4"),
+        ("revocations", b"signed list".hex()),
+        ("roster/gone", ALICE.hex()),  # a job this node no longer stores
+    ])
+    raw.execute("INSERT INTO spent_rounds VALUES ('j1', 5, 0, 9.0)")
+    raw.execute("PRAGMA user_version = 6")
+    raw.commit()
+    raw.close()
+    with Store.open(db_path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        j1, j2 = store.get_job("j1"), store.get_job("j2")
+        assert j1 is not None and j1.roster == (BOB, ALICE) and j1.end_reason is None and j1.state == "running"
+        assert j2 is not None and j2.roster == () and j2.end_reason == "only 1 members joined before the start"
+        assert store.revocation_list() == b"signed list"
+        assert store.spent_count("j1") == 4 + 1 and store.spent_count("j2") == 0
+        kept = store.get_result("j1", 0)
+        assert kept is not None and kept.signed_announcement == b"QQ" and kept.aggregate == b"\x01\x02"
+        assert [t for (t,) in store._db.execute("SELECT name FROM sqlite_master WHERE name = 'meta'")] == []
+        assert store.integrity_check() == "ok"
 
 
 def test_round_is_updated_in_place(db_path: Path) -> None:
@@ -144,7 +199,8 @@ def test_local_input_replace_and_reject(db_path: Path) -> None:
     with Store.open(db_path) as store:
         store.put_local_input("x", [1], 1.0)
         store.put_local_input("x", {"y": 2}, 2.0)
-        assert [(i.name, i.payload) for i in store.list_local_inputs()] == [("x", {"y": 2})]
+        local = store.get_local_input("x")
+        assert local is not None and (local.payload, local.updated_at) == ({"y": 2}, 2.0)
         with pytest.raises(StoreError, match="not JSON-serializable"):
             store.put_local_input("bad", float("nan"), 3.0)
 
