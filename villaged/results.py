@@ -95,8 +95,10 @@ class ResultExchange:
     # --- pushing ----------------------------------------------------------------------------------
 
     def push(self, result: VerifiedResult, record: bytes) -> None:
-        """Push a verified result on to the nodes below this one in the tree, in the background (once per attempt)."""
+        """Push a verified result on to the nodes below this one in the tree, in the background (once per attempt).
+        The result is stored here by now: a wait for it (this coordinator's own, as a client) ends."""
         body, coordinator = result.announcement, result.coordinator
+        self._arrived(body.job_id, body.round)
         key = (body.job_id, body.round, body.attempt)
         if key in self._forwarded:
             return
@@ -291,6 +293,10 @@ class ResultExchange:
             self._hooks.store(result, record)
             log.info("result_received", job=body.job_id, round=body.round, attempt=body.attempt, via=via,
                      source=source.hex()[:16])
-        event = self._arrivals.pop((body.job_id, body.round), None)
+        self._arrived(body.job_id, body.round)
+
+    def _arrived(self, job_id: str, round_number: int) -> None:
+        """Wake the wait for the round's push, if one is on (`_fetch_when_overdue`)."""
+        event = self._arrivals.pop((job_id, round_number), None)
         if event is not None:
             event.set()
