@@ -23,13 +23,13 @@ from villaged.logging import configure_logging
 
 
 async def _serve(config_paths: list[Path]) -> None:
-    from villaged.daemon import Daemon  # imports libp2p
+    from villaged.daemon import Daemon, failpoint_file_from_environment  # imports libp2p
 
     configs = [load_config(path, {}) for path in config_paths]
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             for config in configs:
-                started = await nursery.start(Daemon(config).run)
+                started = await nursery.start(Daemon(config, failpoint_file_from_environment()).run)
                 print(f"{config.data_dir.name} api {started.api_url}", flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()

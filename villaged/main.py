@@ -44,9 +44,9 @@ def start(
             "participant_floor": participant_floor,
         })
         configure_logging(settings.log_level)
-        from villaged.daemon import Daemon  # imports libp2p: only once the flags are known good
+        from villaged.daemon import Daemon, failpoint_file_from_environment  # imports libp2p: only once the flags are known good
 
-        daemon = Daemon(settings)
+        daemon = Daemon(settings, failpoint_file_from_environment())
         trio.run(_serve_until_signal, daemon)
     except VillagedError as exc:
         typer.echo(f"villaged: {exc}", err=True)

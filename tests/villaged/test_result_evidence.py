@@ -63,7 +63,7 @@ async def test_forged_results_are_refused_on_push_and_fetch_and_the_stored_one_s
         async def push(sender: Daemon, forged: ResultAnnouncement, words: bytes, votes: tuple[bytes, ...],
                        reason: str) -> None:
             forged = replace(forged, aggregate_digest=aggregate_digest(words), votes_digest=votes_digest(votes))
-            record = sign_announcement(forged, sender._key, sender._certificate)
+            record = sign_announcement(forged, sender._key, sender.membership.certificate)
             target = target_for(sender)
             before = refusals(target)
             assert sender._node is not None
@@ -92,7 +92,7 @@ async def test_forged_results_are_refused_on_push_and_fetch_and_the_stored_one_s
         liar, asker = daemons[1], daemons[2]
         planted = replace(body, round=1, aggregate_digest=aggregate_digest(bytes(32)), votes_digest=votes_digest(()))
         liar.store.put_result(replace(genuine, round=1, aggregate=bytes(32), votes=(), received_at=time.time(),
-                                      signed_announcement=sign_announcement(planted, liar._key, liar._certificate)))
+                                      signed_announcement=sign_announcement(planted, liar._key, liar.membership.certificate)))
         assert asker._results is not None
         before = refusals(asker)
         assert not await asker._results.fetch_from([liar.me], job_id, 1)

@@ -17,7 +17,9 @@ import trio
 from protocol.announcements import JoinAnnouncement, sign_announcement
 from protocol.membership import AdminKeyPair, RevokedMember, issue_certificate, issue_revocations
 from villaged.control import Conflict, InvalidRequest
-from villaged.daemon import ANNOUNCE_PROTOCOL, MEMBERSHIP_PROTOCOL, Daemon
+from villaged.bulletin import ANNOUNCE_PROTOCOL
+from villaged.daemon import Daemon
+from villaged.membership import MEMBERSHIP_PROTOCOL
 from villaged.errors import RemoteRefusal
 from villaged.transport.identity import load_or_create_identity, member_id
 from villaged.job_sync import JOB_SYNC_PROTOCOL
@@ -69,7 +71,7 @@ async def test_a_revoked_member_is_refused_everywhere_and_the_list_survives_a_re
 
         # Every way in is refused, naming the revocation, and counted.
         failed_before = counter(target, "federation_failed_authentications_total")
-        certificate = mallory._certificate
+        certificate = mallory.membership.certificate
         attempts = {
             "round frame": (ROUND_PROTOCOL, b"any frame: refused before it is parsed"),
             "job sync": (JOB_SYNC_PROTOCOL, msgpack.packb([certificate, [], 0])),

@@ -25,7 +25,8 @@ from protocol.membership import AdminKeyPair, issue_certificate
 from villaged.transport.identity import load_or_create_identity, member_id
 
 from villaged.control import NotFound
-from villaged.daemon import ANNOUNCE_PROTOCOL, Daemon
+from villaged.bulletin import ANNOUNCE_PROTOCOL, Bulletin
+from villaged.daemon import Daemon
 from tests.villaged.village import running_village, village_configs, wait_for
 
 pytestmark = pytest.mark.slow
@@ -145,7 +146,7 @@ async def test_a_node_without_a_valid_certificate_cannot_join_contribute_or_publ
         await intruder.join_job(job["id"])
         fake = ResultAnnouncement(job["id"], 0, 0, (intruder.me,), (), b"\0" * 32, b"\0" * 32, {})
         assert intruder._node is not None
-        await intruder._node.publish(intruder._topic + "/results", sign_announcement(fake, intruder._key, intruder._certificate))
+        await intruder._node.publish(intruder.membership.topic + "/results", sign_announcement(fake, intruder._key, intruder.membership.certificate))
 
         await wait_for_results(honest, job["id"], 1, timeout=60)
         for daemon in honest:
@@ -336,8 +337,8 @@ async def test_an_announcement_too_large_for_gossip_is_left_to_the_streams(tmp_p
     configs = village_configs(tmp_path, 2)
     async with running_village(configs) as nodes:
         creator = nodes[0][0]
-        assert creator._node is not None
-        await creator._gossip(b"\x00" * (creator._node.max_gossip_size + 1), "roster")
+        assert creator._node is not None and creator._bulletin is not None
+        await creator._bulletin.publish(b"\x00" * (creator._node.max_gossip_size + 1), "roster")
         assert (await creator.status())["member_id"] == creator.me.hex()
 
 
@@ -345,16 +346,16 @@ async def test_the_roster_reaches_every_member_down_the_tree_alone(tmp_path: Pat
     # net-300: the roster (83 KB) is too large for gossip, and the creator handing it to 300 members
     # itself timed out for most of them. With roster gossip and job sync both off, only the members
     # handing it on to their children in the job's tree can bring it to all nine.
-    original_gossip = Daemon._gossip
+    original_gossip = Bulletin.publish
 
-    async def no_roster_gossip(self: Daemon, record: bytes, what: str) -> None:
+    async def no_roster_gossip(self: Bulletin, record: bytes, what: str) -> None:
         if what != "roster":
             await original_gossip(self, record, what)
 
     async def no_job_sync(self: object) -> None:
         await trio.sleep_forever()
 
-    monkeypatch.setattr(Daemon, "_gossip", no_roster_gossip)
+    monkeypatch.setattr(Bulletin, "publish", no_roster_gossip)
     monkeypatch.setattr("villaged.job_sync.JobSync.run", no_job_sync)
     configs = village_configs(tmp_path, 9)
     async with running_village(configs) as nodes:
@@ -373,7 +374,8 @@ async def test_the_roster_reaches_every_member_down_the_tree_alone(tmp_path: Pat
             assert len(result["participants"]) == 9
             assert np.allclose(result["values"], [36.0] * 8, atol=result["error_bound"])
 
-        roster = daemons[0]._roster_records[job["id"]]
+        assert daemons[0]._bulletin is not None
+        roster = daemons[0]._bulletin.records_for(job["id"], False)[0]
         assert daemons[0]._node is not None
         members = sorted(d.me for d in daemons)
         tree_copies = push_targets(tree_order(job["id"], members), daemons[0].me, daemons[0].me, members)
@@ -386,4 +388,4 @@ async def test_the_roster_reaches_every_member_down_the_tree_alone(tmp_path: Pat
         assert relay._node is not None
         assert await relay._node.request(target.me, ANNOUNCE_PROTOCOL, roster, timeout=10) == b"ok"
         with pytest.raises(RemoteRefusal, match="only a roster"):
-            await relay._node.request(target.me, ANNOUNCE_PROTOCOL, daemons[0]._job_records[job["id"]], timeout=10)
+            await relay._node.request(target.me, ANNOUNCE_PROTOCOL, daemons[0]._bulletin.records_for(job["id"], True)[0], timeout=10)
