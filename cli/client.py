@@ -69,40 +69,63 @@ class ApiClient:
     def put(self, path: str, body: Any) -> Any:
         return self.request("PUT", path, body)
 
+    def get_text(self, path: str) -> str:
+        """GET a plain-text resource (``/metrics``); raises `CliError` unless the status is 2xx."""
+        status, raw = self._exchange("GET", path, None, "text/plain")
+        if not 200 <= status < 300:
+            raise _error_of(status, _json_or_none(raw), "GET", path)
+        return raw.decode(errors="replace")
+
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """Send one request; returns the decoded JSON on 2xx, raises `CliError` otherwise."""
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        status, raw = self._exchange(method, path, body, "application/json")
+        decoded = _json_or_none(raw)
+        if 200 <= status < 300:
+            if decoded is None and raw:
+                raise CliError(f"villaged at {self._where} sent a non-JSON reply to {method} {path}")
+            return decoded
+        raise _error_of(status, decoded, method, path)
+
+    @property
+    def _where(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _exchange(self, method: str, path: str, body: Any, accept: str) -> tuple[int, bytes]:
+        """One HTTP exchange: the status and the raw body. Every transport failure is a `CliError`."""
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": accept}
         payload: bytes | None = None
         if body is not None:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        where = f"http://{self.host}:{self.port}"
         try:
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
-            raw = response.read()
+            return response.status, response.read()
         except ConnectionRefusedError:
             hint = _start_hint(self.data_dir) if self.data_dir else "check --api"
-            raise DaemonNotRunning(f"villaged is not running (nothing listens on {where}); {hint}") from None
+            raise DaemonNotRunning(f"villaged is not running (nothing listens on {self._where}); {hint}") from None
         except (TimeoutError, socket.timeout):
-            raise CliError(f"villaged at {where} did not answer within {self.timeout:.0f} s") from None
+            raise CliError(f"villaged at {self._where} did not answer within {self.timeout:.0f} s") from None
         except (OSError, http.client.HTTPException) as exc:
-            raise CliError(f"cannot talk to villaged at {where}: {exc}") from None
+            raise CliError(f"cannot talk to villaged at {self._where}: {exc}") from None
         finally:
             conn.close()
-        try:
-            decoded = json.loads(raw) if raw else None
-        except ValueError:
-            decoded = None
-        if 200 <= response.status < 300:
-            if decoded is None and raw:
-                raise CliError(f"villaged at {where} sent a non-JSON reply to {method} {path}")
-            return decoded
-        error = decoded.get("error") if isinstance(decoded, dict) else None
-        if isinstance(error, dict):
-            raise ApiError(response.status, str(error.get("code")), str(error.get("message")))
-        raise ApiError(response.status, "unknown", f"{method} {path} failed without a JSON error body")
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _error_of(status: int, decoded: Any, method: str, path: str) -> ApiError:
+    """The `ApiError` for a non-2xx reply, from villaged's JSON error body when there is one."""
+    error = decoded.get("error") if isinstance(decoded, dict) else None
+    if isinstance(error, dict):
+        return ApiError(status, str(error.get("code")), str(error.get("message")))
+    return ApiError(status, "unknown", f"{method} {path} failed without a JSON error body")
 
 
 def _parse_url(url: str) -> tuple[str, int]:

@@ -54,7 +54,7 @@ def bench_core(n: int, dimension: int, neighbours: int, threshold: int | None, d
     return line
 
 
-#: The standard networked workloads: real villaged processes on loopback (netsim/scenario.py).
+#: The standard networked workloads: real villaged processes on loopback (netsim/run.py).
 #: Rounds open `round_interval` apart, as a deployed job's would, so each round's bytes and CPU are
 #: measured alone (back to back, a round also carried the previous result's distribution). net-300
 #: needs 60 s: its result takes 12-14 s to reach all 300 nodes, and with 30 s round 1 opened while
@@ -72,7 +72,7 @@ def bench_net(name: str, seed: int = 1, report_dir: object = None, **overrides: 
     from pathlib import Path
 
     from netsim.report import round_summary, write_report
-    from netsim.scenario import RunConfig, run_scenario
+    from netsim.run import RunConfig, run_scenario
 
     settings = {**NET_WORKLOADS[name], **{k: v for k, v in overrides.items() if v is not None}}
     started = time.perf_counter()

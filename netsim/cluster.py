@@ -34,12 +34,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cli.client import ApiClient
+from cli.errors import CliError, DaemonNotRunning
 from protocol.membership import AdminKeyPair, issue_certificate
 
 #: How long one process may take from exec to a serving control API. Importing libp2p alone
@@ -49,7 +49,9 @@ START_TIMEOUT = 120.0
 BOOTSTRAP_PEERS = 4
 #: SIGTERM first (villaged closes its libp2p host), SIGKILL after this.
 STOP_GRACE = 8.0
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: How long netsim waits for one control API answer. villagectl waits 10 s, but a daemon sharing
+#: 2 cores with hundreds of others can take longer without being wedged.
+API_TIMEOUT = 30.0
 
 
 @dataclass
@@ -62,8 +64,14 @@ class Peer:
     peer_id: str
     host: str  # listen IP (127.0.0.1, or the peer's own address in a network namespace)
     port: int
-    api_url: str | None = None
-    token: str | None = None
+    serving: ApiClient | None = None  # set once its control API answers (see Cluster.wait_ready)
+
+    @property
+    def api(self) -> ApiClient:
+        """villagectl's client for this peer's control API; `DaemonNotRunning` before it serves."""
+        if self.serving is None:
+            raise DaemonNotRunning(f"{self.name} does not serve its control API yet")
+        return self.serving
 
     @property
     def address(self) -> str:
@@ -92,48 +100,6 @@ class Process:
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
-
-
-class ApiError(Exception):
-    """A control API call failed (connection refused, timeout, or an HTTP error status)."""
-
-
-def api_call(peer: Peer, method: str, path: str, body: Any = None, timeout: float = 30.0, raw: bool = False) -> Any:
-    """One control API request to `peer` (JSON in, JSON out; raw text for /metrics)."""
-    if peer.api_url is None:
-        raise ApiError(f"{peer.name} has no API yet")
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(peer.api_url + path, data=data, method=method)
-    request.add_header("Authorization", f"Bearer {peer.token}")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            text = response.read().decode()
-    except urllib.error.HTTPError as exc:
-        raise ApiError(f"{peer.name} {method} {path}: HTTP {exc.code} {exc.read()[:300]!r}") from None
-    except (OSError, TimeoutError) as exc:
-        raise ApiError(f"{peer.name} {method} {path}: {exc}") from None
-    return text if raw else json.loads(text)
-
-
-def parse_bytes_metrics(text: str) -> dict[str, int]:
-    """Sum `village_bytes_{sent,received}_total` over protocols from a Prometheus exposition."""
-    totals = {"sent": 0, "received": 0}
-    for line in text.splitlines():
-        for direction in totals:
-            if line.startswith(f"village_bytes_{direction}_total{{"):
-                totals[direction] += int(float(line.rsplit(" ", 1)[1]))
-    return totals
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a live process from /proc (None once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15 of stat)
 
 
 def free_ports(count: int) -> list[int]:
@@ -206,6 +172,10 @@ class Cluster:
     def process_of(self, peer: int) -> Process:
         return self.processes[peer // self.per_process]
 
+    def live_peers(self) -> list[Peer]:
+        """The peers whose process is running now."""
+        return [p for p in self.peers if self.process_of(p.index).alive()]
+
     def by_member(self, member_hex: str) -> Peer | None:
         for peer in self.peers:
             if peer.member_id.hex() == member_hex:
@@ -256,7 +226,7 @@ class Cluster:
         for index in process.peers:
             peer = self.peers[index]
             (peer.data_dir / "api.json").unlink(missing_ok=True)  # readiness = a fresh api.json
-            peer.api_url = None
+            peer.serving = None
             own = candidates or [i for i in process.peers if i < index]
             bootstrap = [self.peers[i].address for i in self.bootstrap_for(index, own)]
             configs.append(self._write_config(peer, bootstrap))
@@ -302,9 +272,8 @@ class Cluster:
                     info = json.loads((peer.data_dir / "api.json").read_text())
                     if info.get("pid") != process.pid:
                         continue
-                    peer.api_url = str(info["url"])
-                    peer.token = (peer.data_dir / "api.token").read_text().strip()
-                except (OSError, ValueError, KeyError):
+                    peer.serving = replace(ApiClient.discover(peer.data_dir), timeout=API_TIMEOUT)
+                except (OSError, ValueError, CliError):
                     continue
                 pending.remove(peer)
             if pending:

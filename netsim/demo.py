@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from netsim.cluster import ApiError, api_call
+from cli.errors import CliError
 from netsim.faults import FaultPlan, Kill
-from netsim.scenario import Log, RunConfig, Scenario
+from netsim.run import Log, RunConfig, Scenario
 
 N = 8
 ROUNDS = 3
@@ -105,11 +105,11 @@ def _check_every_node(scenario: Scenario) -> dict[tuple[int, int], list[str] | N
     matrix: dict[tuple[int, int], list[str] | None] = {(r, p.index): None for r in range(ROUNDS) for p in scenario.cluster.peers}
     for peer in scenario.live_peers:
         try:
-            results = api_call(peer, "GET", f"/v1/jobs/{job_id}/results", timeout=30)
-        except ApiError:
+            results = peer.api.get(f"/v1/jobs/{job_id}/results")
+        except CliError:
             continue
         for result in results:
-            matrix[(result["round"], peer.index)] = scenario.check_result(result)
+            matrix[(result["round"], peer.index)] = scenario.workload.check_result(result)
     return matrix
 
 
@@ -120,8 +120,8 @@ def _priors_everywhere(scenario: Scenario) -> dict[str, Any]:
     views: dict[int, Any] = {}
     for peer in scenario.live_peers:
         try:
-            views[peer.index] = api_call(peer, "GET", f"/v1/jobs/{job_id}/priors", timeout=30)
-        except ApiError:
+            views[peer.index] = peer.api.get(f"/v1/jobs/{job_id}/priors")
+        except CliError:
             views[peer.index] = None
     first = views.get(0)
     differ = sorted(i for i, v in views.items()

@@ -1,6 +1,6 @@
 """`netsim`: run village rounds locally and check every result against the plaintext.
 
-`netsim run` spawns real villaged processes (netsim/scenario.py, netsim/cluster.py), optionally
+`netsim run` spawns real villaged processes (netsim/run.py, netsim/cluster.py), optionally
 in network namespaces with shaped links (netsim/netns.py) and with planned crashes
 (netsim/faults.py), and writes a report (netsim/report.py). `netsim bench` runs the standard
 workloads (netsim/bench.py). Cleanup: SIGTERM and SIGHUP are turned into KeyboardInterrupt, so
@@ -68,7 +68,7 @@ def run(
     """
     from netsim.faults import FaultPlan, parse_kill
     from netsim.netns import LinkShape, NetnsUnavailable, check_available
-    from netsim.scenario import RunConfig, run_scenario
+    from netsim.run import RunConfig, run_scenario
     from netsim.workloads import WORKLOADS
 
     if workload not in WORKLOADS:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from netsim.cluster import Cluster
-from netsim.scenario import DATA_NAME, INPUT_POLICY
+from netsim.run import DATA_NAME, INPUT_POLICY
 
 if TYPE_CHECKING:
     from villaged.daemon import Daemon

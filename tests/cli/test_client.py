@@ -41,3 +41,12 @@ def test_empty_token_file(tmp_path: Path) -> None:
     (tmp_path / "api.token").write_text("\n")
     with pytest.raises(CliError, match="api.token is empty"):
         ApiClient.discover(tmp_path)
+
+
+async def test_get_text_reads_the_metrics_exposition(nursery: trio.Nursery, tmp_path: Path) -> None:
+    await nursery.start(partial(serve_api, FakeControl(), Metrics(), tmp_path))
+    client = ApiClient.discover(tmp_path)
+    text = await trio.to_thread.run_sync(client.get_text, "/metrics")
+    assert "# TYPE village_bytes_sent_total counter" in text.splitlines()
+    with pytest.raises(ApiError, match=r"\(404 no_route\): no route GET /no/such/page"):
+        await trio.to_thread.run_sync(client.get_text, "/no/such/page")

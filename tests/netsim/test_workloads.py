@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from netsim.scenario import RunConfig, Scenario
+from netsim.run import RunConfig, Scenario
 from protocol.announcements import aggregate_digest
 from protocol.kinds import KINDS, dequantize_total, quantize_input
 
@@ -46,9 +46,9 @@ def test_expected_digest_is_the_daemons(workload: str) -> None:
     scenario = _scenario(workload)
     for participants in (MEMBERS, MEMBERS[1:4]):
         view = _daemon_view(scenario, participants)
-        assert scenario.expected(participants)[1] == view["digest"]
-        assert scenario.check_result(view) == []
-        assert scenario.check_result({**view, "participants": participants[:-1]})  # one participant too few
+        assert scenario.workload.expected(participants)[1] == view["digest"]
+        assert scenario.workload.check_result(view) == []
+        assert scenario.workload.check_result({**view, "participants": participants[:-1]})  # one participant too few
 
 
 def test_routing_priors_inputs_are_seeded_and_plausible() -> None:
@@ -70,22 +70,22 @@ def test_routing_priors_inputs_are_seeded_and_plausible() -> None:
 def test_routing_priors_checker_catches_wrong_figures() -> None:
     scenario = _scenario("routing-priors")
     view = _daemon_view(scenario, MEMBERS)
-    assert scenario.check_result(view) == []
+    assert scenario.workload.check_result(view) == []
     bad = copy.deepcopy(view)
     bad["models"][3]["latency_percentile"]["p95"] += 0.01  # 10 microseconds
-    assert any("p95" in p for p in scenario.check_result(bad))
+    assert any("p95" in p for p in scenario.workload.check_result(bad))
     bad = copy.deepcopy(view)
     bad["models"][0]["success_rate"] -= 1e-6
-    assert any("success_rate" in p for p in scenario.check_result(bad))
+    assert any("success_rate" in p for p in scenario.workload.check_result(bad))
     bad = copy.deepcopy(view)
     name = next(iter(bad["request_patterns"]))
     others = [m for m in scenario.workload.section["models"] if m != bad["request_patterns"][name]["optimal_model"]]
     bad["request_patterns"][name]["optimal_model"] = others[0]
-    assert any("optimal model" in p for p in scenario.check_result(bad))
+    assert any("optimal model" in p for p in scenario.workload.check_result(bad))
     bad = copy.deepcopy(view)
     bad["carbon"]["eu-north"]["reports"] += 1
-    assert any("reports" in p for p in scenario.check_result(bad))
+    assert any("reports" in p for p in scenario.workload.check_result(bad))
     bad = copy.deepcopy(view)
     del bad["models"][5]
-    assert any("one side only" in p for p in scenario.check_result(bad))
-    assert scenario.check_result({**view, "digest": "00" * 32})
+    assert any("one side only" in p for p in scenario.workload.check_result(bad))
+    assert scenario.workload.check_result({**view, "digest": "00" * 32})

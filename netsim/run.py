@@ -13,6 +13,9 @@ Steps (each logged to stderr as it happens):
    little-endian uint32 words, `protocol/announcements.py`) must equal the digest of
    sum(quantize(encode(input))) mod 2^32 over exactly the result's `participants`, and the decoded
    values must be within `error_bound` of the kind's decoding of the plaintext sum (workloads.py).
+
+This module drives the run (processes, inputs, the job, faults, the pace of rounds); what the peers
+say is read by netsim/observe.py and judged by netsim/verify.py.
 """
 
 from __future__ import annotations
@@ -21,18 +24,15 @@ import json
 import random
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from netsim.cluster import (
-    ApiError, Cluster, Peer, Process, api_call, parse_bytes_metrics, process_cpu_seconds,
-)
-from netsim.faults import FaultPlan, Kill, pick_victims
+from netsim.cluster import Cluster, Peer, Process
+from netsim.faults import FaultPlan, pick_victims
 from netsim.netns import LinkShape, Netns
+from netsim.observe import Observer, parallel
+from netsim.verify import PASSING, check_round, final_check, held_rounds, rounds_missing
 from netsim.workloads import Workload, make_workload
 from protocol.election import coordinator_for
 
@@ -49,6 +49,8 @@ STRAGGLER_WAIT_FACTOR = 2.0
 #: Once every roster member holds a round's result, nodes outside the roster (which only fetch it)
 #: get this long more before they are reported missing and the next round is prepared.
 OBSERVER_WAIT = 15.0
+#: Writing a peer's input and policy waits this long (every peer is written at once, 8 at a time).
+PUT_TIMEOUT = 60.0
 
 
 @dataclass
@@ -84,28 +86,6 @@ class Log:
         print(f"netsim [{time.monotonic() - self.started:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def _parallel(fn: Any, items: list[Any], workers: int = 32) -> list[Any]:
-    if not items:
-        return []
-    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
-
-
-def rounds_missing(held: dict[int, set[int]]) -> dict[int, list[int]]:
-    """Peer index -> the rounds it lacks that some other peer holds (given each peer's held rounds)."""
-    everywhere = set().union(*held.values()) if held else set()
-    return {peer: sorted(everywhere - rounds) for peer, rounds in held.items() if rounds != everywhere}
-
-
-def _quiet(fn: Any) -> Any:
-    def call(*args: Any) -> Any:
-        try:
-            return fn(*args)
-        except ApiError:
-            return None
-    return call
-
-
 class Scenario:
     def __init__(self, config: RunConfig, log: Log | None = None) -> None:
         self.config = config
@@ -114,6 +94,7 @@ class Scenario:
         self.rng = random.Random(self.seed)
         self.netns: Netns | None = None
         self.cluster: Cluster | None = None
+        self.observer: Observer | None = None
         self.workload: Workload = make_workload(config.workload, config)
         self.job: dict[str, Any] = {}
         self.members: list[bytes] = []
@@ -138,6 +119,7 @@ class Scenario:
             wrap = [self.netns.wrap(i) for i in range(processes)]
         self.cluster = Cluster(c.n, root=c.root, per_process=c.per_process, keep=c.keep, addresses=addresses,
                                wrap=wrap, api_hosts=api_hosts)
+        self.observer = Observer(self.cluster)
         self.log(f"preparing {c.n} peers in {processes} processes under {self.cluster.root}")
         self.cluster.prepare()
         started = time.monotonic()
@@ -154,10 +136,12 @@ class Scenario:
     @property
     def live_peers(self) -> list[Peer]:
         assert self.cluster is not None
-        return [p for p in self.cluster.peers if self.cluster.process_of(p.index).alive()]
+        return self.cluster.live_peers()
 
-    def _connection_counts(self, peers: list[Peer]) -> list[int]:
-        return [x or 0 for x in _parallel(_quiet(lambda p: len(api_call(p, "GET", "/v1/peers"))), peers)]
+    @property
+    def observe(self) -> Observer:
+        assert self.observer is not None, "open() first"
+        return self.observer
 
     def wait_mesh(self, timeout: float) -> dict[str, Any]:
         """Until every live peer is connected, so it hears the job and can reach its creator, and its
@@ -169,7 +153,7 @@ class Scenario:
         while True:
             live = self.live_peers
             want = 1  # in the village; lookups bring more once discovery runs, and rounds dial the rest
-            status = [x or {} for x in _parallel(_quiet(lambda p: api_call(p, "GET", "/v1/status")), live)]
+            status = self.observe.statuses(live)
             connected = [x.get("connected_peers", 0) for x in status]
             settled = sum(1 for x in status if x.get("discovery_settled"))
             summary = {"min_connected": min(connected), "median_connected": sorted(connected)[len(connected) // 2],
@@ -193,10 +177,11 @@ class Scenario:
         def put(peer: Peer) -> None:
             # netsim's inputs never change between rounds and it checks every round's exact sum,
             # whatever its survivors: each input may be summed again with other survivors.
-            api_call(peer, "PUT", f"/v1/data/{DATA_NAME}/policy", INPUT_POLICY, timeout=60)
-            api_call(peer, "PUT", f"/v1/data/{DATA_NAME}", payloads[peer.member_id.hex()], timeout=60)
+            api = replace(peer.api, timeout=PUT_TIMEOUT)
+            api.put(f"/v1/data/{DATA_NAME}/policy", INPUT_POLICY)
+            api.put(f"/v1/data/{DATA_NAME}", payloads[peer.member_id.hex()])
 
-        _parallel(put, self.cluster.peers, workers=8)
+        parallel(put, self.cluster.peers, workers=8)
 
     def spec(self, start_delay: float, round_interval: float) -> dict[str, Any]:
         """The job spec (and the workload bound to it, so it quantizes exactly as the daemons will)."""
@@ -308,7 +293,7 @@ class Scenario:
         peers = [self.cluster.peers[i] for p in processes for i in p.peers]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if min(self._connection_counts(peers)) >= 1:
+            if min(self.observe.connection_counts(peers)) >= 1:
                 return
             time.sleep(0.3)
         self.log("restarted peers did not reconnect to their bootstrap peers in time")
@@ -330,7 +315,7 @@ class Scenario:
         start_delay = 6 + 0.15 * c.n + (8 + 0.2 * c.n if self._round_has_faults(0) else 0)
         spec = self.spec(start_delay, round_interval)
         assert self.cluster is not None
-        self.job = api_call(self.cluster.peers[0], "POST", "/v1/jobs", spec)
+        self.job = self.cluster.peers[0].api.post("/v1/jobs", spec)
         job_id = self.job["id"]
         self.log(f"job {job_id}: {c.rounds} rounds of {c.workload}, d={self.workload.dimension}, start_delay {start_delay:.1f} s, round_interval {round_interval:.1f} s")
         # Arm round 0 now, while members join. The roster, if every join arrives, names round 0's
@@ -340,7 +325,7 @@ class Scenario:
         self._wait_joined(job_id, self.job["start_at"])
         if self.cluster.process_of(self.coordinator_peer(0).index).index in self.armed:
             self.event(0, "coordinator_armed", reason="joins went missing, and the roster elected a coordinator in an armed process")
-        prev = self._snapshot()
+        prev = self.observe.snapshot()
         verdicts = []
         for r in range(c.rounds):
             opens_at = self.job["start_at"] + r * round_interval
@@ -350,11 +335,11 @@ class Scenario:
             verdicts.append(record["check"]["verdict"])
             self.transition(r, r + 1 if r + 1 < c.rounds else None)
             if self.armed:
-                prev = self._snapshot()
+                prev = self.observe.snapshot()
         # A process restarted after the last round had its streams time out for 30-40 s in net-100
         # (its nodes fetched the round 36 s after they were up): give it that long, then call it missing.
-        results = self._final_check(self._wait_caught_up(job_id, timeout=45.0 + 0.2 * c.n))
-        ok = all(v in ("exact", "aborted") for v in verdicts) and results["mismatches"] == results["missing"] == 0
+        results = final_check(self.workload.check_result, self._wait_caught_up(job_id, timeout=45.0 + 0.2 * c.n))
+        ok = all(v in PASSING for v in verdicts) and results["mismatches"] == results["missing"] == 0
         return {
             "netsim": "run", "ok": ok, "seed": self.seed,
             "config": {**{k: v for k, v in asdict(c).items() if k not in ("plan", "shape", "root", "report_dir")},
@@ -365,22 +350,20 @@ class Scenario:
             "rounds": self.rounds, "events": self.events, "final_check": results,
         }
 
-    def _wait_caught_up(self, job_id: str, timeout: float) -> list[list[dict[str, Any]] | None]:
+    def _wait_caught_up(self, job_id: str, timeout: float) -> dict[int, list[dict[str, Any]] | None]:
         """Until every live peer holds every round some peer holds (restarted peers fetch the rounds
         they missed from the others), or `timeout`; returns each live peer's stored results then."""
         deadline = time.monotonic() + timeout
         while True:
-            views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/results", timeout=30)), self.live_peers)
-            missing = self._rounds_missing(views)
+            live = self.live_peers
+            views = {p.index: v for p, v in zip(live, self.observe.results(live, job_id))}
+            missing = rounds_missing(held_rounds(views))
             if not missing:
                 return views
             if time.monotonic() > deadline:
                 self.log(f"peers {sorted(missing)} still miss rounds after {timeout:.0f} s: {missing}")
                 return views
             time.sleep(0.5)
-
-    def _rounds_missing(self, views: list[list[dict[str, Any]] | None]) -> dict[int, list[int]]:
-        return rounds_missing({p.index: {x["round"] for x in v or []} for p, v in zip(self.live_peers, views)})
 
     def _wait_joined(self, job_id: str, start_at: float) -> None:
         """Until the job's creator (peer 0) holds every peer's join, or the job starts."""
@@ -389,7 +372,7 @@ class Scenario:
         creator = self.cluster.peers[0]
         view: dict[str, Any] = {}
         while True:
-            view = _quiet(lambda: api_call(creator, "GET", f"/v1/jobs/{job_id}"))() or view
+            view = self.observe.job_view(creator, job_id) or view
             if len(view.get("members", ())) >= n or time.time() > start_at - 0.5:
                 break
             time.sleep(0.3)
@@ -397,14 +380,6 @@ class Scenario:
         if len(self.members) < n:
             self.log(f"only {len(self.members)} of {n} joins reached the creator by the job start")
         self.log(f"{len(self.members)} members joined; {start_at - time.time():.1f} s before the first round")
-
-    def _snapshot(self) -> dict[str, Any]:
-        """Bytes per peer from /metrics and CPU per process, now."""
-        assert self.cluster is not None
-        texts = _parallel(_quiet(lambda p: api_call(p, "GET", "/metrics", raw=True, timeout=10)), self.live_peers)
-        bytes_by_peer = {p.index: parse_bytes_metrics(t) for p, t in zip(self.live_peers, texts) if t is not None}
-        cpu = {p.index: process_cpu_seconds(p.pid) for p in self.cluster.processes if p.alive() and p.pid}
-        return {"at": time.time(), "bytes": bytes_by_peer, "cpu": cpu}
 
     def _run_round(self, r: int, opens_at: float, before: dict[str, Any]) -> dict[str, Any]:
         assert self.cluster is not None
@@ -435,12 +410,12 @@ class Scenario:
             live = [p for p in self.live_peers if p.index not in holders]
             # Poll only the small job view while the result spreads; the (large, decoded) results are
             # read once the round is over, so the harness does not load the daemons it measures.
-            views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}")), live)
+            views = self.observe.job_views(live, job_id)
             holders |= {p.index for p, v in zip(live, views) if v and v.get("results", 0) > r}
             waiting = [p for p in self.live_peers if p.index not in holders]
             if not waiting:
                 break
-            if holders and self._all_past(r, waiting):
+            if holders and self.observe.all_past(job_id, r, waiting):
                 break
             if holders and first_seen is None:
                 first_seen = time.time()
@@ -455,12 +430,14 @@ class Scenario:
         if self.netns is not None and self.netns._partition_routes:
             self.netns.heal()
             self.event(r, "healed")
-        have = self._results_of(r, [p for p in self.live_peers if p.index in holders])
+        have = self.observe.results_of(job_id, r, [p for p in self.live_peers if p.index in holders])
         # Counters on /metrics move every 2 s: wait for this round's bytes to show.
         time.sleep(2.2)
-        after = self._snapshot()
-        attempts = self._attempts(r)
-        check = self._check_round(r, have, alive_at_open, opens_at)
+        after = self.observe.snapshot()
+        attempts = self.observe.attempts(job_id, r)
+        missing = sorted(i for i in alive_at_open if self.cluster.process_of(i).alive() and i not in have
+                         and self.cluster.process_of(i).started_at < opens_at)
+        check = check_round(self.workload.check_result, have, missing)
         completed = [a for a in attempts if a["state"] == "completed"]
         coordinator = completed[0]["coordinator"] if completed else None
         coordinator_peer = self.cluster.by_member(coordinator) if coordinator else None
@@ -497,95 +474,6 @@ class Scenario:
             "check": check,
             "_snapshot": after,
         }
-
-    def _results_of(self, r: int, peers: list[Peer]) -> dict[int, dict[str, Any]]:
-        """Round r's result as each of `peers` stores it (decoded by the daemon)."""
-        job_id = self.job["id"]
-        results = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/results", timeout=30)), peers)
-        have = {}
-        for peer, res in zip(peers, results):
-            mine = [x for x in res or [] if x["round"] == r]
-            if mine:
-                have[peer.index] = mine[0]
-        return have
-
-    def _all_past(self, r: int, waiting: list[Peer]) -> bool:
-        """Every peer still without a result has given the round up (a later round has begun there)."""
-        job_id = self.job["id"]
-        rounds = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/rounds")), waiting)
-        return all(rs is not None and any(x["round"] > r for x in rs) for rs in rounds)
-
-    def _attempts(self, r: int) -> list[dict[str, Any]]:
-        """Every attempt of round r as recorded by its coordinator (or by the peers that waited for it)."""
-        job_id = self.job["id"]
-        live = self.live_peers
-        views = _parallel(_quiet(lambda p: api_call(p, "GET", f"/v1/jobs/{job_id}/rounds")), live)
-        by_attempt: dict[int, dict[str, Any]] = {}
-        for peer, view in zip(live, views):
-            for x in view or []:
-                if x["round"] != r:
-                    continue
-                known = by_attempt.get(x["attempt"])
-                own = x["coordinator"] == peer.member_id.hex()  # the coordinator's record beats the waiters'
-                if known is None or (own and x["state"] != "running") or x["state"] == "completed":
-                    by_attempt[x["attempt"]] = {**x, "reported_by": peer.index}
-        out = []
-        for attempt in sorted(by_attempt):
-            x = by_attempt[attempt]
-            peer = self.cluster.by_member(x["coordinator"]) if self.cluster else None
-            out.append({"attempt": attempt, "coordinator": x["coordinator"], "coordinator_peer": peer.index if peer else None,
-                        "state": x["state"], "abort_reason": x["abort_reason"], "participants": x["participants"],
-                        "dropped": x["dropped"], "phase_timings": x["phase_timings"], "started_at": x["started_at"],
-                        "ended_at": x["ended_at"], "reported_by": x["reported_by"]})
-        return out
-
-    def expected(self, participants: list[str]) -> tuple[np.ndarray, str]:
-        """Plaintext sum over `participants` and the digest of its exact quantized aggregate."""
-        return self.workload.expected(participants)
-
-    def check_result(self, result: dict[str, Any]) -> list[str]:
-        return self.workload.check_result(result)
-
-    def _check_round(self, r: int, have: dict[int, dict[str, Any]], alive_at_open: set[int], opens_at: float) -> dict[str, Any]:
-        assert self.cluster is not None
-        mismatches = {}
-        for index, result in have.items():
-            problems = self.check_result(result)
-            if problems:
-                mismatches[str(index)] = problems
-        missing = sorted(i for i in alive_at_open if self.cluster.process_of(i).alive() and i not in have
-                         and self.cluster.process_of(i).started_at < opens_at)
-        digests = sorted({res["digest"] for res in have.values()})
-        if mismatches:
-            verdict = "mismatch"
-        elif not have:
-            verdict = "aborted"
-        elif missing:
-            verdict = "missing"
-        elif len(digests) > 1:
-            verdict = "split"  # different participant sets committed for one round
-        else:
-            verdict = "exact"
-        return {"verdict": verdict, "peers_with_result": len(have), "missing": missing, "mismatches": mismatches,
-                "digests": len(digests)}
-
-    def _final_check(self, views: list[list[dict[str, Any]] | None]) -> dict[str, Any]:
-        """Every result every live peer holds at the end (`views`, from `_wait_caught_up`), including
-        rounds caught up after a restart; a round a live peer still lacks fails the run too."""
-        missing = self._rounds_missing(views)
-        checked = mismatches = 0
-        offending = []
-        for peer, results in zip(self.live_peers, views):
-            for result in results or []:
-                checked += 1
-                problems = self.check_result(result)
-                if problems:
-                    mismatches += 1
-                    offending.append({"peer": peer.index, "round": result["round"], "problems": problems})
-        for index, rounds in missing.items():
-            offending += [{"peer": index, "round": r, "problems": ["missing: never fetched"]} for r in rounds]
-        return {"results_checked": checked, "mismatches": mismatches, "missing": sum(map(len, missing.values())),
-                "offending": offending}
 
 
 def run_scenario(config: RunConfig) -> dict[str, Any]:
