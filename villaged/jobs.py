@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -25,33 +26,25 @@ import numpy as np
 import structlog
 import trio
 
+from protocol.attempts import ROUND_WINDOWS, AttemptBegun, AttemptFailed, FetchResult, RoundAttempts, WakeAt
 from protocol.dp import add_noise, clip_l2, sample_discrete_gaussian
-from protocol.election import capped_roster, coordinator_for, ranking
+from protocol.election import capped_roster
 from protocol.errors import ParameterError, ProtocolError
-from protocol.invites import InviteTerms, attempt_limit
+from protocol.invites import InviteTerms
 from protocol.masking import member_set_digest
 from protocol.jobs import JobSpec
 from protocol.kinds import KINDS, InputError, quantize_input
 from protocol.policy import DEFAULT_PARTICIPANT_FLOOR, InputPolicy
+from protocol.schedule import CATCH_UP, round_opens_at
+from protocol.schedule import arrives_late as late_by_schedule
 from protocol.wire import RoundContext
 from villaged.metrics import Metrics
-from villaged.rounds import RoundDriver, RoundTracker
+from villaged.rounds import RoundDriver
 from villaged.job_table import RETENTION, JobTable
 from villaged.store import JobRecord, JobState, RoundRecord, Store
 
 log = structlog.get_logger("villaged.jobs")
 
-#: A round is given up after this many attempt windows without a result. Attempts that fail fast
-#: (no invite, a coordinator that aborts) cost less than a window, so more of them fit.
-ROUND_WINDOWS = 5
-#: Rounds open this long (plus this much per roster member) after the roster is announced, so
-#: that it reaches every member first and the members can connect to round 0's coordinator. With
-#: 300 members (15 processes on 2 cores) handing the 83 KB roster down the tree, admitting its
-#: certificates and dialing round 0's coordinator kept both cores busy for about 40 s.
-ROSTER_GRACE = 2.0
-ROSTER_GRACE_PER_MEMBER = 0.15
-#: Seconds between a restarted node's requests for a round it missed (see `catch_up`).
-CATCH_UP_DELAYS = (2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -70,8 +63,7 @@ class Job:
         return self.created_at + self.spec.start_delay
 
     def round_opens_at(self, round_number: int) -> float:
-        grace = ROSTER_GRACE + ROSTER_GRACE_PER_MEMBER * len(self.roster or ())
-        return self.start_at + grace + round_number * self.spec.round_interval
+        return round_opens_at(self.start_at, self.spec, len(self.roster or ()), round_number)
 
 
 class JobBook:
@@ -392,41 +384,36 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
 
 
 async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDriver, store: Store, hooks: JobHooks) -> str:
-    """Attempts until a result is stored here; returns "completed" or the reason it was given up."""
+    """Pump the round's attempts machine (protocol/attempts.py) until the round is over here;
+    returns "completed" or the reason it was given up."""
     tracker = driver.tracker(job.id, round_number)
-    spec = job.spec
-    has_result = hooks.has_result
-    attempt, last_reason = 0, "no attempt made"
-    round_deadline = trio.current_time() + ROUND_WINDOWS * spec.attempt_window
-    while job.state == "running" and trio.current_time() < round_deadline:
-        if has_result(job.id, round_number):
-            return "completed"
-        tracker.attempt = attempt
-        members = book.round_members(job.id) or []
-        if attempt >= attempt_limit(len(members)):  # every member coordinated one: clients refuse more
-            return f"gave up after {attempt} attempts, one per roster member: {last_reason}"
-        if len(members) < spec.min_participants:
-            return f"the roster has only {len(members)} members, the job needs {spec.min_participants}"
-        coordinator = coordinator_for(job.id, round_number, attempt, members)
-        context = RoundContext(job.id, round_number, attempt)
-        started = time.time()
-        if coordinator == book.me:
-            last_reason = await _start_coordinating(job, context, members, book, driver, store, hooks) or last_reason
-        deadline = trio.current_time() + (spec.attempt_window if coordinator == book.me else spec.phase_timeout)
-        next_attempt = await _await_attempt(tracker, attempt, deadline, spec, lambda: has_result(job.id, round_number))
-        if next_attempt is None:
-            return "completed"
-        outcome = tracker.outcomes.get(attempt, "no invite from the elected coordinator")
-        if outcome == "client_done":
-            return "gave up: sent unmasking shares but no result arrived; this node takes no other attempt of the round"
-        if await hooks.fetch_result(job, round_number):
-            return "completed"  # the round finished without this node (it missed the invite or the announcement)
-        if coordinator != book.me:
-            store.record_round(RoundRecord(job.id, round_number, attempt, coordinator, "aborted", started,
-                                           ended_at=time.time(), abort_reason=outcome))
-        last_reason = outcome
-        attempt = next_attempt
-    return f"gave up after {attempt} attempts: {last_reason}"
+    machine = tracker.machine
+    outputs = deque(machine.start(trio.current_time()))
+    started = time.time()
+    while job.state == "running":
+        if not outputs:
+            if hooks.has_result(job.id, round_number):
+                machine.result_stored()
+            outputs.extend(machine.poll(trio.current_time()))
+            continue
+        out = outputs.popleft()
+        if isinstance(out, WakeAt):
+            await tracker.wait_until(out.at)
+        elif isinstance(out, AttemptBegun):
+            started = time.time()
+            if out.coordinating:
+                refusal = await _start_coordinating(job, out.context, machine, book, driver, store, hooks)
+                if refusal is not None:
+                    machine.coordination_refused(refusal)
+        elif isinstance(out, FetchResult):  # the round may have finished without this node
+            found = await hooks.fetch_result(job, round_number)
+            outputs.extend(machine.fetched(found, trio.current_time()))
+        elif isinstance(out, AttemptFailed):
+            store.record_round(RoundRecord(job.id, round_number, out.context.attempt, out.coordinator, "aborted", started,
+                                           ended_at=time.time(), abort_reason=out.reason))
+        else:
+            return "completed" if out.completed else out.reason
+    return f"gave up in attempt {machine.attempt}: the job is {job.state}"
 
 
 def arrives_late(job: Job, round_number: int, now: float, *, resumed: bool, previous_end: float | None = None) -> bool:
@@ -440,8 +427,8 @@ def arrives_late(job: Job, round_number: int, now: float, *, resumed: bool, prev
     schedule alone, a job with `round_interval` 0 (every round scheduled at the first one's time)
     had every node come "late" to every round from a phase timeout in, and each waited out
     `catch_up`'s 14 s for a result nobody was computing (issue 18)."""
-    opened = max(job.round_opens_at(round_number), previous_end or 0.0)
-    return now > opened + (0.0 if resumed else job.spec.phase_timeout)
+    return late_by_schedule(job.round_opens_at(round_number), job.spec.phase_timeout, now, resumed=resumed,
+                            previous_end=previous_end)
 
 
 async def catch_up(job: Job, round_number: int, hooks: JobHooks, keep_asking: bool = False) -> bool:
@@ -455,11 +442,11 @@ async def catch_up(job: Job, round_number: int, hooks: JobHooks, keep_asking: bo
     round may not have run yet, and this node may be needed to run it."""
     if await hooks.fetch_result(job, round_number):
         return True
-    give_up = trio.current_time() + (job.spec.attempt_window if keep_asking else 0.0)
-    tries = 0
-    while tries < len(CATCH_UP_DELAYS) or trio.current_time() < give_up:
-        await trio.sleep(CATCH_UP_DELAYS[min(tries, len(CATCH_UP_DELAYS) - 1)])
-        tries += 1
+    backoff = CATCH_UP.for_at_least(job.spec.attempt_window) if keep_asking else CATCH_UP
+    asking_since, retries = trio.current_time(), 0
+    while (delay := backoff.next_delay(retries, trio.current_time() - asking_since)) is not None:
+        await trio.sleep(delay)
+        retries += 1
         if hooks.has_result(job.id, round_number) or await hooks.fetch_result(job, round_number):
             return True
     return False
@@ -482,16 +469,14 @@ async def observe_round(job: Job, round_number: int, hooks: JobHooks) -> str:
 
 
 async def _start_coordinating(
-    job: Job, context: RoundContext, members: list[bytes], book: JobBook, driver: RoundDriver, store: Store,
+    job: Job, context: RoundContext, machine: RoundAttempts, book: JobBook, driver: RoundDriver, store: Store,
     hooks: JobHooks,
 ) -> str | None:
-    live = await hooks.reachable([m for m in members if m != book.me]) | {book.me}
-    participants = [m for m in members if m in live and (m != book.me or book.contributes(job))]
-    if len(participants) > job.spec.max_participants:  # the best-ranked for this round, as every node would pick
-        chosen = set(ranking(job.id, context.round, participants)[: job.spec.max_participants])
-        participants = [m for m in participants if m in chosen]
-    if len(participants) < job.spec.min_participants:
-        return f"only {len(participants)} roster members reachable, the job needs {job.spec.min_participants}"
+    members = book.round_members(job.id) or []
+    live = await hooks.reachable([m for m in members if m != book.me])
+    participants = machine.participants(live, book.contributes(job))
+    if isinstance(participants, str):
+        return participants
     try:
         driver.coordinate(context, participants, job.spec.round_params(len(participants)))
     except (ParameterError, ProtocolError) as exc:
@@ -499,28 +484,3 @@ async def _start_coordinating(
     store.record_round(RoundRecord(job.id, context.round, context.attempt, book.me, "running", time.time(),
                                    participants=tuple(participants)))
     return None
-
-
-async def _await_attempt(
-    tracker: RoundTracker, attempt: int, deadline: float, spec: JobSpec, result_arrived: Callable[[], bool]
-) -> int | None:
-    """Wait for the attempt's end; None when the round has its result, else the attempt to try next."""
-    extended = False
-    while True:
-        if result_arrived() or tracker.result:
-            return None
-        outcome = tracker.outcomes.get(attempt)
-        if outcome == "client_done":
-            # Unmasked: wait for the result for the rest of the attempt window, take no other attempt.
-            if not extended:
-                deadline, extended = trio.current_time() + spec.attempt_window, True
-        elif outcome is not None:
-            return attempt + 1
-        later = [a for a in tracker.invited if a > attempt]
-        if later and tracker.spent_in is None:
-            return min(later)
-        if attempt in tracker.invited and not extended:
-            deadline, extended = trio.current_time() + spec.attempt_window, True
-        if trio.current_time() >= deadline:
-            return attempt + 1
-        await tracker.wait_until(deadline)

@@ -6,21 +6,19 @@ turns its `StartTimer`s into trio sleeps and its `Send`s into stream requests. I
 arrive on one request/response protocol; the frame's signer must be the peer at the other end
 of the stream and a member of the village, and frames are routed by their (job, round, attempt).
 
-Rules kept here rather than in the machines, because they span attempts:
-- A client answers only an invitation that `protocol/invites.py` accepts for the job it names: the
-  coordinator the election ranking names for that attempt, the job's parameters, roster members,
-  enough participants, a round that has opened and an attempt the schedule can have reached.
-  The invite's signature is checked before anything is kept for it.
-- An invite for a later attempt of the same round replaces the earlier attempt's machine (its
-  keys go with it); an invite for an earlier one is refused.
+The rules that span attempts are the round's attempts machine's (`protocol/attempts.py`, one per
+round this node works on, held in a `RoundTracker`): which invites the client answers (checked by
+`protocol/invites.py` after the invite's signature, before anything is kept for it), a later
+attempt replacing an earlier one, and the one attempt per round a masked input may go into. The
+driver carries out what it decides:
 - Fault injection for netsim: with the environment variable VILLAGE_FAILPOINT_FILE naming a file
   that holds ROLE:PHASE (ROLE client or coordinator, PHASE a machine phase such as "masked"), the
   process SIGKILLs itself when a machine started while the file held it enters PHASE, before the
   phase's messages leave. The file is read as each machine starts, so netsim arms and disarms a
   running process by writing and removing it (a restart to arm it cost a DHT bootstrap storm).
-- A round's input goes into one attempt: the store records the attempt before the masked input
-  leaves (`SendingMaskedInput`), and every other attempt of the round is refused, after a restart
-  too. So no two attempts' sums (whose survivor sets may differ by one member) both hold it, and
+- A round's input goes into one attempt: the store records the attempt (`RecordSpent`) before the
+  masked input leaves (`SendingMaskedInput`), and every other attempt of the round is refused, after
+  a restart too (the machine is built with the durable record). So no two attempts' sums (whose survivor sets may differ by one member) both hold it, and
   this node unmasks at most once per round. The survivor set an unchanged input is signed over is
   recorded before the signature leaves (`SigningSurvivors`).
 
@@ -36,7 +34,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -46,13 +44,15 @@ import structlog
 import trio
 
 from protocol import crypto
+from protocol.attempts import RoundAttempts
+from protocol.backoff import Backoff
 from protocol.client import ClientPhase, ClientRound
 from protocol.coordinator import CoordinatorRound
 from protocol.errors import AuthenticationError, ProtocolError, RemoteProtocolError
 from protocol.events import (
     ClientFinished, Output, RoundAborted, RoundFinished, RoundResult, Send, SendingMaskedInput, SigningSurvivors, StartTimer,
 )
-from protocol.invites import InviteTerms, check_invite
+from protocol.invites import InviteTerms
 from protocol.messages import Invite
 from protocol.params import RoundParams
 from protocol.wire import RoundContext, decode, peek
@@ -62,11 +62,11 @@ ROUND_PROTOCOL = "/village/round/1.0.0"
 ACK = b"ok"
 #: Messages a client receives; everything else goes to a coordinator.
 _CLIENT_KINDS = frozenset({"invite", "keys", "delivery", "survivors", "unmask_request", "abort"})
-#: A failed send is retried after each of these delays (capped at a tenth of the phase timeout), unless
+#: A failed send is retried on this schedule (capped at a tenth of the phase timeout), unless
 #: the peer refused it or is down: a client SIGKILLed mid-phase breaks the coordinator's stream, and
 #: the retry's refused dial tells the coordinator to stop waiting for it. The swarm itself does not
 #: redial (transport.py), so a dial that fails for another reason gets its retries here.
-_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
+SEND_RETRY = Backoff((0.25, 0.5, 1.0, 2.0))
 #: An invite may arrive before the creator's roster announcement; wait this long for it.
 _ROSTER_WAIT = 5.0
 
@@ -111,16 +111,29 @@ class RoundDirectory(Protocol):
         """Commit, before the signature leaves, the survivor set this node's input is signed over."""
 
 
-@dataclass
 class RoundTracker:
-    """What this node knows about one round of one job; the job scheduler waits on it."""
+    """A round's attempts machine on this node and the event the job loop waits on for its inputs."""
 
-    attempt: int = 0  # the attempt the job loop is on
-    outcomes: dict[int, str] = field(default_factory=dict)  # attempt -> "client_done" | "aborted: ..." | "finished"
-    invited: set[int] = field(default_factory=set)
-    spent_in: int | None = None  # the attempt this node's masked input went into (from the store)
-    result: bool = False
-    _changed: trio.Event = field(default_factory=trio.Event)
+    def __init__(self, machine: RoundAttempts) -> None:
+        self.machine = machine
+        self._changed = trio.Event()
+
+    @property
+    def invited(self) -> set[int]:
+        return self.machine.invited
+
+    @property
+    def spent_in(self) -> int | None:
+        return self.machine.spent_in
+
+    @property
+    def result(self) -> bool:
+        return self.machine.result
+
+    @result.setter
+    def result(self, stored: bool) -> None:
+        if stored:
+            self.machine.result_stored()
 
     def changed(self) -> None:
         self._changed.set()
@@ -255,11 +268,20 @@ class RoundDriver:
         self._trackers: dict[tuple[str, int], RoundTracker] = {}
 
     def tracker(self, job_id: str, round_number: int) -> RoundTracker:
+        """The round's attempts machine, made when first asked for. Before the job's roster is known
+        there is no election to make one from: a detached tracker stands in (nothing is kept)."""
         tracker = self._trackers.get((job_id, round_number))
         if tracker is None:
-            tracker = self._trackers[(job_id, round_number)] = RoundTracker(
-                spent_in=self._directory.spent_attempt(job_id, round_number))
+            tracker = self._new_tracker(job_id, round_number)
+            if tracker.machine.ranking:
+                self._trackers[(job_id, round_number)] = tracker
         return tracker
+
+    def _new_tracker(self, job_id: str, round_number: int, terms: InviteTerms | None = None) -> RoundTracker:
+        terms = terms or self._directory.invite_terms(job_id, round_number, 0)
+        roster, spec = (terms.roster, terms.spec) if terms is not None else ((), None)
+        return RoundTracker(RoundAttempts(job_id, round_number, roster, self.me, spec,  # type: ignore[arg-type]
+                                          self._directory.spent_attempt(job_id, round_number)))
 
     def forget_round(self, job_id: str, round_number: int) -> None:
         """Drop the machines and tracker of a round that is over for this node."""
@@ -276,7 +298,7 @@ class RoundDriver:
         if not rounds:
             return None
         round_number = max(rounds)
-        attempt = self._trackers[(job_id, round_number)].attempt
+        attempt = self._trackers[(job_id, round_number)].machine.attempt
         client = self._clients.get((job_id, round_number))
         if client is not None and client[0] > attempt:  # invited to a later attempt than the job loop is on
             attempt = client[0]
@@ -324,21 +346,19 @@ class RoundDriver:
         invite = decode(frame).message  # the signature first: nothing is kept for a forged or unsigned frame
         if not isinstance(invite, Invite):
             raise RemoteProtocolError(sender, kind, "an invite frame that holds no invitation")
-        local = self._trackers.get(key)
-        terms = self._directory.invite_terms(context.job_id, context.round, local.attempt if local else 0)
+        terms = self._directory.invite_terms(context.job_id, context.round, 0)
         if terms is None and await self._directory.wait_for_roster(context.job_id, _ROSTER_WAIT):
-            terms = self._directory.invite_terms(context.job_id, context.round, local.attempt if local else 0)
+            terms = self._directory.invite_terms(context.job_id, context.round, 0)
         if terms is None:  # the invite overtook the roster and it did not come
             raise RemoteProtocolError(sender, kind, f"unknown job {context.job_id!r} or no roster for it yet")
-        check_invite(terms, context, sender, invite, time.time())
+        tracker = self._trackers.get(key) or self._new_tracker(*key, terms)  # kept only once the invite is taken
+        tracker.machine.check_invite(terms, context, sender, invite, time.time())
         vector = self._directory.client_input(context.job_id)
         if vector is None:
             raise RemoteProtocolError(sender, kind, "this node does not take part in that job")
-        if current is not None:
-            if current[0] >= context.attempt:
-                raise RemoteProtocolError(sender, kind, f"stale or repeated invite (attempt {current[0]} is active)")
-            current[1].close()
-        tracker = self.tracker(*key)
+        if tracker.machine.take_invite(sender, context.attempt) is not None and current is not None:
+            current[1].close()  # the later attempt replaces the earlier one, and its keys go with it
+        self._trackers[key] = tracker
         params = terms.spec.round_params(len(invite.participants))
         machine = ClientRound(
             context, self._key, sender, vector, self._random, self._directory.is_member,
@@ -351,7 +371,6 @@ class RoundDriver:
         self._clients[key] = (context.attempt, runner)
         log.info("invited", job=context.job_id, round=context.round, attempt=context.attempt,
                  coordinator=sender.hex()[:16], participants=len(invite.participants))
-        tracker.invited.add(context.attempt)
         tracker.changed()
         runner.start()
         return await self._feed_client(runner, context, frame, reply_to)
@@ -393,11 +412,10 @@ class RoundDriver:
     async def _coordinator_output(self, context: RoundContext, out: Output) -> None:
         tracker = self.tracker(context.job_id, context.round)
         if isinstance(out, RoundFinished):
-            tracker.outcomes[context.attempt] = "finished"
             await self._on_result(out.result)
-            tracker.result = True
+            tracker.machine.coordinator_finished(context.attempt)
         elif isinstance(out, RoundAborted):
-            tracker.outcomes.setdefault(context.attempt, f"aborted: {out.reason}")
+            tracker.machine.aborted(context.attempt, out.reason)
             self._on_attempt_event(context, "coordinator_aborted", {"phase": out.phase, "reason": out.reason})
         tracker.changed()
 
@@ -407,18 +425,17 @@ class RoundDriver:
         raises, so the frame is never sent."""
         tracker = self.tracker(context.job_id, context.round)
         if isinstance(out, SendingMaskedInput):
-            self._directory.record_spent(context)
-            tracker.spent_in = context.attempt
+            for record in tracker.machine.masked_input_leaving(context.attempt):
+                self._directory.record_spent(record.context)
             return
         if isinstance(out, SigningSurvivors):
             self._directory.record_signed_survivors(context, out.survivors)
             return
         if isinstance(out, ClientFinished):
-            tracker.outcomes[context.attempt] = "client_done"
+            tracker.machine.client_finished(context.attempt)
             self._on_attempt_event(context, "client_done", {})
         elif isinstance(out, RoundAborted):
-            if context.attempt not in tracker.outcomes:
-                tracker.outcomes[context.attempt] = f"aborted: {out.reason}"
+            if tracker.machine.aborted(context.attempt, out.reason):
                 self._on_attempt_event(context, "client_aborted", {"phase": out.phase, "reason": out.reason})
         tracker.changed()
 
@@ -431,15 +448,17 @@ class RoundDriver:
         if send.to == self.me:
             await self._deliver_locally(send.frame)
             return
-        for attempt in range(len(_RETRY_DELAYS) + 1):
+        retry = SEND_RETRY.capped(timeout / 10)
+        for retries in range(retry.tries):
             try:
                 reply = await self._network.request(send.to, ROUND_PROTOCOL, send.frame, timeout=timeout)
             except TransportError as exc:
-                if attempt == len(_RETRY_DELAYS) or isinstance(exc, (RemoteRefusal, PeerDown)):
+                delay = retry.next_delay(retries)
+                if delay is None or isinstance(exc, (RemoteRefusal, PeerDown)):
                     log.info("round_send_failed", peer=send.to.hex()[:16], reason=exc.reason)
                     await on_lost(send.to)
                     return
-                await trio.sleep(min(_RETRY_DELAYS[attempt], timeout / 10))
+                await trio.sleep(delay)
                 continue
             if reply != ACK:  # the peer's answer rode on the reply
                 await self._deliver_locally(reply, sender=send.to)

@@ -23,7 +23,8 @@ import trio.testing
 from protocol import crypto
 from protocol.events import RoundResult
 from protocol.jobs import JobSpec
-from villaged.jobs import CATCH_UP_DELAYS, ROSTER_GRACE, ROSTER_GRACE_PER_MEMBER, Job, JobBook, JobHooks, arrives_late, run_job
+from protocol.schedule import CATCH_UP, ROSTER_GRACE, ROSTER_GRACE_PER_MEMBER
+from villaged.jobs import Job, JobBook, JobHooks, arrives_late, run_job
 from villaged.rounds import RoundDriver
 from villaged.store import ResultRecord, Store
 from tests.villaged.test_rounds import Loopback
@@ -102,7 +103,7 @@ async def test_a_back_to_back_job_keeps_its_pace_after_a_phase_timeout(tmp_path:
         for node, key in enumerate(KEYS):
             drivers[IDS[node]] = RoundDriver(Loopback(IDS[node], drivers, sent), key, books[node], nursery, pushed,
                                              lambda context, event, fields: None)
-        with trio.fail_after(SPEC.rounds * sum(CATCH_UP_DELAYS) + 60):
+        with trio.fail_after(SPEC.rounds * sum(CATCH_UP.delays) + 60):
             async with trio.open_nursery() as loops:
                 for node in range(4):
                     loops.start_soon(run_job, books[node].jobs[JOB], books[node], drivers[IDS[node]], stores[node],
@@ -116,7 +117,7 @@ async def test_a_back_to_back_job_keeps_its_pace_after_a_phase_timeout(tmp_path:
     # for its result first. Every later round opened as the one before ended, with no wait in between.
     last_end = [max(t for n, r, _, t in ended if r == round_number) for round_number in range(SPEC.rounds)]
     gaps = [later - earlier for earlier, later in zip(last_end[1:], last_end[2:])]
-    assert gaps and max(gaps) < CATCH_UP_DELAYS[0], f"rounds waited between them: {gaps}"
+    assert gaps and max(gaps) < CATCH_UP.delays[0], f"rounds waited between them: {gaps}"
     # A finished attempt's phase timers end with its machine: they do not pile up round after round.
     first, last = timers_at_end[:len(IDS)], timers_at_end[-len(IDS):]
     assert max(last) <= max(first), f"phase timers alive as each node ended each round: {timers_at_end}"

@@ -19,7 +19,8 @@ from protocol.jobs import JobSpec
 from protocol.kinds import InputError
 from protocol.messages import Invite
 from protocol.wire import RoundContext
-from villaged.jobs import CATCH_UP_DELAYS, Job, JobBook, JobHooks, arrives_late, catch_up, observe_round, run_job
+from protocol.schedule import CATCH_UP
+from villaged.jobs import Job, JobBook, JobHooks, arrives_late, catch_up, observe_round, run_job
 from villaged.rounds import RoundDriver
 from villaged.store import Store
 
@@ -76,12 +77,12 @@ def fetching_hooks(asked_at: list[float], succeed_on: int) -> JobHooks:
 
 
 async def test_a_restarted_node_asks_again_for_a_round_it_missed(book: JobBook, autojump_clock: trio.testing.MockClock) -> None:
-    """The first fetches fail while the node is still connecting; later ones, spaced by CATCH_UP_DELAYS, succeed."""
+    """The first fetches fail while the node is still connecting; later ones, spaced by CATCH_UP.delays, succeed."""
     asked_at: list[float] = []
     hooks = fetching_hooks(asked_at, succeed_on=3)
     start = trio.current_time()
     assert await catch_up(book.jobs["job-1"], 0, hooks)
-    assert [round(t - start, 6) for t in asked_at] == [0.0, CATCH_UP_DELAYS[0], CATCH_UP_DELAYS[0] + CATCH_UP_DELAYS[1]]
+    assert [round(t - start, 6) for t in asked_at] == [0.0, CATCH_UP.delays[0], CATCH_UP.delays[0] + CATCH_UP.delays[1]]
 
 
 async def test_a_restarted_node_keeps_asking_for_an_attempt_window(book: JobBook, autojump_clock: trio.testing.MockClock) -> None:
@@ -92,11 +93,11 @@ async def test_a_restarted_node_keeps_asking_for_an_attempt_window(book: JobBook
     start = trio.current_time()
     assert not await catch_up(job, 0, fetching_hooks(asked_at, succeed_on=0), keep_asking=True)
     gaps = [round(b - a, 6) for a, b in zip(asked_at, asked_at[1:])]
-    assert gaps[:3] == list(CATCH_UP_DELAYS) and set(gaps[3:]) == {CATCH_UP_DELAYS[-1]}
-    assert SPEC.attempt_window <= asked_at[-1] - start < SPEC.attempt_window + CATCH_UP_DELAYS[-1]
+    assert gaps[:3] == list(CATCH_UP.delays) and set(gaps[3:]) == {CATCH_UP.delays[-1]}
+    assert SPEC.attempt_window <= asked_at[-1] - start < SPEC.attempt_window + CATCH_UP.delays[-1]
     asked_at.clear()
     assert not await catch_up(job, 0, fetching_hooks(asked_at, succeed_on=0))
-    assert len(asked_at) == 1 + len(CATCH_UP_DELAYS)
+    assert len(asked_at) == 1 + len(CATCH_UP.delays)
 
 
 async def test_an_observer_asks_for_the_result_it_was_not_told_of(book: JobBook, autojump_clock: trio.testing.MockClock) -> None:
