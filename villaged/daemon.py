@@ -30,13 +30,13 @@ from villaged.api import serve_api
 from villaged.bulletin import Bulletin
 from villaged.config import DaemonConfig
 from villaged.job_runner import JobRunner
-from villaged.job_sync import JobSync, JobSyncHooks
+from villaged.job_sync import JobSync
 from villaged.jobs import JobBook
 from villaged.membership import Membership
 from villaged.metrics import Metrics
 from villaged.node_control import Control
 from villaged.result_keeping import ResultKeeper
-from villaged.results import ResultExchange, ResultHooks
+from villaged.results import ResultExchange
 from villaged.rounds import ROUND_PROTOCOL, RoundDriver
 from villaged.store import Store
 from villaged.transport import Node, TransportConfig, load_or_create_identity, member_id, open_node, signing_key
@@ -110,20 +110,11 @@ class Daemon(Control):
         driver = RoundDriver(node, self._key, book, nursery, keeper.on_coordinated_result, keeper.on_attempt_event,
                              failpoint_file=self._failpoint_file)
         node.serve(ROUND_PROTOCOL, functools.partial(self._serve_round_frame, driver))
-        exchange = ResultExchange(node, nursery, ResultHooks(
-            is_member=membership.is_member, plausible=keeper.plausible, verify=keeper.verify,
-            roster=book.round_members, held_attempt=store.result_attempt, stored=keeper.stored,
-            store=keeper.store_fetched, attempt_window=keeper.attempt_window, admit=membership.admit,
-            certificate=lambda: membership.certificate), metrics, self.me)
+        exchange = ResultExchange(node, nursery, membership, keeper, keeper, metrics, self.me)
         bulletin = Bulletin(self.config, self._key, membership, book, store, metrics)
         jobs = JobRunner(node, nursery, book, store, metrics, membership, driver, exchange, bulletin)
         keeper.attach(driver, exchange, bulletin)
-        job_sync = JobSync(node, JobSyncHooks(
-            active_jobs=bulletin.active_jobs, roster_overdue=bulletin.roster_overdue,
-            records_for=bulletin.records_for, accept=bulletin.accept_synced, is_member=membership.is_member,
-            admit=membership.admit, certificate=lambda: membership.certificate,
-            revocations=membership.held_revocations, accept_revocations=membership.accept_synced_revocations),
-            random.Random())  # spreads syncs in time (not for secrets)
+        job_sync = JobSync(node, membership, bulletin, random.Random())  # spreads syncs in time (not for secrets)
         self._running(node, bulletin, jobs, driver)
         self._results = exchange
         await membership.start(node, nursery)

@@ -31,8 +31,7 @@ held), reply ``[[signed record, ...], revocation list or None]``.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import Protocol
 
 import msgpack
 import structlog
@@ -57,25 +56,42 @@ _TIMEOUT = 10.0
 log = structlog.get_logger("villaged.job_sync")
 
 
-@dataclass(frozen=True)
-class JobSyncHooks:
-    """What job sync needs from the daemon."""
+class SyncMembership(Protocol):
+    """What job sync needs from villaged/membership.py."""
 
-    active_jobs: Callable[[], dict[str, bool]]  # pending or running job id -> roster known
-    roster_overdue: Callable[[], bool]  # a known job's start has passed and its roster is not here
-    records_for: Callable[[str, bool], list[bytes]]  # job id, job record wanted too -> signed records
-    accept: Callable[[bytes, bytes], Awaitable[None]]  # (peer, signed record); raises RemoteProtocolError
-    is_member: Callable[[bytes], bool]
-    admit: Callable[[bytes, bytes], None]  # (certificate, peer): admit or raise RemoteProtocolError
-    certificate: Callable[[], bytes]  # this node's own membership certificate (renewed while it runs)
-    revocations: Callable[[], tuple[int, bytes] | None]  # the newest revocation list held: (serial, list)
-    accept_revocations: Callable[[bytes, bytes], bool]  # (peer, list): adopted? raises RemoteProtocolError
+    certificate: bytes  # this node's own membership certificate (renewed while it runs)
+
+    def admit_if_unknown(self, certificate: bytes, peer: bytes) -> None:
+        """Admit `peer`'s certificate unless it is a member already; raises RemoteProtocolError."""
+
+    def held_revocations(self) -> tuple[int, bytes] | None:
+        """The newest revocation list held: (serial, list)."""
+
+    def accept_synced_revocations(self, peer: bytes, listed: bytes) -> bool:
+        """Adopted? Raises RemoteProtocolError for a bad list."""
+
+
+class JobRecords(Protocol):
+    """What job sync needs from villaged/bulletin.py."""
+
+    def active_jobs(self) -> dict[str, bool]:
+        """Pending or running job id -> roster known."""
+
+    def roster_overdue(self) -> bool:
+        """A known job's start has passed and its roster is not here."""
+
+    def records_for(self, job_id: str, with_job: bool) -> list[bytes]:
+        """The job's signed records (its announcement if `with_job`, and its roster if known)."""
+
+    async def accept_synced(self, peer: bytes, record: bytes) -> None:
+        """A record handed on by `peer`, checked like gossip; raises RemoteProtocolError."""
 
 
 class JobSync:
-    def __init__(self, node: Node, hooks: JobSyncHooks, jitter: random.Random) -> None:
+    def __init__(self, node: Node, membership: SyncMembership, records: JobRecords, jitter: random.Random) -> None:
         self._node = node
-        self._hooks = hooks
+        self._membership = membership
+        self._records = records
         self._jitter = jitter
         # Open to peers whose certificate has not reached this node yet: the request carries it.
         node.serve(JOB_SYNC_PROTOCOL, self._serve, max_request=MAX_REQUEST, max_request_nonmember=MAX_REQUEST)
@@ -88,7 +104,7 @@ class JobSync:
         while True:
             await trio.sleep(min(self._jitter.uniform(0.5, 1.5) * ROSTER_CHASE_INTERVAL,
                                  max(0.0, next_sync - trio.current_time())))
-            if trio.current_time() < next_sync and not self._hooks.roster_overdue():
+            if trio.current_time() < next_sync and not self._records.roster_overdue():
                 continue
             peers = self._node.connected_peers()  # listed only when needed: a node may have 300
             if peers:
@@ -98,10 +114,10 @@ class JobSync:
     async def sync_with(self, peer: bytes) -> int | None:
         """Ask `peer` for the jobs and rosters this node lacks; returns how many records it accepted,
         or None if the peer did not answer or refused the request."""
-        known = sorted(self._hooks.active_jobs().items())[:MAX_JOBS]
-        held = self._hooks.revocations()
+        known = sorted(self._records.active_jobs().items())[:MAX_JOBS]
+        held = self._membership.held_revocations()
         try:
-            request = msgpack.packb([self._hooks.certificate(), [[j, r] for j, r in known], held[0] if held else 0])
+            request = msgpack.packb([self._membership.certificate, [[j, r] for j, r in known], held[0] if held else 0])
             reply = await self._node.request(peer, JOB_SYNC_PROTOCOL, request, timeout=_TIMEOUT, max_reply=MAX_REPLY)
             records, revocations = _parse_reply(peer, reply)
         except (TransportError, ValueError, msgpack.UnpackException) as exc:
@@ -113,13 +129,13 @@ class JobSync:
         accepted = 0
         for record in records:
             try:
-                await self._hooks.accept(peer, record)
+                await self._records.accept_synced(peer, record)
                 accepted += 1
             except RemoteProtocolError as exc:
                 log.info("job_sync_record_rejected", peer=peer.hex()[:16], reason=exc.reason)
         if revocations is not None:
             try:
-                accepted += self._hooks.accept_revocations(peer, revocations)
+                accepted += self._membership.accept_synced_revocations(peer, revocations)
             except RemoteProtocolError as exc:
                 log.info("job_sync_revocations_rejected", peer=peer.hex()[:16], reason=exc.reason)
         if accepted:
@@ -128,15 +144,14 @@ class JobSync:
 
     async def _serve(self, peer: bytes, request: bytes) -> bytes:
         certificate, asker, asker_serial = _parse_request(peer, request)
-        if not self._hooks.is_member(peer):
-            self._hooks.admit(certificate, peer)  # raises for a revoked member (MemberRevoked)
+        self._membership.admit_if_unknown(certificate, peer)  # raises for a revoked member (MemberRevoked)
         records: list[bytes] = []
-        for job_id, have_roster in self._hooks.active_jobs().items():
+        for job_id, have_roster in self._records.active_jobs().items():
             if job_id not in asker:
-                records += self._hooks.records_for(job_id, True)
+                records += self._records.records_for(job_id, True)
             elif have_roster and not asker[job_id]:
-                records += self._hooks.records_for(job_id, False)
-        held = self._hooks.revocations()
+                records += self._records.records_for(job_id, False)
+        held = self._membership.held_revocations()
         return msgpack.packb([records, held[1] if held is not None and held[0] > asker_serial else None])
 
 

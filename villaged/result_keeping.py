@@ -2,7 +2,8 @@
 
 A result is stored only if it proves its round ran (protocol/evidence.py) and its round has opened
 by this node's clock; the lowest completed attempt's result is the round's (`Store.put_result`).
-villaged/results.py moves results between nodes; this worker decides and records.
+villaged/results.py moves results between nodes; this worker decides and records (it is the
+exchange's `ResultRules` and `ResultShelf`).
 """
 
 from __future__ import annotations
@@ -129,6 +130,12 @@ class ResultKeeper:
         job, roster = self._result_job(body, signed.author)
         return verify_result(job.spec, roster, body, signed.author, words, votes)
 
+    def roster(self, job_id: str) -> list[bytes] | None:
+        return self._book.round_members(job_id)
+
+    def held_attempt(self, job_id: str, round_number: int) -> int | None:
+        return self._store.result_attempt(job_id, round_number)
+
     def attempt_window(self, job_id: str) -> float:
         job = self._book.jobs.get(job_id)
         return job.spec.attempt_window if job is not None else 0.0
@@ -138,7 +145,7 @@ class ResultKeeper:
         found = self._store.get_result(job_id, round_number)
         return None if found is None else (found.signed_announcement, found.aggregate, found.votes)
 
-    def store_fetched(self, result: VerifiedResult, record: bytes) -> None:
+    def keep(self, result: VerifiedResult, record: bytes) -> None:
         """A result from another node that the exchange verified (`verify`)."""
         body, author = result.announcement, result.coordinator
         try:

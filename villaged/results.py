@@ -16,8 +16,7 @@ opened, and protocol/evidence.py accepts the announcement, the aggregate and the
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Protocol
 
 import msgpack
 import structlog
@@ -55,31 +54,53 @@ _MAX_FETCH = 1024
 _ROUND_LIMIT = 2**31
 
 
-@dataclass(frozen=True)
-class ResultHooks:
-    """What the exchange needs from the daemon."""
+class ResultMembership(Protocol):
+    """What the exchange needs from villaged/membership.py."""
 
-    is_member: Callable[[bytes], bool]
-    # A gossiped claim worth fetching: its round has opened and its author was elected (counted if not)
-    plausible: Callable[[ResultAnnouncement, bytes], bool]
-    # (signed announcement, aggregate words, votes): the result if it proves its round ran, else raises
-    # RemoteProtocolError naming the reason
-    verify: Callable[[SignedAnnouncement, bytes, tuple[bytes, ...]], VerifiedResult]
-    roster: Callable[[str], list[bytes] | None]  # the job's roster, as this node knows it
-    held_attempt: Callable[[str, int], int | None]  # the attempt whose result this node stores for a round
-    stored: Callable[[str, int], tuple[bytes, bytes, tuple[bytes, ...]] | None]  # (announcement, words, votes)
-    attempt_window: Callable[[str], float]  # how long one attempt of the job may take
-    admit: Callable[[bytes, bytes], None]  # (certificate, peer): admit or raise RemoteProtocolError
-    certificate: Callable[[], bytes]  # this node's own membership certificate (renewed while it runs), sent with its fetches
-    # (result, signed announcement); raises RemoteProtocolError if the coordinator equivocated
-    store: Callable[[VerifiedResult, bytes], None]
+    certificate: bytes  # this node's own (renewed while it runs), sent with its fetches
+
+    def is_member(self, member: bytes) -> bool: ...
+
+    def admit_if_unknown(self, certificate: bytes, peer: bytes) -> None:
+        """Admit `peer`'s certificate unless it is a member already; raises RemoteProtocolError (counted)."""
+
+
+class ResultRules(Protocol):
+    """What a job says about its results (villaged/result_keeping.py)."""
+
+    def roster(self, job_id: str) -> list[bytes] | None:
+        """The job's roster, as this node knows it."""
+
+    def attempt_window(self, job_id: str) -> float:
+        """How long one attempt of the job may take."""
+
+    def plausible(self, body: ResultAnnouncement, author: bytes) -> bool:
+        """A gossiped claim worth fetching: its round has opened and its author was elected (counted if not)."""
+
+    def verify(self, signed: SignedAnnouncement, words: bytes, votes: tuple[bytes, ...]) -> VerifiedResult:
+        """The result if it proves its round ran, else raises RemoteProtocolError naming the reason."""
+
+
+class ResultShelf(Protocol):
+    """The results this node holds (villaged/result_keeping.py, over the store)."""
+
+    def held_attempt(self, job_id: str, round_number: int) -> int | None:
+        """The attempt whose result this node stores for a round."""
+
+    def stored(self, job_id: str, round_number: int) -> tuple[bytes, bytes, tuple[bytes, ...]] | None:
+        """(signed announcement, aggregate words, votes) as stored."""
+
+    def keep(self, result: VerifiedResult, record: bytes) -> None:
+        """Store a verified result; raises RemoteProtocolError if the coordinator equivocated."""
 
 
 class ResultExchange:
     """Serves fetches and pushes of results, pushes to the nodes below this one, fetches what is missing."""
 
-    def __init__(self, node: Node, nursery: trio.Nursery, hooks: ResultHooks, metrics: Metrics, me: bytes) -> None:
-        self._node, self._nursery, self._hooks, self._metrics, self._me = node, nursery, hooks, metrics, me
+    def __init__(self, node: Node, nursery: trio.Nursery, membership: ResultMembership, rules: ResultRules,
+                 shelf: ResultShelf, metrics: Metrics, me: bytes) -> None:
+        self._node, self._nursery, self._metrics, self._me = node, nursery, metrics, me
+        self._membership, self._rules, self._shelf = membership, rules, shelf
         self._jitter = random.Random()  # spreads fetches in time (not for secrets)
         # Attempts whose result this node pushed on (once each) -> when (trio time, in order): kept for
         # `RETENTION`, far beyond the last copy of a push that can still be on its way.
@@ -118,7 +139,7 @@ class ResultExchange:
             del self._forwarded[oldest]
 
     def _tree(self, body: ResultAnnouncement, coordinator: bytes) -> list[bytes]:
-        return tree_order(body.job_id, self._hooks.roster(body.job_id) or [coordinator, *body.survivors])
+        return tree_order(body.job_id, self._rules.roster(body.job_id) or [coordinator, *body.survivors])
 
     async def _serve_push(self, peer: bytes, request: bytes) -> bytes:
         self._check_member(peer)
@@ -136,19 +157,18 @@ class ResultExchange:
 
     async def _serve_fetch(self, peer: bytes, request: bytes) -> bytes:
         job_id, round_number, certificate = self._fetch_request(peer, request)
-        if not self._hooks.is_member(peer):
-            self._hooks.admit(certificate, peer)  # raises (and counts) if the certificate is not valid
+        self._membership.admit_if_unknown(certificate, peer)  # raises (and counts) if the certificate is not valid
         self._check_member(peer)
-        found = self._hooks.stored(job_id, round_number)
+        found = self._shelf.stored(job_id, round_number)
         if found is None:
             raise RemoteProtocolError(peer, "result", "no such result here")
         return msgpack.packb(list(found))  # the signed announcement travels with the vector
 
     def on_announcement(self, body: ResultAnnouncement, author: bytes) -> None:
         """A gossiped result announcement: make sure this node ends up with the aggregate."""
-        if author != self._me and self._wants(body) and self._hooks.plausible(body, author):
-            in_tree = self._me in (self._hooks.roster(body.job_id) or body.survivors) and self._me not in body.dropped
-            if in_tree and self._hooks.held_attempt(body.job_id, body.round) is None:
+        if author != self._me and self._wants(body) and self._rules.plausible(body, author):
+            in_tree = self._me in (self._rules.roster(body.job_id) or body.survivors) and self._me not in body.dropped
+            if in_tree and self._shelf.held_attempt(body.job_id, body.round) is None:
                 self._await_push(body.job_id, body.round, author)
             else:
                 self._nursery.start_soon(self._collect, body, author)
@@ -156,7 +176,7 @@ class ResultExchange:
     def expect(self, job_id: str, round_number: int, coordinator: bytes) -> None:
         """This node sent its unmasking shares to `coordinator`: the result comes down the tree, and
         if the push is overdue (or the announcement's gossip never comes), this node fetches it."""
-        if self._hooks.held_attempt(job_id, round_number) is None:
+        if self._shelf.held_attempt(job_id, round_number) is None:
             self._await_push(job_id, round_number, coordinator)
 
     def _await_push(self, job_id: str, round_number: int, coordinator: bytes) -> None:
@@ -169,14 +189,14 @@ class ResultExchange:
         """Wait for the push as long as the tree is deep, then ask the coordinator and two connected
         members at doubling gaps (the coordinator may still be waiting for unmasking shares)."""
         key = (job_id, round_number)
-        roster = self._hooks.roster(job_id) or [coordinator]
-        deadline = trio.current_time() + self._hooks.attempt_window(job_id)
+        roster = self._rules.roster(job_id) or [coordinator]
+        deadline = trio.current_time() + self._rules.attempt_window(job_id)
         gap = _PUSH_WAIT_PER_HOP * depth(len(roster) + 1)
         try:
-            while self._hooks.held_attempt(job_id, round_number) is None and trio.current_time() < deadline:
+            while self._shelf.held_attempt(job_id, round_number) is None and trio.current_time() < deadline:
                 with trio.move_on_after(gap):
                     await self._arrivals.setdefault(key, trio.Event()).wait()
-                if self._hooks.held_attempt(job_id, round_number) is not None:
+                if self._shelf.held_attempt(job_id, round_number) is not None:
                     return
                 connected = set(self._node.connected_peers())
                 near = [m for m in roster if m in connected and m not in (self._me, coordinator)]
@@ -215,7 +235,7 @@ class ResultExchange:
 
         async def ask(source: bytes, cancel_all: trio.CancelScope) -> None:
             try:
-                request = msgpack.packb([job_id, round_number, self._hooks.certificate()])
+                request = msgpack.packb([job_id, round_number, self._membership.certificate])
                 reply = await self._node.request(source, RESULT_PROTOCOL, request, timeout=_FETCH_TIMEOUT)
                 record, words, votes = msgpack.unpackb(reply)
                 self._keep(*self._verified(source, record, words, votes, (job_id, round_number)), source, "fetch")
@@ -227,7 +247,7 @@ class ResultExchange:
         async with trio.open_nursery() as nursery:
             for source in sources:
                 nursery.start_soon(ask, source, nursery.cancel_scope)
-        return self._hooks.held_attempt(job_id, round_number) is not None
+        return self._shelf.held_attempt(job_id, round_number) is not None
 
     # --- checks -----------------------------------------------------------------------------------
 
@@ -253,7 +273,7 @@ class ResultExchange:
         raise RemoteProtocolError(peer, "result", problem)
 
     def _check_member(self, peer: bytes) -> None:
-        if not self._hooks.is_member(peer):
+        if not self._membership.is_member(peer):
             self._metrics.failed_authentications.inc()
             raise RemoteProtocolError(peer, "result", "not a member of this village")
 
@@ -271,7 +291,7 @@ class ResultExchange:
         try:
             if type(words) is not bytes or type(votes) is not list or any(type(v) is not bytes for v in votes):
                 raise RemoteProtocolError(signed.author, "result", "aggregate or votes are not bytes")
-            return self._hooks.verify(signed, words, tuple(votes)), signed.record
+            return self._rules.verify(signed, words, tuple(votes)), signed.record
         except RemoteProtocolError as exc:
             if isinstance(exc, AuthenticationError):
                 self._metrics.failed_authentications.inc()
@@ -284,13 +304,13 @@ class ResultExchange:
     def _wants(self, body: ResultAnnouncement) -> bool:
         """This node holds no result of that round, or one of a later attempt (the lowest attempt's
         result is the round's result: see `Store.put_result`)."""
-        held = self._hooks.held_attempt(body.job_id, body.round)
+        held = self._shelf.held_attempt(body.job_id, body.round)
         return held is None or held > body.attempt
 
     def _keep(self, result: VerifiedResult, record: bytes, source: bytes, via: str) -> None:
         body = result.announcement
         if self._wants(body):
-            self._hooks.store(result, record)
+            self._shelf.keep(result, record)
             log.info("result_received", job=body.job_id, round=body.round, attempt=body.attempt, via=via,
                      source=source.hex()[:16])
         self._arrived(body.job_id, body.round)

@@ -14,11 +14,12 @@ import trio.testing
 from protocol.announcements import ResultAnnouncement
 from protocol.evidence import VerifiedResult
 from protocol.jobs import JobSpec
+from tests.villaged.test_results import FakeVillage
 from villaged.errors import TransportError
 from villaged.job_table import RETENTION
 from villaged.jobs import JobBook
 from villaged.metrics import Metrics
-from villaged.results import ResultExchange, ResultHooks
+from villaged.results import ResultExchange
 from villaged.store import Store
 
 ME, OTHER = b"\x01" * 32, b"\x02" * 32
@@ -93,11 +94,9 @@ def exchange(nursery: trio.Nursery, held: dict[tuple[str, int], int] | None = No
     def never(*args: Any) -> Any:
         raise AssertionError("not called in this test")
 
-    hooks = ResultHooks(is_member=lambda m: True, plausible=never, verify=never, roster=lambda job: [ME, OTHER],
-                        held_attempt=lambda job, r: held.get((job, r)), stored=never, attempt_window=lambda job: 60.0,
-                        admit=never,
-                        certificate=lambda: b"certificate", store=never)
-    return ResultExchange(SilentNode(), nursery, hooks, Metrics(), ME)  # type: ignore[arg-type]
+    village = FakeVillage(member=lambda m: True, admit=never, claim=never, check=never, job_roster=lambda job: [ME, OTHER],
+                          attempt_held=lambda job, r: held.get((job, r)), found=never, store=never)
+    return ResultExchange(SilentNode(), nursery, village, village, village, Metrics(), ME)  # type: ignore[arg-type]
 
 
 def result(round_number: int) -> VerifiedResult:

@@ -7,7 +7,7 @@ the real check against real daemons."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -26,7 +26,7 @@ from tests.villaged.nodes import network, wait_until
 from villaged.errors import RemoteRefusal
 from villaged.transport.identity import member_id, signing_key
 from villaged.metrics import Metrics
-from villaged.results import RESULT_PROTOCOL, RESULT_PUSH_PROTOCOL, ResultExchange, ResultHooks
+from villaged.results import RESULT_PROTOCOL, RESULT_PUSH_PROTOCOL, ResultExchange
 from villaged.transport import Node
 
 pytestmark = pytest.mark.slow
@@ -47,6 +47,49 @@ class Peer:
     @property
     def me(self) -> bytes:
         return self.node.member_id
+
+
+@dataclass(frozen=True)
+class FakeVillage:
+    """The exchange's three interfaces (`ResultMembership`, `ResultRules`, `ResultShelf`) as plain functions."""
+
+    member: Callable[[bytes], bool]
+    admit: Callable[[bytes, bytes], None]
+    claim: Callable[[ResultAnnouncement, bytes], bool]
+    check: Callable[[SignedAnnouncement, bytes, tuple[bytes, ...]], VerifiedResult]
+    job_roster: Callable[[str], list[bytes] | None]
+    attempt_held: Callable[[str, int], int | None]
+    found: Callable[[str, int], tuple[bytes, bytes, tuple[bytes, ...]] | None]
+    store: Callable[[VerifiedResult, bytes], None]
+    certificate: bytes = b"valid"
+
+    def is_member(self, member: bytes) -> bool:
+        return self.member(member)
+
+    def admit_if_unknown(self, certificate: bytes, peer: bytes) -> None:
+        if not self.member(peer):
+            self.admit(certificate, peer)
+
+    def roster(self, job_id: str) -> list[bytes] | None:
+        return self.job_roster(job_id)
+
+    def attempt_window(self, job_id: str) -> float:
+        return 60.0
+
+    def plausible(self, body: ResultAnnouncement, author: bytes) -> bool:
+        return self.claim(body, author)
+
+    def verify(self, signed: SignedAnnouncement, words: bytes, votes: tuple[bytes, ...]) -> VerifiedResult:
+        return self.check(signed, words, votes)
+
+    def held_attempt(self, job_id: str, round_number: int) -> int | None:
+        return self.attempt_held(job_id, round_number)
+
+    def stored(self, job_id: str, round_number: int) -> tuple[bytes, bytes, tuple[bytes, ...]] | None:
+        return self.found(job_id, round_number)
+
+    def keep(self, result: VerifiedResult, record: bytes) -> None:
+        self.store(result, record)
 
 
 @asynccontextmanager
@@ -79,20 +122,18 @@ async def exchanges(
                       results: dict[tuple[str, int], tuple[bytes, bytes]] = results) -> None:
                 results[(result.announcement.job_id, result.announcement.round)] = (record, result.aggregate)
 
-            hooks = ResultHooks(
-                is_member=lambda m: known is None or m in known,
-                plausible=lambda body, author: author == coordinator,
-                verify=signed_by(coordinator),
-                roster=lambda job: roster,
-                held_attempt=lambda job, r, results=results: (
-                    open_announcement(results[(job, r)][0]).body.attempt if (job, r) in results else None),
-                stored=lambda job, r, results=results: (*results[(job, r)], ()) if (job, r) in results else None,
-                store=store,
-                attempt_window=lambda job: 60.0,
+            village = FakeVillage(
+                member=lambda m: known is None or m in known,
                 admit=admit,
-                certificate=lambda: b"valid",
+                claim=lambda body, author: author == coordinator,
+                check=signed_by(coordinator),
+                job_roster=lambda job: roster,
+                attempt_held=lambda job, r, results=results: (
+                    open_announcement(results[(job, r)][0]).body.attempt if (job, r) in results else None),
+                found=lambda job, r, results=results: (*results[(job, r)], ()) if (job, r) in results else None,
+                store=store,
             )
-            peer.exchange = ResultExchange(node, nursery, hooks, peer.metrics, node.member_id)
+            peer.exchange = ResultExchange(node, nursery, village, village, village, peer.metrics, node.member_id)
             peers.append(peer)
 
         def sign(body: ResultAnnouncement, key=signing_key(keypairs[coordinator_index])) -> bytes:  # type: ignore[no-untyped-def]
