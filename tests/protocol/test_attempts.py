@@ -3,7 +3,7 @@
 `Village` drives one `RoundAttempts` per node: it carries out their outputs (an elected coordinator
 invites the live roster, each client checks the invite and records its spent attempt before its
 masked input "leaves", a completed attempt's result reaches every live node) and fires their
-timers in order. The SecAgg+ phases themselves are `tests/protocol/cluster.py`'s business; here
+timers in order. The SecAgg+ phases themselves are the business of netsim/harness.py's `RoundHarness`; here
 an attempt either completes at once or its coordinator dies at a chosen moment. Asserted: every
 node elects the same coordinator, no input goes into two attempts of a round (restarts
 included), and every node keeps the lowest completed attempt's result.
