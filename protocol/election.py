@@ -9,16 +9,27 @@ many rounds every member coordinates about equally often.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from protocol.crypto import sha256
 from protocol.errors import LocalProtocolError
 
 
+#: Rankings kept: every node asks for the same few rounds' rankings from many places (the invite
+#: check, the job loop, result verification, the control API); one of 300 members is ~10 KB.
+_CACHED_RANKINGS = 256
+
+
 def ranking(job_id: str, round_number: int, members: Iterable[bytes]) -> list[bytes]:
-    """Eligible members, best first, for one round of one job."""
+    """Eligible members, best first, for one round of one job (computed once per distinct input)."""
+    return list(_ranked(job_id, round_number, tuple(sorted(set(members)))))
+
+
+@functools.lru_cache(maxsize=_CACHED_RANKINGS)
+def _ranked(job_id: str, round_number: int, members: tuple[bytes, ...]) -> tuple[bytes, ...]:
     prefix = (b"village/election/v1", job_id.encode(), round_number.to_bytes(8, "big"))
-    return sorted(set(members), key=lambda m: (sha256(*prefix, m), m))
+    return tuple(sorted(members, key=lambda m: (sha256(*prefix, m), m)))
 
 
 def coordinator_for(job_id: str, round_number: int, attempt: int, members: Iterable[bytes]) -> bytes:
