@@ -36,6 +36,22 @@ class Backoff:
             return min(self.delays[min(retries, len(self.delays) - 1)], self.cap)
         return None
 
+    @classmethod
+    def doubling(cls, first: float, up_to: float) -> Backoff:
+        """`first`, then twice the last delay, at most `up_to`: (1, 2, 4, 8) for doubling(1, 8).
+        The first delay is not capped (`cap` would cap it); the doubled ones stop at `up_to`."""
+        if not (first > 0 and 0 < up_to < math.inf):
+            raise LocalProtocolError(f"a doubling backoff needs a positive first delay and a finite positive limit, "
+                                     f"got {first} and {up_to}")
+        delays = [first]
+        while delays[-1] != up_to:
+            delays.append(min(2 * delays[-1], up_to))
+        return cls(tuple(delays))
+
+    def forever(self) -> Backoff:
+        """The same schedule that never gives up: the caller's own deadline or success ends it."""
+        return self.for_at_least(math.inf)
+
     def capped(self, cap: float) -> Backoff:
         """The same schedule with every delay at most `cap`."""
         return replace(self, cap=min(self.cap, cap))
