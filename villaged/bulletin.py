@@ -32,6 +32,7 @@ from protocol.announcements import (
     open_announcement,
     sign_announcement,
 )
+from protocol.backoff import Backoff
 from protocol.errors import CryptoCheckFailed, RemoteProtocolError
 from protocol.fanout import tree_order
 from protocol.kinds import InputError
@@ -53,7 +54,11 @@ ANNOUNCE_PROTOCOL = "/village/announce/1.0.0"
 #: attempts then waited, and every retry was one more handshake for it to do.
 _JOIN_SPREAD = 0.6
 _JOIN_TIMEOUT = 20.0
-#: A running job (with its roster) is re-announced this often, for members that missed it or restarted.
+#: An undelivered join is sent again after 1, 2, 4, 8, 8, ... seconds (jittered), until the job starts:
+#: soon enough for a creator that was briefly busy, rare enough not to add to its handshakes.
+_JOIN_RETRY = Backoff.doubling(1.0, 8.0).forever()
+#: A running job (with its roster) is re-announced this often, for members that missed it or restarted
+#: (a period, not a retry: nothing failed).
 _RUNNING_ANNOUNCE_PERIOD = 60.0
 
 
@@ -179,7 +184,8 @@ class Bulletin:
         """Gossip is best effort: the creator repeats each of its jobs' announcements at doubling gaps
         (announce_interval, 2x, 4x, ...) until the job starts, then every `_RUNNING_ANNOUNCE_PERIOD`
         with its roster, for nodes that came up late. Every gossiped message costs each node a few ms
-        per copy it receives: a job re-announced every second kept 100 nodes on 2 cores saturated."""
+        per copy it receives: a job re-announced every second kept 100 nodes on 2 cores saturated.
+        (Repeats of a message nobody refused, not retries: periods, without a `Backoff`.)"""
         schedule: dict[str, tuple[float, float]] = {}  # job id -> (next announcement at, gap after it)
         while True:
             await trio.sleep(self._config.announce_interval)
@@ -242,7 +248,7 @@ class Bulletin:
         assert self._node is not None
         record = self.sign(JoinAnnouncement(job.id))
         await trio.sleep(self._jitter.uniform(0, _JOIN_SPREAD * max(0.0, job.start_at - time.time())))
-        delay = 1.0
+        retries = 0
         try:
             while job.state == "pending" and job.roster is None and time.time() < job.start_at:
                 try:
@@ -254,8 +260,10 @@ class Bulletin:
                     log.info("join_not_delivered", job=job.id, creator=job.creator.hex()[:16], reason=exc.reason)
                     if isinstance(exc, RemoteRefusal):
                         return  # the creator answered and refused (e.g. the roster is already fixed)
+                delay = _JOIN_RETRY.next_delay(retries)
+                assert delay is not None  # _JOIN_RETRY never gives up: the job's start ends it
                 await trio.sleep(min(delay * self._jitter.uniform(0.5, 1.5), max(0.0, job.start_at - time.time())))
-                delay = min(delay * 2, 8.0)
+                retries += 1
         finally:
             self._joining.discard(job.id)
 

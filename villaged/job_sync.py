@@ -10,7 +10,8 @@ whose start has passed without its roster reaching it asks every `ROSTER_CHASE_I
 instead: round 0 opens a short grace after the start, and a member without the roster sits it out.
 
 A sync that fails (the peer did not answer in time, or refused) is tried again with another random
-peer after `ROSTER_CHASE_INTERVAL` or so, doubling with each failure in a row up to `SYNC_INTERVAL`:
+peer on `SYNC_RETRY`: after `ROSTER_CHASE_INTERVAL` or so, doubling with each failure in a row up to
+`SYNC_INTERVAL` (a successful sync is followed by the next one a `SYNC_INTERVAL` later, a period):
 in net-300 a node whose few connections had stopped answering streams learned a job 90 s after it
 was created, after its start, and was left out of the roster. (The doubling keeps a village whose
 syncs fail because it is overloaded from syncing ten times as often.)
@@ -37,6 +38,7 @@ import msgpack
 import structlog
 import trio
 
+from protocol.backoff import Backoff
 from protocol.errors import RemoteProtocolError
 from villaged.errors import TransportError
 from villaged.transport import Node
@@ -46,6 +48,8 @@ JOB_SYNC_PROTOCOL = "/village/jobs/2.0.0"  # 2: revocation lists ride along
 FIRST_SYNC = (3.0, 6.0)
 SYNC_INTERVAL = 20.0
 ROSTER_CHASE_INTERVAL = 2.0
+#: After failed syncs in a row: 2, 4, 8, 16, 20, 20, ... seconds (jittered), for as long as they fail.
+SYNC_RETRY = Backoff.doubling(ROSTER_CHASE_INTERVAL, SYNC_INTERVAL).forever()
 #: Active jobs named in one request (a village runs a handful at a time).
 MAX_JOBS = 64
 MAX_CERTIFICATE = 1024
@@ -157,7 +161,11 @@ class JobSync:
 
 def _gap_after(failures: int) -> float:
     """Seconds to the next sync after `failures` failed ones in a row (see the module docstring)."""
-    return min(SYNC_INTERVAL, ROSTER_CHASE_INTERVAL * 2 ** (failures - 1)) if failures else SYNC_INTERVAL
+    if not failures:
+        return SYNC_INTERVAL  # a period after a sync that worked
+    delay = SYNC_RETRY.next_delay(failures - 1)
+    assert delay is not None  # SYNC_RETRY never gives up
+    return delay
 
 
 def _parse_reply(peer: bytes, reply: bytes) -> tuple[list[bytes], bytes | None]:

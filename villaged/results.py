@@ -23,6 +23,7 @@ import structlog
 import trio
 
 from protocol.announcements import ResultAnnouncement, SignedAnnouncement, open_announcement
+from protocol.backoff import Backoff
 from protocol.errors import AuthenticationError, RemoteProtocolError
 from protocol.evidence import VerifiedResult
 from protocol.fanout import depth, tree_order
@@ -40,8 +41,10 @@ log = structlog.get_logger("villaged.results")
 RESULT_PROTOCOL = "/village/result/1.0.0"
 RESULT_PUSH_PROTOCOL = "/village/result-push/1.0.0"  # push: [signed announcement, aggregate, votes] -> b"ok"
 _FETCH_TIMEOUT = 10.0
-#: A recipient waits this long per level of the tree for the push before it fetches instead, then
-#: at doubling gaps up to `_FETCH_GAP_MAX` until the round's attempt window is over.
+#: A recipient waits this long per level of the tree for the push before it fetches instead (a hop
+#: is a stream to a connected member, well under a second), then at doubling gaps up to
+#: `_FETCH_GAP_MAX` (`_fetch_retry`) until the round's attempt window is over: the coordinator may
+#: still be waiting for unmasking shares, and a fetch every 30 s at most keeps 300 askers light.
 _PUSH_WAIT_PER_HOP = 3.0
 _FETCH_GAP_MAX = 30.0
 #: Nodes outside the tree fetch after a random wait of up to this much per survivor (capped).
@@ -191,9 +194,12 @@ class ResultExchange:
         key = (job_id, round_number)
         roster = self._rules.roster(job_id) or [coordinator]
         deadline = trio.current_time() + self._rules.attempt_window(job_id)
-        gap = _PUSH_WAIT_PER_HOP * depth(len(roster) + 1)
+        retry = _fetch_retry(len(roster) + 1)
+        fetches = 0
         try:
             while self._shelf.held_attempt(job_id, round_number) is None and trio.current_time() < deadline:
+                gap = retry.next_delay(fetches)
+                assert gap is not None  # kept forever: the attempt window ends it
                 with trio.move_on_after(gap):
                     await self._arrivals.setdefault(key, trio.Event()).wait()
                 if self._shelf.held_attempt(job_id, round_number) is not None:
@@ -202,7 +208,7 @@ class ResultExchange:
                 near = [m for m in roster if m in connected and m not in (self._me, coordinator)]
                 if await self.fetch_from([coordinator, *self._jitter.sample(near, min(2, len(near)))], job_id, round_number):
                     return
-                gap = min(2 * gap, _FETCH_GAP_MAX)
+                fetches += 1
         finally:
             self._awaiting.discard(key)
             self._arrivals.pop(key, None)
@@ -320,3 +326,8 @@ class ResultExchange:
         event = self._arrivals.pop((job_id, round_number), None)
         if event is not None:
             event.set()
+
+
+def _fetch_retry(tree_size: int) -> Backoff:
+    """The waits of a tree member for a pushed result: a push's time down the tree, then doubling."""
+    return Backoff.doubling(_PUSH_WAIT_PER_HOP * depth(tree_size), _FETCH_GAP_MAX).forever()

@@ -64,8 +64,9 @@ ACK = b"ok"
 _CLIENT_KINDS = frozenset({"invite", "keys", "delivery", "survivors", "unmask_request", "abort"})
 #: A failed send is retried on this schedule (capped at a tenth of the phase timeout), unless
 #: the peer refused it or is down: a client SIGKILLed mid-phase breaks the coordinator's stream, and
-#: the retry's refused dial tells the coordinator to stop waiting for it. The swarm itself does not
-#: redial (transport.py), so a dial that fails for another reason gets its retries here.
+#: the retry's refused dial tells the coordinator to stop waiting for it. Each try dials once (the
+#: transport's own dial retries are off for round frames: transport/host.py states the bound), so a
+#: dial that fails for another reason gets its retries here.
 SEND_RETRY = Backoff((0.25, 0.5, 1.0, 2.0))
 #: An invite may arrive before the creator's roster announcement; wait this long for it.
 _ROSTER_WAIT = 5.0
@@ -78,7 +79,9 @@ class Network(Protocol):
 
     member_id: bytes
 
-    async def request(self, peer: bytes, protocol_id: str, request: bytes, *, timeout: float, max_reply: int = ...) -> bytes: ...
+    async def request(self, peer: bytes, protocol_id: str, request: bytes, *, timeout: float, max_reply: int = ...,
+                      dial_retry: Backoff | None = ...) -> bytes:
+        """`dial_retry=None`: one dial per request (the driver retries the whole request itself)."""
 
 
 class RoundDirectory(Protocol):
@@ -451,7 +454,7 @@ class RoundDriver:
         retry = SEND_RETRY.capped(timeout / 10)
         for retries in range(retry.tries):
             try:
-                reply = await self._network.request(send.to, ROUND_PROTOCOL, send.frame, timeout=timeout)
+                reply = await self._network.request(send.to, ROUND_PROTOCOL, send.frame, timeout=timeout, dial_retry=None)
             except TransportError as exc:
                 delay = retry.next_delay(retries)
                 if delay is None or isinstance(exc, (RemoteRefusal, PeerDown)):

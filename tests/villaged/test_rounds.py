@@ -40,7 +40,8 @@ class Loopback:
     def __init__(self, me: bytes, drivers: dict[bytes, RoundDriver], log: list[tuple[bytes, bytes, bytes]]) -> None:
         self.member_id, self._drivers, self._log = me, drivers, log
 
-    async def request(self, peer: bytes, protocol_id: str, request: bytes, *, timeout: float, max_reply: int = 0) -> bytes:
+    async def request(self, peer: bytes, protocol_id: str, request: bytes, *, timeout: float, max_reply: int = 0,
+                      dial_retry: object = None) -> bytes:
         self._log.append((self.member_id, peer, request))
         try:
             return await self._drivers[peer].handle_frame(self.member_id, request)
@@ -68,8 +69,9 @@ async def test_a_round_through_real_drivers_records_the_spent_attempt_before_the
     spent_when_masked_left: list[int | None] = []
 
     class Watching(Loopback):
-        async def request(self, peer: bytes, protocol_id: str, request: bytes, *, timeout: float, max_reply: int = 0) -> bytes:
-            reply = await super().request(peer, protocol_id, request, timeout=timeout, max_reply=max_reply)
+        async def request(self, peer: bytes, protocol_id: str, request: bytes, *, timeout: float, max_reply: int = 0,
+                          dial_retry: object = None) -> bytes:
+            reply = await super().request(peer, protocol_id, request, timeout=timeout, max_reply=max_reply, dial_retry=dial_retry)
             for frame in (request, reply):  # a client's masked input rides on the reply to the share delivery
                 envelope = decode(frame) if frame != ACK else None
                 if envelope is not None and isinstance(envelope.message, MaskedInput):  # it is leaving now

@@ -361,7 +361,7 @@ async def test_a_non_member_is_refused_from_the_length_prefix_and_the_inbound_bu
         await wait_until(lambda: {stranger.member_id, member.member_id} <= set(server.connected_peers()), 10, "both in")
 
         # Only the length prefix is ever sent: the refusal cannot have waited for the body.
-        stream = await stranger._open_stream(server.member_id, members_only)
+        stream = await stranger._open_stream(server.member_id, members_only, None)
         await stream.write(HEADER.pack(60 * MIB))
         with trio.fail_after(10):
             with pytest.raises(RemoteRefusal, match="serves admitted members only"):

@@ -13,7 +13,8 @@ node's CPU with 16 daemons on 2 cores). It waits the full `stable_interval` at o
 is a lookup per non-empty bucket, each querying up to k peers, and 100 nodes doubling their way
 up from 10 s kept 2 cores saturated for minutes.
 
-A node re-dials its bootstrap list with exponential backoff until one of them answers, and again
+A node re-dials its bootstrap list on `bootstrap_retry` (2, 4, 8, ... up to `backoff_max` seconds,
+for as long as it fails) until one of them answers, and again
 whenever it has lost every connection. Connections alone do not mean it joined: in net-100 two
 nodes started before all of their bootstrap peers listened, one of them was the other's bootstrap
 peer, and the two connected to each other and nobody else for the whole run (an island that never
@@ -37,6 +38,7 @@ from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.network.swarm import Swarm
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
+from protocol.backoff import Backoff
 from villaged.transport.identity import peer_id_from_member_id
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,12 @@ class DiscoverySettings:
     small_table: int  # "small": below this many routing-table entries
     backoff_max: float  # cap on the bootstrap retry backoff when isolated
     dial_timeout: float  # per bootstrap dial, and per DHT lookup
+
+    @property
+    def bootstrap_retry(self) -> Backoff:
+        """Rests between failed rejoins: twice `first_interval`, doubling up to `backoff_max`. An
+        isolated node has nothing else to do, and 60 s at most lets it back in soon after its peers."""
+        return Backoff.doubling(min(2 * self.first_interval, self.backoff_max), self.backoff_max).forever()
 
 
 @dataclass
@@ -80,19 +88,19 @@ async def maintain_peers(
     bootstrap = [info for info in bootstrap if info.peer_id != host.get_id()]
     joined = await _join(host, dht, bootstrap, settings, emit)
     interval = settings.first_interval
-    backoff = settings.first_interval
+    failures = 0  # rejoins that failed in a row
     known = dht.get_routing_table_size()
     while True:
         await _rest(host, bootstrap, interval, settings.first_interval)
         if bootstrap and not (joined and host.get_connected_peers()):
-            emit("bootstrap_retry", None, backoff=backoff)
+            emit("bootstrap_retry", None, rested=interval, failures=failures)
             if not host.get_connected_peers():
                 state.settled = False
             joined = await _join(host, dht, bootstrap, settings, emit)
-            if joined:
-                backoff = interval = settings.first_interval
-            else:
-                backoff = interval = min(backoff * 2, settings.backoff_max)
+            failures = 0 if joined else failures + 1
+            rest = settings.bootstrap_retry.next_delay(failures - 1) if failures else settings.first_interval
+            assert rest is not None  # bootstrap_retry never gives up
+            interval = rest
             continue
         await _refresh(host, dht, settings)
         size = dht.get_routing_table_size()
@@ -100,7 +108,7 @@ async def maintain_peers(
         if state.settled:
             interval = settings.stable_interval
         else:
-            interval = min(interval * 2, settings.interval)  # still finding peers: keep looking
+            interval = min(interval * 2, settings.interval)  # still finding peers: keep looking (a period, not a retry)
         known = size
 
 

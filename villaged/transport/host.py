@@ -11,6 +11,13 @@ DHT (discovery.py), gossipsub with a fixed 1 s heartbeat (gossip.py), every stre
 wrapped so no exception escapes into libp2p (one would end the whole trio run), and
 `host.close()` on the way out (leaving `host.run()` alone closes nothing).
 
+Retries do not nest beyond a stated bound. A request dials at most `DIAL_RETRY.tries` (4) times,
+all within its own timeout. A caller that retries requests on its own schedule passes
+`dial_retry=None` and gets one dial per request: the round driver does (its SEND_RETRY makes at
+most 5 tries), so one round frame costs at most 5 dials (it was up to 5 x 4). The other callers
+send one request per attempt of their own schedules (joins, job sync, result fetches), so each
+of their attempts dials at most 4 times.
+
 Reading order: framing.py (wire format), limits.py, gossip.py, discovery.py.
 """
 
@@ -47,6 +54,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from protocol.backoff import Backoff
 from protocol.errors import RemoteProtocolError
 from villaged.transport.discovery import DiscoverySettings, DiscoveryState, maintain_peers, parse_bootstrap
 from villaged.errors import PeerDown, TransportError
@@ -75,8 +83,10 @@ GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.2.0"), TProtocol("/meshsub/1.1.0")]
 # The swarm admits inbound connections up to max_connections - min_connections over the
 # whole process lifetime (slots are never freed, notes §4), so "huge" means lifetime total.
 HUGE_CONNECTION_CAP = 1_000_000
-# A dial that fails without being refused is tried again after each of these (seconds).
-DIAL_RETRY_DELAYS = (0.1, 0.3, 0.6)
+#: A dial that fails without being refused (a handshake that timed out or broke under load) is
+#: tried again after each of these delays: the swarm's own retries, which this replaces, took about
+#: a second too (`_dial`).
+DIAL_RETRY = Backoff((0.1, 0.3, 0.6))
 _REFUSED = "connection refused at its known addresses: the peer is down"
 # Addresses learned from a DHT lookup stay usable this long (libp2p's connect() uses 120 s).
 LOOKUP_ADDR_TTL = 600
@@ -457,23 +467,25 @@ class Node:
         *,
         timeout: float,
         max_reply: int = HARD_MAX_FRAME - 1,
+        dial_retry: Backoff | None = DIAL_RETRY,
     ) -> bytes:
         """Send one request frame to `peer` and return its reply.
 
-        Dials first if needed, using known addresses or a DHT lookup. Every failure (no
-        address, dial, timeout, reset, truncated or oversize reply, error reply) raises
+        Dials first if needed, using known addresses or a DHT lookup, retrying a failed dial on
+        `dial_retry` (None: one dial, for callers that retry the whole request themselves). Every
+        failure (no address, dial, timeout, reset, truncated or oversize reply, error reply) raises
         TransportError; nothing else is raised except cancellation.
         """
         if peer == self.member_id:
             return await self._request_self(protocol_id, request)
         try:
-            return await self._request_remote(peer, protocol_id, request, timeout, max_reply)
+            return await self._request_remote(peer, protocol_id, request, timeout, max_reply, dial_retry)
         except TransportError as exc:
             self._emit("request_failed", peer, protocol=protocol_id, reason=exc.reason)
             raise
 
     async def _request_remote(
-        self, peer: bytes, protocol_id: str, request: bytes, timeout: float, max_reply: int
+        self, peer: bytes, protocol_id: str, request: bytes, timeout: float, max_reply: int, dial_retry: Backoff | None
     ) -> bytes:
         if len(request) > HARD_MAX_FRAME:
             raise TransportError(peer, f"request of {len(request)} bytes exceeds {HARD_MAX_FRAME}")
@@ -486,7 +498,7 @@ class Node:
                 if kept is not None:  # None back: the server had closed it; go on with a fresh one
                     reply = await self._exchange_on(kept, peer, protocol_id, request, max_reply, kept=True)
                 if reply is None:
-                    stream = await self._open_stream(peer, protocol_id)
+                    stream = await self._open_stream(peer, protocol_id, dial_retry)
                     reply = await self._exchange_on(stream, peer, protocol_id, request, max_reply, kept=False)
         except trio.TooSlowError:
             raise TransportError(peer, f"no reply within {timeout:g} s") from None
@@ -566,7 +578,7 @@ class Node:
         self._received[protocol_id] += HEADER.size + len(reply)
         return reply
 
-    async def _open_stream(self, peer: bytes, protocol_id: str) -> INetStream:
+    async def _open_stream(self, peer: bytes, protocol_id: str, dial_retry: Backoff | None) -> INetStream:
         try:
             peer_id = peer_id_from_member_id(peer)
         except ValueError as exc:
@@ -582,7 +594,7 @@ class Node:
                 if info is None or not info.addrs:
                     raise TransportError(peer, "no known address, and the DHT lookup found none")
                 self._host.get_peerstore().add_addrs(peer_id, info.addrs, LOOKUP_ADDR_TTL)
-            await self._dial(peer, peer_id)
+            await self._dial(peer, peer_id, dial_retry)
         try:
             stream = await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
         except Exception as exc:  # libp2p's stream errors have no common base
@@ -592,14 +604,15 @@ class Node:
         self._emit("stream_opened", peer, protocol=protocol_id)
         return stream
 
-    async def _dial(self, peer: bytes, peer_id: ID) -> None:
-        """Connect, retrying after `DIAL_RETRY_DELAYS` unless the dial is refused (PeerDown at once).
+    async def _dial(self, peer: bytes, peer_id: ID, retry: Backoff | None) -> None:
+        """Connect, retrying on `retry` unless the dial is refused (PeerDown at once).
 
         The swarm's own retries are off (`_build_host`): they redialed a refused address for 0.7 s.
         Other failures (a handshake that timed out or broke under load) are retried here, as the
         swarm did, so that turning its retries off costs no reachability."""
         network = self._host.get_network()
-        for delay in (*DIAL_RETRY_DELAYS, None):
+        retries = 0
+        while True:
             # The swarm refuses to dial a peer for 60 s after a failed dial. Every caller here has
             # its own deadline and retry policy (joins back off, rounds retry within a phase), and
             # a restarted creator or coordinator must be reachable again as soon as it is back.
@@ -611,9 +624,11 @@ class Node:
             except Exception as exc:  # libp2p's dial errors have no common base
                 if _connection_refused(exc):
                     raise PeerDown(peer, _REFUSED) from exc
+                delay = retry.next_delay(retries) if retry is not None else None
                 if delay is None:
                     raise
             await trio.sleep(delay)
+            retries += 1
 
     def _known_addrs(self, peer_id: ID) -> bool:
         try:
