@@ -16,11 +16,8 @@ Durability choices:
   "a result the API reported is on disk" under every failure, not just process death.
 * ``foreign_keys=ON``: rounds and results must belong to a known job.
 
-Schema changes are an ordered list of migrations; ``PRAGMA user_version`` records how many have
-been applied. Each migration runs in one transaction together with its version bump, so a crash
-in the middle of an upgrade leaves the previous version intact. Never edit a released migration:
-append a new one. A migration step is SQL, or a function of the connection when rows must be
-rewritten in Python (this SQLite has no ``unhex``).
+Schema changes are an ordered list of migrations (villaged/store_schema.py); the records handed
+out are in villaged/store_records.py.
 
 Not thread-safe: use one `Store` from one thread at a time (e.g. behind a
 ``trio.CapacityLimiter(1)`` when calling it through ``trio.to_thread.run_sync``).
@@ -33,9 +30,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -43,11 +39,17 @@ import msgpack
 
 from protocol.policy import InputPolicy
 from villaged.errors import VillagedError
+from villaged.store_records import (JOB_SELECT, JOB_STATES, RESULT_SELECT, ROUND_SELECT, ROUND_STATES, JobRecord, JobState,
+                                    LocalInput, MemberRecord, ResultRecord, RoundRecord, ids_to_json, job_from_row,
+                                    result_from_row, round_from_row, round_to_row, same_result)
+from villaged.store_schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = [
     "DB_FILENAME",
+    "MIGRATIONS",
     "SCHEMA_VERSION",
     "JobRecord",
+    "JobState",
     "LocalInput",
     "MemberRecord",
     "ResultRecord",
@@ -57,10 +59,6 @@ __all__ = [
 ]
 
 DB_FILENAME: Final = "village.db"
-JobState = Literal["pending", "running", "completed", "cancelled", "failed"]
-JOB_STATES: Final[frozenset[str]] = frozenset({"pending", "running", "completed", "cancelled", "failed"})
-RoundState = Literal["running", "completed", "aborted"]
-ROUND_STATES: Final[frozenset[str]] = frozenset({"running", "completed", "aborted"})
 # How long a connection waits for another connection's write lock before giving up (ms).
 # Writes are a few rows, so anything beyond a few seconds means something is stuck.
 BUSY_TIMEOUT_MS: Final = 5_000
@@ -72,226 +70,6 @@ class StoreError(VillagedError):
     The message names the database file or the record; a schema newer than this villaged means
     the data dir was used by a newer version: upgrade villaged rather than deleting the file.
     """
-
-
-def _move_meta_into_columns(db: sqlite3.Connection) -> None:
-    """Version 6 -> 7: the strings that lived in ``meta`` move into typed columns, and ``meta`` goes.
-
-    ``roster/<job>`` (comma-separated hex ids) -> ``jobs.roster`` (the ids concatenated, in order);
-    ``job_end_reason/<job>`` -> ``jobs.end_reason``; ``revocations`` (hex) -> ``revocation_list``;
-    ``privacy_releases/<job>`` (the release counter of villaged before ``spent_rounds``) ->
-    ``jobs.releases_before_spent_rounds``, so that an old node's budget still counts them. Rows of
-    jobs this node no longer stores are dropped with the table.
-    """
-    for key, value in db.execute("SELECT key, value FROM meta").fetchall():
-        kind, _, job_id = key.partition("/")
-        if kind == "roster":
-            ids = b"".join(bytes.fromhex(m) for m in value.split(",") if m)
-            db.execute("UPDATE jobs SET roster = ? WHERE id = ?", (ids, job_id))
-        elif kind == "job_end_reason":
-            db.execute("UPDATE jobs SET end_reason = ? WHERE id = ?", (value, job_id))
-        elif kind == "privacy_releases":
-            db.execute("UPDATE jobs SET releases_before_spent_rounds = ? WHERE id = ?", (int(value), job_id))
-        elif key == "revocations":
-            db.execute("INSERT INTO revocation_list (id, list) VALUES (1, ?)", (bytes.fromhex(value),))
-    db.execute("DROP TABLE meta")
-
-
-MigrationStep = str | Callable[[sqlite3.Connection], None]
-
-# Ordered; index i holds the steps that take the schema from version i to i + 1.
-MIGRATIONS: Final[Sequence[Sequence[MigrationStep]]] = (
-    (
-        """CREATE TABLE meta (
-            key TEXT PRIMARY KEY,
-            value TEXT NOT NULL
-        ) STRICT""",
-        """CREATE TABLE members (
-            member_id BLOB PRIMARY KEY CHECK (length(member_id) = 32),
-            certificate BLOB NOT NULL,
-            expires_at INTEGER NOT NULL
-        ) STRICT""",
-        """CREATE TABLE jobs (
-            id TEXT PRIMARY KEY,
-            spec TEXT NOT NULL,
-            creator BLOB NOT NULL,
-            state TEXT NOT NULL CHECK (state IN ('pending','running','completed','cancelled','failed')),
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        ) STRICT""",
-        """CREATE TABLE rounds (
-            job_id TEXT NOT NULL REFERENCES jobs(id),
-            round INTEGER NOT NULL CHECK (round >= 0),
-            attempt INTEGER NOT NULL CHECK (attempt >= 0),
-            coordinator BLOB NOT NULL,
-            state TEXT NOT NULL CHECK (state IN ('running','completed','aborted')),
-            participants TEXT NOT NULL,
-            dropped TEXT NOT NULL,
-            phase_timings TEXT NOT NULL,
-            started_at REAL NOT NULL,
-            ended_at REAL,
-            abort_reason TEXT,
-            PRIMARY KEY (job_id, round, attempt)
-        ) STRICT""",
-        """CREATE TABLE results (
-            job_id TEXT NOT NULL REFERENCES jobs(id),
-            round INTEGER NOT NULL,
-            attempt INTEGER NOT NULL,
-            coordinator BLOB NOT NULL,
-            aggregate BLOB NOT NULL,
-            participants TEXT NOT NULL,
-            dropped TEXT NOT NULL,
-            signature BLOB NOT NULL,
-            received_at REAL NOT NULL,
-            PRIMARY KEY (job_id, round)
-        ) STRICT""",
-        """CREATE TABLE local_inputs (
-            name TEXT PRIMARY KEY,
-            payload TEXT NOT NULL,
-            updated_at REAL NOT NULL
-        ) STRICT""",
-        "CREATE INDEX jobs_by_created ON jobs (created_at, id)",
-    ),
-    (
-        # Who joined which job: the election's candidates, needed again after a restart.
-        """CREATE TABLE job_members (
-            job_id TEXT NOT NULL REFERENCES jobs(id),
-            member_id BLOB NOT NULL CHECK (length(member_id) = 32),
-            joined_at REAL NOT NULL,
-            PRIMARY KEY (job_id, member_id)
-        ) STRICT""",
-    ),
-    (
-        # Where members were last known to listen (from rosters and job announcements): a restarted
-        # node dials its village at once instead of finding each peer through the DHT again.
-        """CREATE TABLE peer_addresses (
-            member_id BLOB PRIMARY KEY CHECK (length(member_id) = 32),
-            addresses TEXT NOT NULL,
-            updated_at REAL NOT NULL
-        ) STRICT""",
-    ),
-    (
-        # What each local input may be used for (protocol/policy.py), as JSON; an input without a
-        # row (every input of an older village.db) has the default policy.
-        """CREATE TABLE IF NOT EXISTS input_policies (
-            name TEXT PRIMARY KEY,
-            policy TEXT NOT NULL
-        ) STRICT""",
-    ),
-    (
-        # Each round's input goes into one attempt, durably: the attempt in which this node's masked
-        # input left, committed before it left. A node restarted afterwards refuses every other attempt
-        # (so also unmask-once), and each row is one release of its input (the privacy budget).
-        """CREATE TABLE IF NOT EXISTS spent_rounds (
-            job_id TEXT NOT NULL,
-            round INTEGER NOT NULL,
-            attempt INTEGER NOT NULL,
-            spent_at REAL NOT NULL,
-            PRIMARY KEY (job_id, round)
-        ) STRICT""",
-        # The survivor set each version of an input was signed over (protocol/client.py
-        # `same_survivors_as`): an unchanged input is summed again only over the same set.
-        """CREATE TABLE IF NOT EXISTS input_uses (
-            name TEXT NOT NULL,
-            version REAL NOT NULL,
-            survivors_digest BLOB NOT NULL CHECK (length(survivors_digest) = 32),
-            PRIMARY KEY (name, version)
-        ) STRICT""",
-    ),
-    (
-        # The consistency votes a stored result carries (protocol/evidence.py), served with its
-        # aggregate so that every node that fetches it can check that the round really ran.
-        """CREATE TABLE IF NOT EXISTS result_votes (
-            job_id TEXT NOT NULL,
-            round INTEGER NOT NULL,
-            votes BLOB NOT NULL,
-            PRIMARY KEY (job_id, round)
-        ) STRICT""",
-    ),
-    (
-        # The job's roster as the creator froze it (member ids concatenated, in the creator's order;
-        # NULL until it is known) and why the job ended before its last round.
-        "ALTER TABLE jobs ADD COLUMN roster BLOB CHECK (length(roster) % 32 = 0)",
-        "ALTER TABLE jobs ADD COLUMN end_reason TEXT",
-        "ALTER TABLE jobs ADD COLUMN releases_before_spent_rounds INTEGER NOT NULL DEFAULT 0",
-        # The newest revocation list this node adopted, as the admin signed it (one row).
-        """CREATE TABLE revocation_list (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            list BLOB NOT NULL
-        ) STRICT""",
-        _move_meta_into_columns,
-        # The results column holds the coordinator's whole signed result announcement, not a signature.
-        "ALTER TABLE results RENAME COLUMN signature TO signed_announcement",
-    ),
-)
-SCHEMA_VERSION: Final = len(MIGRATIONS)
-
-
-@dataclass(frozen=True, slots=True)
-class MemberRecord:
-    member_id: bytes
-    certificate: bytes
-    expires_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    id: str
-    spec: dict[str, Any]
-    creator: bytes
-    state: JobState
-    created_at: float
-    updated_at: float
-    roster: tuple[bytes, ...] | None = None  # the creator's frozen member list, once known
-    end_reason: str | None = None  # why the job ended before its last round
-
-
-@dataclass(frozen=True, slots=True)
-class RoundRecord:
-    """One attempt at one round. ``phase_timings`` maps phase name -> seconds spent in it."""
-
-    job_id: str
-    round: int
-    attempt: int
-    coordinator: bytes
-    state: RoundState
-    started_at: float
-    participants: tuple[bytes, ...] = ()
-    dropped: tuple[bytes, ...] = ()
-    phase_timings: dict[str, float] = field(default_factory=dict)
-    ended_at: float | None = None
-    abort_reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ResultRecord:
-    """The signed outcome of a round; at most one per (job, round)."""
-
-    job_id: str
-    round: int
-    attempt: int
-    coordinator: bytes
-    aggregate: bytes
-    participants: tuple[bytes, ...]
-    dropped: tuple[bytes, ...]
-    signed_announcement: bytes  # the coordinator's signed ResultAnnouncement record, served with the aggregate
-    received_at: float
-    votes: tuple[bytes, ...] = ()  # the consistency votes that show the attempt ran (none before issue #15)
-
-
-@dataclass(frozen=True, slots=True)
-class LocalInput:
-    name: str
-    payload: Any
-    updated_at: float
-
-
-def _ids_to_json(ids: Sequence[bytes]) -> str:
-    return json.dumps([i.hex() for i in ids])
-
-
-def _ids_from_json(text: str) -> tuple[bytes, ...]:
-    return tuple(bytes.fromhex(i) for i in json.loads(text))
 
 
 class Store:
@@ -452,17 +230,17 @@ class Store:
             return cursor.rowcount == 1
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        row = self._db.execute(_JOB_SELECT + " WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _job_from_row(row)
+        row = self._db.execute(JOB_SELECT + " WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else job_from_row(row)
 
     def list_jobs(self, state: JobState | None = None) -> list[JobRecord]:
         """Jobs oldest first, optionally only those in ``state``."""
-        query = _JOB_SELECT
+        query = JOB_SELECT
         params: tuple[str, ...] = ()
         if state is not None:
             query += " WHERE state = ?"
             params = (state,)
-        return [_job_from_row(row) for row in self._db.execute(query + " ORDER BY created_at, id", params)]
+        return [job_from_row(row) for row in self._db.execute(query + " ORDER BY created_at, id", params)]
 
     def set_job_state(self, job_id: str, state: JobState, updated_at: float) -> None:
         """Raises StoreError if the job is unknown."""
@@ -495,19 +273,7 @@ class Store:
     def record_round(self, record: RoundRecord) -> None:
         """Insert or update one (job, round, attempt): call at start and again when it ends."""
         _check_state("round", record.state, ROUND_STATES)
-        values = (
-            record.job_id,
-            record.round,
-            record.attempt,
-            record.coordinator,
-            record.state,
-            _ids_to_json(record.participants),
-            _ids_to_json(record.dropped),
-            json.dumps(record.phase_timings, sort_keys=True, allow_nan=False),
-            record.started_at,
-            record.ended_at,
-            record.abort_reason,
-        )
+        values = round_to_row(record)
         with self._transaction() as db:
             try:
                 db.execute(
@@ -523,27 +289,8 @@ class Store:
                 raise StoreError(f"round {record.round} of job {record.job_id!r}: {_integrity_reason(exc)}") from exc
 
     def rounds(self, job_id: str) -> list[RoundRecord]:
-        rows = self._db.execute(
-            "SELECT job_id, round, attempt, coordinator, state, participants, dropped, phase_timings, "
-            "started_at, ended_at, abort_reason FROM rounds WHERE job_id = ? ORDER BY round, attempt",
-            (job_id,),
-        )
-        return [
-            RoundRecord(
-                job_id=j,
-                round=r,
-                attempt=a,
-                coordinator=bytes(c),
-                state=s,
-                participants=_ids_from_json(p),
-                dropped=_ids_from_json(d),
-                phase_timings=json.loads(t),
-                started_at=st,
-                ended_at=en,
-                abort_reason=why,
-            )
-            for j, r, a, c, s, p, d, t, st, en, why in rows
-        ]
+        rows = self._db.execute(ROUND_SELECT + " WHERE job_id = ? ORDER BY round, attempt", (job_id,))
+        return [round_from_row(row) for row in rows]
 
     # -- results -----------------------------------------------------------------------------
 
@@ -568,8 +315,8 @@ class Store:
             result.attempt,
             result.coordinator,
             result.aggregate,
-            _ids_to_json(result.participants),
-            _ids_to_json(result.dropped),
+            ids_to_json(result.participants),
+            ids_to_json(result.dropped),
             result.signed_announcement,
             result.received_at,
         )
@@ -595,7 +342,7 @@ class Store:
                 return "stored"
             existing = self.get_result(result.job_id, result.round)
             assert existing is not None
-            if _same_result(existing, result):
+            if same_result(existing, result):
                 return "duplicate"
             if existing.attempt < result.attempt:
                 return "superseded"
@@ -615,12 +362,12 @@ class Store:
         return [r for (r,) in rows]
 
     def get_results(self, job_id: str) -> list[ResultRecord]:
-        rows = self._db.execute(_RESULT_SELECT + " WHERE job_id = ? ORDER BY round", (job_id,))
-        return [_result_from_row(row) for row in rows]
+        rows = self._db.execute(RESULT_SELECT + " WHERE job_id = ? ORDER BY round", (job_id,))
+        return [result_from_row(row) for row in rows]
 
     def get_result(self, job_id: str, round_: int) -> ResultRecord | None:
-        row = self._db.execute(_RESULT_SELECT + " WHERE job_id = ? AND round = ?", (job_id, round_)).fetchone()
-        return None if row is None else _result_from_row(row)
+        row = self._db.execute(RESULT_SELECT + " WHERE job_id = ? AND round = ?", (job_id, round_)).fetchone()
+        return None if row is None else result_from_row(row)
 
     # -- local inputs ------------------------------------------------------------------------
 
@@ -722,40 +469,6 @@ class Store:
     def job_members(self, job_id: str) -> list[bytes]:
         rows = self._db.execute("SELECT member_id FROM job_members WHERE job_id = ? ORDER BY member_id", (job_id,))
         return [bytes(m) for (m,) in rows]
-
-
-
-_RESULT_SELECT: Final = (
-    "SELECT job_id, round, attempt, coordinator, aggregate, participants, dropped, signed_announcement, received_at, "
-    "(SELECT votes FROM result_votes AS v WHERE v.job_id = results.job_id AND v.round = results.round) FROM results"
-)
-
-
-def _result_from_row(row: tuple[Any, ...]) -> ResultRecord:
-    j, r, a, c, agg, p, d, sig, at, votes = row
-    return ResultRecord(j, r, a, bytes(c), bytes(agg), _ids_from_json(p), _ids_from_json(d), bytes(sig), at,
-                        () if votes is None else tuple(msgpack.unpackb(votes)))
-
-
-def _same_result(a: ResultRecord, b: ResultRecord) -> bool:
-    # received_at is when *we* got it, not part of the result.
-    return (a.attempt, a.coordinator, a.aggregate, a.participants, a.dropped, a.signed_announcement) == (
-        b.attempt,
-        b.coordinator,
-        b.aggregate,
-        tuple(b.participants),
-        tuple(b.dropped),
-        b.signed_announcement,
-    )
-
-
-_JOB_SELECT: Final = "SELECT id, spec, creator, state, created_at, updated_at, roster, end_reason FROM jobs"
-
-
-def _job_from_row(row: tuple[Any, ...]) -> JobRecord:
-    i, spec, creator, state, created, updated, roster, end_reason = row
-    members = None if roster is None else tuple(bytes(roster[at:at + 32]) for at in range(0, len(roster), 32))
-    return JobRecord(i, json.loads(spec), bytes(creator), state, created, updated, members, end_reason)
 
 
 def _check_member_ids(member_ids: Iterable[bytes]) -> None:
