@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Literal
 
 from protocol.attempts import ROUND_WINDOWS
 from protocol.backoff import Backoff
@@ -86,7 +87,7 @@ class JobRunning:
 class FinishJob:
     """The job is over on this node: `state` completed or failed, `reason` when it ended early."""
 
-    state: str
+    state: Literal["completed", "failed"]
     reason: str | None
 
 
@@ -243,6 +244,12 @@ class JobSchedule:
         return self._step is _Step.DONE
 
     @property
+    def awaits_result(self) -> bool:
+        """Whether the machine waits for the current round's result (catching up or observing): a
+        stored result is news to poll for before its `WakeAt`."""
+        return self._step in (_Step.CATCH_UP, _Step.OBSERVING)
+
+    @property
     def is_member(self) -> bool:
         return self.me in (self.roster or ())
 
@@ -360,6 +367,6 @@ class JobSchedule:
         self._step = _Step.NEXT_ROUND
         return [RoundEnded(ended, outcome), ForgetRound(ended - 1)] if ended > 0 else [RoundEnded(ended, outcome)]
 
-    def _finish(self, state: str, reason: str) -> list[JobOutput]:
+    def _finish(self, state: Literal["completed", "failed"], reason: str) -> list[JobOutput]:
         self._step = _Step.DONE
         return [FinishJob(state, reason)]

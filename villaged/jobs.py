@@ -1,17 +1,10 @@
 """Jobs on one node: what it knows of each job, who joined, what it contributes, and when rounds run.
 
 `JobBook` is the node's view (backed by the store) and answers the round driver's questions
-(`RoundDirectory`). `run_job` is the per-job loop. Members join until the job's start; then the
-job's creator freezes the **roster** (the members that joined) and announces it, and every
-election of every round ranks that roster, so all nodes name the same coordinator however
-unevenly the join announcements reached them. The creator matters only at that moment: a job
-whose creator is gone before the start never gets a roster and fails with that reason.
-
-Every round opens at the same wall-clock time on every node (start + roster grace +
-r * round_interval, or when the previous round ends); the elected coordinator of attempt 0
-invites, and when an attempt fails (coordinator silent, aborted, or no invite within one phase
-timeout) every node moves to the next attempt, whose coordinator is the next roster member in
-the election ranking.
+(`RoundDirectory`). `run_job` is the per-job runner: it pumps the job's schedule machine
+(protocol/schedule.py: roster freeze, round schedule, catch-up, privacy-budget gate, observing)
+and, for each round this node takes part in, the round's attempts machine (protocol/attempts.py),
+and carries out what they ask for: sleeping, fetching results, coordinating, recording.
 """
 
 from __future__ import annotations
@@ -26,17 +19,20 @@ import numpy as np
 import structlog
 import trio
 
-from protocol.attempts import ROUND_WINDOWS, AttemptBegun, AttemptFailed, FetchResult, RoundAttempts, WakeAt
+from protocol.attempts import AttemptBegun, AttemptFailed, FetchResult, RoundAttempts
+from protocol.attempts import WakeAt as AttemptWakeAt
 from protocol.dp import add_noise, clip_l2, sample_discrete_gaussian
 from protocol.election import capped_roster
-from protocol.errors import ParameterError, ProtocolError
+from protocol.errors import LocalProtocolError, ParameterError, ProtocolError
 from protocol.invites import InviteTerms
 from protocol.masking import member_set_digest
 from protocol.jobs import JobSpec
 from protocol.kinds import KINDS, InputError, quantize_input
 from protocol.policy import DEFAULT_PARTICIPANT_FLOOR, InputPolicy
-from protocol.schedule import CATCH_UP, round_opens_at
-from protocol.schedule import arrives_late as late_by_schedule
+from protocol.schedule import (
+    BudgetSpent, CatchingUp, ConnectAhead, FetchRoundResult, FinishJob, FreezeRoster, JobOutput, JobRunning, JobSchedule,
+    RoundEnded, RunRound, WakeAt, round_opens_at,
+)
 from protocol.wire import RoundContext
 from villaged.metrics import Metrics
 from villaged.rounds import RoundDriver
@@ -304,9 +300,9 @@ class JobBook:
 
 
 
-def wall_deadline(wall_time: float) -> float:
-    """A trio deadline for a wall-clock time (trio's clock is monotonic, jobs are scheduled in wall time)."""
-    return trio.current_time() + max(0.0, wall_time - time.time())
+#: How often a node waiting for a round's result (catching up, observing) looks at its store: the
+#: result's announcement or push stores it without waking the job's task.
+RESULT_LOOK_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -322,65 +318,88 @@ class JobHooks:
 
 
 async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, hooks: JobHooks) -> None:
-    """Run every remaining round of `job` on this node until done or cancelled."""
-    if job.state == "pending":
-        await trio.sleep_until(wall_deadline(job.start_at))
-        if job.creator == book.me and job.roster is None:
-            book.set_roster(job.id, capped_roster(job.id, (m for m in job.members if book.is_member(m)),
-                                                  job.spec.max_participants))
-            await hooks.announce_roster(job)
-        with trio.move_on_at(wall_deadline(job.start_at + job.spec.attempt_window)):
-            await job.roster_known.wait()
-        if job.state != "pending":
-            return
-        if job.roster is None:
-            book.finish(job.id, "no roster from the job's creator by the start (is the creator down?)", "failed")
-            return
-        if len(job.roster) < job.spec.min_participants:
-            book.finish(job.id, f"only {len(job.roster)} members joined before the start, "
-                                f"the job needs {job.spec.min_participants}", "failed")
-            return
-        book.set_state(job.id, "running")
-        resumed = False
-    else:
-        resumed = job.state == "running"  # this node was restarted while the job ran
-    previous_end: float | None = None  # when the last round this node took part in or observed ended here
-    for round_number in range(job.spec.rounds):
-        if job.state != "running":
-            return
-        if hooks.has_result(job.id, round_number):
+    """Run every remaining round of `job` on this node until done or cancelled: pump the job's
+    schedule machine (protocol/schedule.py) and carry out its outputs.
+
+    The machine is given wall time read from trio's clock (the wall time when the runner started plus
+    trio time since), so that jobs scheduled in wall time also run under a test's MockClock."""
+    wall0, trio0 = time.time(), trio.current_time()
+
+    def now() -> float:
+        return wall0 + trio.current_time() - trio0
+
+    machine = JobSchedule(job.id, job.spec, job.creator, job.start_at, book.me, job.state, job.roster)
+
+    def synced() -> JobSchedule:
+        """The machine, told what changed outside it: the roster, who joined, stored results, the budget."""
+        if job.roster is not None:
+            machine.roster_learned(job.roster)
+        elif job.creator == book.me:
+            machine.joined(m for m in job.members if book.is_member(m))
+        next_round = machine.round
+        while next_round < job.spec.rounds and hooks.has_result(job.id, next_round):
+            machine.result_stored(next_round)
+            next_round += 1
+        machine.budget_left = book.budget_allows_round(job)
+        return machine
+
+    outputs: deque[JobOutput] = deque()
+    finished = False  # this node ended the job: it lingers for stragglers, whatever its state
+    while outputs or not machine.done:
+        if not finished and job.state not in ("pending", "running"):
+            return  # cancelled, or ended by another part of the node
+        if not outputs:
+            outputs.extend(synced().poll(now()))
+            if not outputs and not machine.done:
+                raise LocalProtocolError(f"job {job.id}: the schedule has nothing to do and is not done")
             continue
-        late = arrives_late(job, round_number, time.time(), resumed=resumed, previous_end=previous_end)
-        if late:  # said, so that a wait for a result shows in the log (issue 18's 14 s waits did not)
-            log.info("round_catch_up", job=job.id, round=round_number, restarted=resumed)
-        if late and await catch_up(job, round_number, hooks, keep_asking=resumed):
-            continue  # this node was away when the round ran (a restart): the others have its result
-        resumed = False
-        if not book.budget_allows_round(job):
-            log.info("privacy_budget_used", job=job.id, round=round_number)
+        out = outputs.popleft()
+        if isinstance(out, WakeAt):
+            await _wait(job, machine, hooks, trio0 + out.at - wall0)
+        elif isinstance(out, FreezeRoster):
+            book.set_roster(job.id, out.members)
+            await hooks.announce_roster(job)
+        elif isinstance(out, JobRunning):
+            book.set_state(job.id, "running")
+        elif isinstance(out, FinishJob):
+            finished = True
+            if out.reason is not None:
+                book.finish(job.id, out.reason, out.state)
+            elif job.state == "running":
+                book.set_state(job.id, out.state)
+        elif isinstance(out, BudgetSpent):
+            finished = True
+            log.info("privacy_budget_used", job=job.id, round=out.round)
             view = book.privacy_view(job) or {}
             book.finish(job.id, f"privacy budget used: epsilon {view.get('epsilon_spent')} of {view.get('budget_epsilon')} "
-                                f"spent, round {round_number} of {job.spec.rounds} not started")
-            return
-        if round_number > 0:  # the previous round is over here: its handshakes no longer slow it down
-            hooks.connect_ahead(job, round_number)
-        await trio.sleep_until(wall_deadline(job.round_opens_at(round_number)))
-        if not job.spec.round_interval:  # back to back, the next round has no gap to dial in: dial during this one
-            hooks.connect_ahead(job, round_number + 1)
-        if book.me in (job.roster or ()):
-            outcome = await _run_round(job, round_number, book, driver, store, hooks)
+                                f"spent, round {out.round} of {job.spec.rounds} not started")
+        elif isinstance(out, ConnectAhead):
+            hooks.connect_ahead(job, out.round)
+        elif isinstance(out, CatchingUp):  # said, so that a wait for a result shows in the log (issue 18's 14 s waits did not)
+            log.info("round_catch_up", job=job.id, round=out.round, restarted=out.restarted)
+        elif isinstance(out, FetchRoundResult):
+            found = await hooks.fetch_result(job, out.round)
+            outputs.extend(synced().fetched(out.round, found, now()))
+        elif isinstance(out, RunRound):
+            outcome = await _run_round(job, out.round, book, driver, store, hooks)
+            outputs.extend(synced().round_done(out.round, outcome == "completed", outcome, now()))
+        elif isinstance(out, RoundEnded):
+            await hooks.on_round_end(job, out.round, out.outcome)
+        else:  # ForgetRound: this round's machines answered stragglers' late frames until the next one ended
+            driver.forget_round(job.id, out.round)
+
+
+async def _wait(job: Job, machine: JobSchedule, hooks: JobHooks, deadline: float) -> None:
+    """Sleep until the trio `deadline`, or until what the machine waits for may have come: the
+    roster, or the result of the round it catches up on or observes."""
+    with trio.move_on_at(deadline):
+        if job.roster is None:
+            await job.roster_known.wait()
+        elif machine.awaits_result:
+            while not hooks.has_result(job.id, machine.round):
+                await trio.sleep(RESULT_LOOK_INTERVAL)
         else:
-            outcome = await observe_round(job, round_number, hooks)
-        if outcome != "completed" and await hooks.fetch_result(job, round_number):
-            outcome = "completed"  # the round ended without this node, and its result is here now
-        previous_end = time.time()
-        await hooks.on_round_end(job, round_number, outcome)
-        # Keep this round's machines until the next one ends: stragglers' late frames get an answer.
-        driver.forget_round(job.id, round_number - 1)
-    if job.state == "running":
-        book.set_state(job.id, "completed")
-    await trio.sleep(job.spec.phase_timeout)
-    driver.forget_round(job.id, job.spec.rounds - 1)
+            await trio.sleep_forever()
 
 
 async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDriver, store: Store, hooks: JobHooks) -> str:
@@ -397,7 +416,7 @@ async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDr
             outputs.extend(machine.poll(trio.current_time()))
             continue
         out = outputs.popleft()
-        if isinstance(out, WakeAt):
+        if isinstance(out, AttemptWakeAt):
             await tracker.wait_until(out.at)
         elif isinstance(out, AttemptBegun):
             started = time.time()
@@ -414,58 +433,6 @@ async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDr
         else:
             return "completed" if out.completed else out.reason
     return f"gave up in attempt {machine.attempt}: the job is {job.state}"
-
-
-def arrives_late(job: Job, round_number: int, now: float, *, resumed: bool, previous_end: float | None = None) -> bool:
-    """Whether this node comes to a round after its invitations went out: a phase timeout after the
-    round opened, or at all after it opened for a node back from a restart (in net-100 a node
-    restarted 16 s into a round waited the rest of a 30 s phase timeout for an invite that had
-    gone out before it started, and only then fetched the result).
-
-    A round opens by the schedule, but no earlier than the previous round ended, when its
-    coordinator moves on to it: `previous_end`, when this node saw that round end. Counted from the
-    schedule alone, a job with `round_interval` 0 (every round scheduled at the first one's time)
-    had every node come "late" to every round from a phase timeout in, and each waited out
-    `catch_up`'s 14 s for a result nobody was computing (issue 18)."""
-    return late_by_schedule(job.round_opens_at(round_number), job.spec.phase_timeout, now, resumed=resumed,
-                            previous_end=previous_end)
-
-
-async def catch_up(job: Job, round_number: int, hooks: JobHooks, keep_asking: bool = False) -> bool:
-    """Fetch the result of a round that ran while this node was away. Its first requests go out while
-    a restarted node is still connecting (and its peers are busy admitting it), so it tries again
-    after `CATCH_UP_DELAYS` instead of waiting a whole attempt for a round that is long over.
-
-    A node back from a restart (`keep_asking`) then asks every last delay for one attempt window:
-    in net-100 the five nodes of a restarted process had every stream time out for 30-40 s. A node
-    that learned of the job after its rounds began does not: when nobody has the result, the
-    round may not have run yet, and this node may be needed to run it."""
-    if await hooks.fetch_result(job, round_number):
-        return True
-    backoff = CATCH_UP.for_at_least(job.spec.attempt_window) if keep_asking else CATCH_UP
-    asking_since, retries = trio.current_time(), 0
-    while (delay := backoff.next_delay(retries, trio.current_time() - asking_since)) is not None:
-        await trio.sleep(delay)
-        retries += 1
-        if hooks.has_result(job.id, round_number) or await hooks.fetch_result(job, round_number):
-            return True
-    return False
-
-
-async def observe_round(job: Job, round_number: int, hooks: JobHooks) -> str:
-    """A node outside the roster takes no part in the rounds; it only collects their results. The
-    result's announcement may never reach it (gossip left it out), so it also asks for the result,
-    half a phase timeout after the round opens and then at doubling gaps up to an attempt window."""
-    deadline = trio.current_time() + ROUND_WINDOWS * job.spec.attempt_window
-    gap = job.spec.phase_timeout / 2
-    while trio.current_time() < deadline and job.state == "running":
-        with trio.move_on_after(gap):
-            while not hooks.has_result(job.id, round_number):
-                await trio.sleep(1.0)
-        if hooks.has_result(job.id, round_number) or await hooks.fetch_result(job, round_number):
-            return "completed"
-        gap = min(2 * gap, job.spec.attempt_window)
-    return "no result seen (this node is not in the job's roster)"
 
 
 async def _start_coordinating(

@@ -23,8 +23,8 @@ import trio.testing
 from protocol import crypto
 from protocol.events import RoundResult
 from protocol.jobs import JobSpec
-from protocol.schedule import CATCH_UP, ROSTER_GRACE, ROSTER_GRACE_PER_MEMBER
-from villaged.jobs import Job, JobBook, JobHooks, arrives_late, run_job
+from protocol.schedule import CATCH_UP, ROSTER_GRACE, ROSTER_GRACE_PER_MEMBER, arrives_late
+from villaged.jobs import Job, JobBook, JobHooks, run_job
 from villaged.rounds import RoundDriver
 from villaged.store import ResultRecord, Store
 from tests.villaged.test_rounds import Loopback
@@ -41,11 +41,11 @@ AGE = SPEC.start_delay + ROSTER_GRACE + ROSTER_GRACE_PER_MEMBER * len(IDS) + SPE
 
 def test_a_node_that_saw_the_previous_round_end_is_not_late_for_the_next() -> None:
     job = Job(JOB, SPEC, IDS[0], time.time() - AGE, "running", roster=tuple(IDS))
-    now = time.time()
-    assert arrives_late(job, 7, now, resumed=False)  # by the schedule alone: a phase timeout past
-    assert not arrives_late(job, 7, now, resumed=False, previous_end=now - 0.05)
-    assert arrives_late(job, 7, now, resumed=False, previous_end=now - SPEC.phase_timeout - 1.0)
-    assert arrives_late(job, 7, now, resumed=True)  # back from a restart: it asks for the result first
+    now, opens, phase = time.time(), job.round_opens_at(7), SPEC.phase_timeout
+    assert arrives_late(opens, phase, now, resumed=False)  # by the schedule alone: a phase timeout past
+    assert not arrives_late(opens, phase, now, resumed=False, previous_end=now - 0.05)
+    assert arrives_late(opens, phase, now, resumed=False, previous_end=now - SPEC.phase_timeout - 1.0)
+    assert arrives_late(opens, phase, now, resumed=True)  # back from a restart: it asks for the result first
 
 
 async def test_a_back_to_back_job_keeps_its_pace_after_a_phase_timeout(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:

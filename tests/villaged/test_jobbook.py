@@ -1,5 +1,6 @@
 """JobBook's view of this node's own input (encoded once per version of the stored data), and the job
-loop's catching up on rounds a restarted node missed and its timing of the next coordinator's dial."""
+schedule's catching up on rounds a restarted node missed (through the job runner and on the machine), an
+observer's asking for results, and the timing of the next coordinator's dial."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from protocol.jobs import JobSpec
 from protocol.kinds import InputError
 from protocol.messages import Invite
 from protocol.wire import RoundContext
-from protocol.schedule import CATCH_UP
-from villaged.jobs import Job, JobBook, JobHooks, arrives_late, catch_up, observe_round, run_job
+from protocol.schedule import CATCH_UP, FetchRoundResult, JobOutput, JobSchedule, RoundEnded, RunRound, WakeAt, arrives_late
+from villaged.jobs import Job, JobBook, JobHooks, run_job
 from villaged.rounds import RoundDriver
 from villaged.store import Store
 
@@ -62,64 +63,88 @@ def test_a_broken_new_version_is_refused_rather_than_served_from_the_cache(book:
     assert book.client_input("job-1") is None  # not joined: takes no part either way
 
 
-def fetching_hooks(asked_at: list[float], succeed_on: int) -> JobHooks:
-    """Hooks for a node that holds no result and whose `succeed_on`-th fetch gets it."""
+ME = b"\x01" * 32
+ROSTER = (ME, b"\x02" * 32, b"\x03" * 32)
+
+
+async def test_a_restarted_node_asks_again_for_a_round_it_missed(book: JobBook, store: Store,
+                                                                  autojump_clock: trio.testing.MockClock) -> None:
+    """The first fetches fail while the node is still connecting; later ones, spaced by CATCH_UP.delays,
+    succeed (the job runner carrying out the schedule machine's fetches and waits)."""
+    book.set_roster("job-1", ROSTER)
+    book.set_state("job-1", "running")  # it ran when this node stopped; its only round opened long ago
+    asked_at: list[float] = []
 
     async def fetch(job: Job, round_number: int) -> bool:
         asked_at.append(trio.current_time())
-        return len(asked_at) == succeed_on
+        return len(asked_at) == 3
 
     async def unused(*_args: object) -> None:
         raise AssertionError("not needed to fetch a result")
 
-    return JobHooks(reachable=unused, has_result=lambda job_id, round_number: False, fetch_result=fetch,  # type: ignore[arg-type]
-                    on_round_end=unused, announce_roster=unused, connect_ahead=unused)  # type: ignore[arg-type]
-
-
-async def test_a_restarted_node_asks_again_for_a_round_it_missed(book: JobBook, autojump_clock: trio.testing.MockClock) -> None:
-    """The first fetches fail while the node is still connecting; later ones, spaced by CATCH_UP.delays, succeed."""
-    asked_at: list[float] = []
-    hooks = fetching_hooks(asked_at, succeed_on=3)
+    hooks = JobHooks(reachable=unused, has_result=lambda job_id, round_number: False, fetch_result=fetch,  # type: ignore[arg-type]
+                     on_round_end=unused, announce_roster=unused, connect_ahead=unused)  # type: ignore[arg-type]
     start = trio.current_time()
-    assert await catch_up(book.jobs["job-1"], 0, hooks)
+    async with trio.open_nursery() as nursery:
+        driver = RoundDriver(None, nacl.signing.SigningKey.generate(), book, nursery, unused, lambda *_: None)  # type: ignore[arg-type]
+        await run_job(book.jobs["job-1"], book, driver, store, hooks)
     assert [round(t - start, 6) for t in asked_at] == [0.0, CATCH_UP.delays[0], CATCH_UP.delays[0] + CATCH_UP.delays[1]]
+    assert book.jobs["job-1"].state == "completed"  # a round caught up on is not ended again here
 
 
-async def test_a_restarted_node_keeps_asking_for_an_attempt_window(book: JobBook, autojump_clock: trio.testing.MockClock) -> None:
+def asked_until(machine: JobSchedule, now: float, succeed_on: int) -> tuple[list[float], JobOutput]:
+    """Pump a schedule machine whose `succeed_on`-th fetch finds the round's result; returns when it
+    asked, and the output that ended the asking (the round taken part in, or ended)."""
+    asked: list[float] = []
+    outputs = machine.poll(now)
+    while True:
+        out = outputs.pop(0)
+        if isinstance(out, WakeAt):
+            now = out.at
+            outputs += machine.poll(now)
+        elif isinstance(out, FetchRoundResult):
+            asked.append(now)
+            outputs += machine.fetched(out.round, len(asked) == succeed_on, now)
+        elif isinstance(out, (RunRound, RoundEnded)):
+            return asked, out
+
+
+def test_a_restarted_node_keeps_asking_for_an_attempt_window(book: JobBook) -> None:
     """Its process may take half a minute to get working connections: it does not give up after a few
-    tries. A node late only because the previous round ran long does give up, and runs the round."""
+    tries. A node late only because it learned of the job late does give up, and runs the round."""
     job = book.jobs["job-1"]
-    asked_at: list[float] = []
-    start = trio.current_time()
-    assert not await catch_up(job, 0, fetching_hooks(asked_at, succeed_on=0), keep_asking=True)
+    restarted = JobSchedule(job.id, SPEC, ME, job.start_at, ME, "running", ROSTER)
+    opened = restarted.opens_at(0)
+    asked_at, then = asked_until(restarted, opened + 1.0, succeed_on=0)
     gaps = [round(b - a, 6) for a, b in zip(asked_at, asked_at[1:])]
     assert gaps[:3] == list(CATCH_UP.delays) and set(gaps[3:]) == {CATCH_UP.delays[-1]}
-    assert SPEC.attempt_window <= asked_at[-1] - start < SPEC.attempt_window + CATCH_UP.delays[-1]
-    asked_at.clear()
-    assert not await catch_up(job, 0, fetching_hooks(asked_at, succeed_on=0))
-    assert len(asked_at) == 1 + len(CATCH_UP.delays)
+    assert SPEC.attempt_window <= asked_at[-1] - asked_at[0] < SPEC.attempt_window + CATCH_UP.delays[-1]
+    assert then == RunRound(0)
+    newcomer = JobSchedule(job.id, SPEC, ME, job.start_at, ME, "pending", ROSTER)
+    asked_at, then = asked_until(newcomer, opened + SPEC.phase_timeout + 1.0, succeed_on=0)
+    assert len(asked_at) == 1 + len(CATCH_UP.delays) and then == RunRound(0)
 
 
-async def test_an_observer_asks_for_the_result_it_was_not_told_of(book: JobBook, autojump_clock: trio.testing.MockClock) -> None:
+def test_an_observer_asks_for_the_result_it_was_not_told_of(book: JobBook) -> None:
     """Outside the roster, with no announcement arriving: asks half a phase timeout in, then at doubling gaps."""
     job = book.jobs["job-1"]
-    job.state = "running"
-    asked_at: list[float] = []
-    start = trio.current_time()
-    assert await observe_round(job, 0, fetching_hooks(asked_at, succeed_on=3)) == "completed"
-    half = job.spec.phase_timeout / 2
-    assert [round(t - start, 6) for t in asked_at] == [half, 3 * half, 7 * half]
+    observer = JobSchedule(job.id, SPEC, ROSTER[1], job.start_at, b"\x09" * 32, "running", ROSTER)
+    opened = observer.opens_at(0)
+    asked_at, then = asked_until(observer, opened - 1.0, succeed_on=3)
+    half = SPEC.phase_timeout / 2
+    assert [round(t - opened, 6) for t in asked_at] == [half, 3 * half, 7 * half]
+    assert then == RoundEnded(0, "completed")
 
 
 def test_a_node_back_from_a_restart_fetches_a_round_that_opened_without_it(book: JobBook) -> None:
     """Its invitation went out before it started: waiting a phase timeout for one only delays the fetch."""
     job = book.jobs["job-1"]
     opened = job.round_opens_at(0)
-    assert arrives_late(job, 0, opened + 1.0, resumed=True)
-    assert not arrives_late(job, 0, opened - 1.0, resumed=True)  # back before the round: it takes part
+    assert arrives_late(opened, SPEC.phase_timeout, opened + 1.0, resumed=True)
+    assert not arrives_late(opened, SPEC.phase_timeout, opened - 1.0, resumed=True)  # back before the round: it takes part
     # A node that ran all along is late only a phase timeout in (it learned of the job after the start).
-    assert not arrives_late(job, 0, opened + 1.0, resumed=False)
-    assert arrives_late(job, 0, opened + job.spec.phase_timeout + 1.0, resumed=False)
+    assert not arrives_late(opened, SPEC.phase_timeout, opened + 1.0, resumed=False)
+    assert arrives_late(opened, SPEC.phase_timeout, opened + job.spec.phase_timeout + 1.0, resumed=False)
 
 
 @pytest.mark.parametrize(("interval", "expected"), [

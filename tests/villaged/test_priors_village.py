@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio.testing
 
 from protocol.jobs import JobSpec
 from tests.protocol.test_priors import SECTION, check_against_plaintext, node_payload, plaintext
@@ -96,7 +97,8 @@ async def test_dp_job_stops_when_its_budget_is_used(tmp_path: Path) -> None:
             assert result["noise_std"] > 0
 
 
-async def test_round_over_budget_is_not_started_and_the_count_survives_a_restart(tmp_path: Path) -> None:
+async def test_round_over_budget_is_not_started_and_the_count_survives_a_restart(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     me = bytes(32)
     spec = JobSpec.from_dict({"kind": "vector", "data": "x", "dimension": 4, "rounds": 5,
                               "privacy": {"epsilon": 1.0, "delta": 1e-5, "budget_epsilon": 2.0}})
