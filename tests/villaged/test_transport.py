@@ -1,4 +1,4 @@
-"""Tests for villaged/transport/host.py over real libp2p hosts on 127.0.0.1 (real clock).
+"""Tests for villaged/transport/ (node, host, serving, asking) over real libp2p hosts on 127.0.0.1 (real clock).
 
 Each test starts its own small network in this process. Timings printed with -s are the
 numbers quoted in the commit messages.
@@ -361,7 +361,7 @@ async def test_a_non_member_is_refused_from_the_length_prefix_and_the_inbound_bu
         await wait_until(lambda: {stranger.member_id, member.member_id} <= set(server.connected_peers()), 10, "both in")
 
         # Only the length prefix is ever sent: the refusal cannot have waited for the body.
-        stream = await stranger._open_stream(server.member_id, members_only, None)
+        stream = await stranger._requester.open_stream(server.member_id, members_only, None)
         await stream.write(HEADER.pack(60 * MIB))
         with trio.fail_after(10):
             with pytest.raises(RemoteRefusal, match="serves admitted members only"):

@@ -12,13 +12,17 @@ byte: REPLY_OK followed by the handler's bytes, or REPLY_ERROR followed by a UTF
 
 from __future__ import annotations
 
+import logging
 import struct
 from typing import Protocol
 
 import trio
+from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamError
 
 from villaged.errors import RemoteRefusal, TransportError
+
+log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">I")
 # Hard ceiling for any frame, whatever a protocol asks for: the largest message a round sends
@@ -79,6 +83,21 @@ async def write_frame(stream: ByteStream, body: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):
             await stream.write(bytes(data[start : start + WRITE_CHUNK]))
+
+
+async def end_stream(stream: INetStream, *, graceful: bool) -> None:
+    """Close a stream that carried a reply, reset any other; never raise or block for long.
+
+    A refused request is closed, not reset, although its body was not read: a reset makes
+    the caller's stream unreadable before the reason arrives. The caller resets its side as
+    soon as it has the reply, which discards what yamux buffered here.
+    """
+    with trio.move_on_after(1.0) as scope:
+        scope.shield = True  # also runs while the caller is being cancelled
+        try:
+            await (stream.close() if graceful else stream.reset())
+        except Exception:
+            log.debug("closing stream failed", exc_info=True)
 
 
 class StreamEnded(TransportError):

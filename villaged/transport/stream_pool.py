@@ -9,7 +9,7 @@ closed; the server keeps serving it until it has been idle for its `stream_idle_
 The pool hands out a stream only while it has been idle for less than a third of the server's
 idle limit (`TransportConfig.stream_idle_timeout`), so it rarely offers one the server is closing;
 when it does, the request sees the stream end before any reply byte and goes out again on a fresh
-stream (`transport.Node._request_remote`). Pure bookkeeping: the caller closes what `take` and `give` hand back.
+stream (`asking.Requester._request_remote`). Pure bookkeeping: the caller closes what `take` and `give` hand back.
 """
 
 from __future__ import annotations
