@@ -23,7 +23,7 @@ from protocol.attempts import AttemptBegun, AttemptFailed, FetchResult, RoundAtt
 from protocol.attempts import WakeAt as AttemptWakeAt
 from protocol.dp import add_noise, clip_l2, sample_discrete_gaussian
 from protocol.election import capped_roster
-from protocol.errors import LocalProtocolError, ParameterError, ProtocolError
+from protocol.errors import ParameterError, ProtocolError
 from protocol.invites import InviteTerms
 from protocol.masking import member_set_digest
 from protocol.jobs import JobSpec
@@ -205,9 +205,9 @@ class JobBook:
     def spent_attempt(self, job_id: str, round_number: int) -> int | None:
         return self._store.spent_attempt(job_id, round_number)
 
-    def record_spent(self, context: RoundContext) -> None:
+    async def record_spent(self, context: RoundContext) -> None:
         """Commit that this node's masked input goes into this attempt (before it leaves)."""
-        self._store.record_spent(context.job_id, context.round, context.attempt, time.time())
+        await self._store.write(self._store.record_spent, context.job_id, context.round, context.attempt, time.time())
 
     def _unchanged_input(self, job: Job) -> tuple[str, float] | None:
         """(name, version) of the job's input when it may be summed only over one survivor set per version:
@@ -223,12 +223,12 @@ class JobBook:
         used = None if job is None else self._unchanged_input(job)
         return None if used is None else self._store.input_survivors(*used)
 
-    def record_signed_survivors(self, context: RoundContext, survivors: frozenset[bytes]) -> None:
+    async def record_signed_survivors(self, context: RoundContext, survivors: frozenset[bytes]) -> None:
         """Commit the survivor set this node's input is signed over (before the signature leaves)."""
         job = self.jobs.get(context.job_id)
         used = None if job is None else self._unchanged_input(job)
         if used is not None:
-            self._store.record_input_use(*used, member_set_digest(survivors))
+            await self._store.write(self._store.record_input_use, *used, member_set_digest(survivors))
 
     def _joined_and_active(self, job: Job) -> bool:
         return self.me in job.members and job.state not in ("cancelled", "failed", "completed")
@@ -351,7 +351,7 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
         if not outputs:
             outputs.extend(synced().poll(now()))
             if not outputs and not machine.done:
-                raise LocalProtocolError(f"job {job.id}: the schedule has nothing to do and is not done")
+                raise RuntimeError(f"job {job.id}: the schedule has nothing to do and is not done (a bug)")
             continue
         out = outputs.popleft()
         if isinstance(out, WakeAt):
@@ -428,8 +428,8 @@ async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDr
             found = await hooks.fetch_result(job, round_number)
             outputs.extend(machine.fetched(found, trio.current_time()))
         elif isinstance(out, AttemptFailed):
-            store.record_round(RoundRecord(job.id, round_number, out.context.attempt, out.coordinator, "aborted", started,
-                                           ended_at=time.time(), abort_reason=out.reason))
+            await store.write(store.record_round, RoundRecord(job.id, round_number, out.context.attempt, out.coordinator,
+                                                              "aborted", started, ended_at=time.time(), abort_reason=out.reason))
         else:
             return "completed" if out.completed else out.reason
     return f"gave up in attempt {machine.attempt}: the job is {job.state}"
@@ -445,9 +445,9 @@ async def _start_coordinating(
     if isinstance(participants, str):
         return participants
     try:
-        driver.coordinate(context, participants, job.spec.round_params(len(participants)))
+        await driver.coordinate(context, participants, job.spec.round_params(len(participants)))
     except (ParameterError, ProtocolError) as exc:
         return f"cannot coordinate: {exc}"
-    store.record_round(RoundRecord(job.id, context.round, context.attempt, book.me, "running", time.time(),
-                                   participants=tuple(participants)))
+    await store.write(store.record_round, RoundRecord(job.id, context.round, context.attempt, book.me, "running", time.time(),
+                                                      participants=tuple(participants)))
     return None
