@@ -49,7 +49,7 @@ class ResultKeeper:
 
     # --- this node's rounds -----------------------------------------------------------------------
 
-    def on_attempt_event(self, context: RoundContext, event: str, fields: dict[str, object]) -> None:
+    async def on_attempt_event(self, context: RoundContext, event: str, fields: dict[str, object]) -> None:
         log.info(event, job=context.job_id, round=context.round, attempt=context.attempt, **fields)
         if event == "client_done" and self._exchange is not None:  # unmasked: the result is due, make sure it comes
             coordinator = election.coordinator(self._book, context.job_id, context.round, context.attempt)
@@ -57,9 +57,9 @@ class ResultKeeper:
                 self._exchange.expect(context.job_id, context.round, coordinator)
         if event == "coordinator_aborted":
             self._metrics.rounds_aborted.labels(reason=str(fields.get("phase", "unknown"))).inc()
-            self._store.record_round(RoundRecord(context.job_id, context.round, context.attempt, self.me, "aborted",
-                                                 time.time(), ended_at=time.time(),
-                                                 abort_reason=str(fields.get("reason"))))
+            await self._store.write(self._store.record_round, RoundRecord(
+                context.job_id, context.round, context.attempt, self.me, "aborted", time.time(), ended_at=time.time(),
+                abort_reason=str(fields.get("reason"))))
 
     async def on_coordinated_result(self, result: RoundResult) -> None:
         """This node coordinated a round to the end: store (before announcing), then publish."""
@@ -73,15 +73,14 @@ class ResultKeeper:
             log.error("own_result_unverifiable", job=context.job_id, round=context.round, attempt=context.attempt,
                       reason=exc.reason)
             return
-        superseded = self._store_result(verified, record) == "superseded"
+        superseded = await self._store_result(verified, record) == "superseded"
         participants = len(result.survivors) + len(result.dropped)
         self._metrics.rounds_completed.inc()
         self._metrics.participation_rate.set(len(result.survivors) / participants)
         self._metrics.round_duration_seconds.observe(sum(result.phase_seconds.values()))
-        self._store.record_round(RoundRecord(context.job_id, context.round, context.attempt, self.me, "completed",
-                                             time.time() - sum(result.phase_seconds.values()),
-                                             participants=result.survivors, dropped=result.dropped,
-                                             phase_timings=dict(result.phase_seconds), ended_at=time.time()))
+        await self._store.write(self._store.record_round, RoundRecord(
+            context.job_id, context.round, context.attempt, self.me, "completed", time.time() - sum(result.phase_seconds.values()),
+            participants=result.survivors, dropped=result.dropped, phase_timings=dict(result.phase_seconds), ended_at=time.time()))
         log_round(log, "round_completed", job=context.job_id, round=context.round, attempt=context.attempt,
                   coordinator=self.me, participants=result.survivors, phase_timings=result.phase_seconds,
                   dropped=len(result.dropped))
@@ -145,11 +144,11 @@ class ResultKeeper:
         found = self._store.get_result(job_id, round_number)
         return None if found is None else (found.signed_announcement, found.aggregate, found.votes)
 
-    def keep(self, result: VerifiedResult, record: bytes) -> None:
+    async def keep(self, result: VerifiedResult, record: bytes) -> None:
         """A result from another node that the exchange verified (`verify`)."""
         body, author = result.announcement, result.coordinator
         try:
-            if self._store_result(result, record) != "stored":
+            if await self._store_result(result, record) != "stored":
                 return
         except StoreError as exc:  # the coordinator signed two different results for one attempt
             self._metrics.failed_authentications.inc()
@@ -158,17 +157,17 @@ class ResultKeeper:
         # (timings are the coordinator's word: keep only plausible ones).
         timings = {phase: seconds for phase, seconds in body.phase_seconds.items() if 0.0 <= seconds <= 86_400.0}
         ended = time.time()
-        self._store.record_round(RoundRecord(body.job_id, body.round, body.attempt, author, "completed",
-                                             ended - sum(timings.values()), participants=body.survivors,
-                                             dropped=body.dropped, phase_timings=timings, ended_at=ended))
+        await self._store.write(self._store.record_round, RoundRecord(
+            body.job_id, body.round, body.attempt, author, "completed", ended - sum(timings.values()),
+            participants=body.survivors, dropped=body.dropped, phase_timings=timings, ended_at=ended))
         log_round(log, "result_stored", job=body.job_id, round=body.round, attempt=body.attempt, coordinator=author,
                   participants=body.survivors, phase_timings=body.phase_seconds, dropped=len(body.dropped))
 
-    def _store_result(self, result: VerifiedResult, record: bytes) -> str:
+    async def _store_result(self, result: VerifiedResult, record: bytes) -> str:
         """Store a result that passed `verify` (the type says so): kept if it is the round's first, or
         of a lower attempt than the one stored (`Store.put_result`)."""
         announcement = result.announcement
-        stored = self._store.put_result(ResultRecord(
+        stored = await self._store.write(self._store.put_result, ResultRecord(
             job_id=announcement.job_id, round=announcement.round, attempt=announcement.attempt,
             coordinator=result.coordinator, aggregate=result.aggregate, participants=announcement.survivors,
             dropped=announcement.dropped, signed_announcement=record, received_at=time.time(), votes=result.votes,

@@ -93,8 +93,9 @@ class ResultShelf(Protocol):
     def stored(self, job_id: str, round_number: int) -> tuple[bytes, bytes, tuple[bytes, ...]] | None:
         """(signed announcement, aggregate words, votes) as stored."""
 
-    def keep(self, result: VerifiedResult, record: bytes) -> None:
-        """Store a verified result; raises RemoteProtocolError if the coordinator equivocated."""
+    async def keep(self, result: VerifiedResult, record: bytes) -> None:
+        """Store a verified result (committed when this returns); raises RemoteProtocolError if the
+        coordinator equivocated."""
 
 
 class ResultExchange:
@@ -152,7 +153,7 @@ class ResultExchange:
             self._metrics.malformed_messages.labels(kind="result").inc()
             raise RemoteProtocolError(peer, "result", "push is not [announcement, aggregate, votes]") from None
         result, record = self._verified(peer, record, words, votes, None)
-        self._keep(result, record, peer, "push")
+        await self._keep(result, record, peer, "push")
         self.push(result, record)
         return b"ok"
 
@@ -244,7 +245,7 @@ class ResultExchange:
                 request = msgpack.packb([job_id, round_number, self._membership.certificate])
                 reply = await self._node.request(source, RESULT_PROTOCOL, request, timeout=_FETCH_TIMEOUT)
                 record, words, votes = msgpack.unpackb(reply)
-                self._keep(*self._verified(source, record, words, votes, (job_id, round_number)), source, "fetch")
+                await self._keep(*self._verified(source, record, words, votes, (job_id, round_number)), source, "fetch")
             except (TransportError, RemoteProtocolError, ValueError, TypeError, msgpack.UnpackException) as exc:
                 log.debug("result_fetch_failed", source=source.hex()[:16], reason=str(exc))
                 return
@@ -313,10 +314,11 @@ class ResultExchange:
         held = self._shelf.held_attempt(body.job_id, body.round)
         return held is None or held > body.attempt
 
-    def _keep(self, result: VerifiedResult, record: bytes, source: bytes, via: str) -> None:
+    async def _keep(self, result: VerifiedResult, record: bytes, source: bytes, via: str) -> None:
         body = result.announcement
         if self._wants(body):
-            self._shelf.keep(result, record)
+            with trio.CancelScope(shield=True):  # a fetch that another source answered first stops here; a result half kept does not
+                await self._shelf.keep(result, record)
             log.info("result_received", job=body.job_id, round=body.round, attempt=body.attempt, via=via,
                      source=source.hex()[:16])
         self._arrived(body.job_id, body.round)

@@ -107,10 +107,10 @@ class RoundDirectory(Protocol):
     def same_survivors_as(self, job_id: str) -> bytes | None:
         """The only survivor set (digest) this node's unchanged input may be summed over, if restricted."""
 
-    def record_spent(self, context: RoundContext) -> None:
+    async def record_spent(self, context: RoundContext) -> None:
         """Commit, before the masked input leaves, that it goes into this attempt; raise to stop it."""
 
-    def record_signed_survivors(self, context: RoundContext, survivors: frozenset[bytes]) -> None:
+    async def record_signed_survivors(self, context: RoundContext, survivors: frozenset[bytes]) -> None:
         """Commit, before the signature leaves, the survivor set this node's input is signed over."""
 
 
@@ -253,7 +253,7 @@ class RoundDriver:
         directory: RoundDirectory,
         nursery: trio.Nursery,
         on_result: Callable[[RoundResult], Awaitable[None]],
-        on_attempt_event: Callable[[RoundContext, str, dict[str, object]], None],
+        on_attempt_event: Callable[[RoundContext, str, dict[str, object]], Awaitable[None]],
         random_bytes: crypto.RandomBytes = os.urandom,
         failpoint_file: Path | None = None,
     ) -> None:
@@ -401,7 +401,7 @@ class RoundDriver:
 
     # --- coordinating ---------------------------------------------------------------------------
 
-    def coordinate(self, context: RoundContext, participants: list[bytes], params: RoundParams) -> None:
+    async def coordinate(self, context: RoundContext, participants: list[bytes], params: RoundParams) -> None:
         """Start coordinating one attempt (raises `ProtocolError` for unusable parameters)."""
         machine = CoordinatorRound(context, self._key, participants, params, self._directory.is_member)
         runner = MachineRunner(
@@ -409,8 +409,8 @@ class RoundDriver:
             self._failpoint(),
         )
         self._coordinators[context] = runner
-        self._on_attempt_event(context, "coordinating", {"participants": len(participants)})
-        runner.start()
+        runner.start()  # before the first await: a frame for this attempt finds it running
+        await self._on_attempt_event(context, "coordinating", {"participants": len(participants)})
 
     async def _coordinator_output(self, context: RoundContext, out: Output) -> None:
         tracker = self.tracker(context.job_id, context.round)
@@ -419,7 +419,7 @@ class RoundDriver:
             tracker.machine.coordinator_finished(context.attempt)
         elif isinstance(out, RoundAborted):
             tracker.machine.aborted(context.attempt, out.reason)
-            self._on_attempt_event(context, "coordinator_aborted", {"phase": out.phase, "reason": out.reason})
+            await self._on_attempt_event(context, "coordinator_aborted", {"phase": out.phase, "reason": out.reason})
         tracker.changed()
 
     async def _client_output(self, context: RoundContext, out: Output) -> None:
@@ -429,17 +429,17 @@ class RoundDriver:
         tracker = self.tracker(context.job_id, context.round)
         if isinstance(out, SendingMaskedInput):
             for record in tracker.machine.masked_input_leaving(context.attempt):
-                self._directory.record_spent(record.context)
+                await self._directory.record_spent(record.context)
             return
         if isinstance(out, SigningSurvivors):
-            self._directory.record_signed_survivors(context, out.survivors)
+            await self._directory.record_signed_survivors(context, out.survivors)
             return
         if isinstance(out, ClientFinished):
             tracker.machine.client_finished(context.attempt)
-            self._on_attempt_event(context, "client_done", {})
+            await self._on_attempt_event(context, "client_done", {})
         elif isinstance(out, RoundAborted):
             if tracker.machine.aborted(context.attempt, out.reason):
-                self._on_attempt_event(context, "client_aborted", {"phase": out.phase, "reason": out.reason})
+                await self._on_attempt_event(context, "client_aborted", {"phase": out.phase, "reason": out.reason})
         tracker.changed()
 
     # --- outbound -------------------------------------------------------------------------------

@@ -9,18 +9,21 @@ Durability choices:
 
 * ``journal_mode=WAL``: readers (the control API) never block the writer (the round driver),
   and a crash at any instant leaves either the old or the new state, never a mix.
+* Two connections: reads on the trio thread's (``query_only``), writes on one of their own
+  (villaged/store_writer.py). A running node awaits its writes through `Store.write`, which
+  commits on a worker thread, so an fsync never stops the event loop; the write methods called
+  directly (at startup, in tests) commit on the calling thread, one transaction at a time.
 * ``synchronous=FULL``: every commit is fsynced before `commit` returns. In WAL mode NORMAL
   already survives a process crash (SIGKILL) because the WAL pages reached the OS, but it can
   lose the last commits on power loss or a kernel crash. A node writes a handful of rows per
-  round (seconds to minutes apart), so an fsync per commit costs nothing measurable and buys
+  round (seconds to minutes apart), off the trio thread, so an fsync per commit costs the loop nothing and buys
   "a result the API reported is on disk" under every failure, not just process death.
 * ``foreign_keys=ON``: rounds and results must belong to a known job.
 
 Schema changes are an ordered list of migrations (villaged/store_schema.py); the records handed
 out are in villaged/store_records.py.
 
-Not thread-safe: use one `Store` from one thread at a time (e.g. behind a
-``trio.CapacityLimiter(1)`` when calling it through ``trio.to_thread.run_sync``).
+Reads are for the thread that opened the store (the trio thread); writes are safe from any.
 
 Next: `villaged/api.py` shows this state to villagectl.
 """
@@ -30,10 +33,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 import msgpack
 
@@ -43,6 +45,7 @@ from villaged.store_records import (JOB_SELECT, JOB_STATES, RESULT_SELECT, ROUND
                                     LocalInput, MemberRecord, ResultRecord, RoundRecord, ids_to_json, job_from_row,
                                     result_from_row, round_from_row, round_to_row, same_result)
 from villaged.store_schema import MIGRATIONS, SCHEMA_VERSION
+from villaged.store_writer import StoreWriter
 
 __all__ = [
     "DB_FILENAME",
@@ -63,6 +66,9 @@ DB_FILENAME: Final = "village.db"
 # Writes are a few rows, so anything beyond a few seconds means something is stuck.
 BUSY_TIMEOUT_MS: Final = 5_000
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
 
 class StoreError(VillagedError):
     """The database refused an operation: unknown job, conflicting result, or an unusable file.
@@ -75,8 +81,9 @@ class StoreError(VillagedError):
 class Store:
     """Typed access to ``village.db``. Open with `Store.open`, close with `close` (or ``with``)."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
-        self._db = connection
+    def __init__(self, reader: sqlite3.Connection, writer: StoreWriter, path: Path) -> None:
+        self._db = reader  # the opening thread's: reads only
+        self._writer = writer
         self.path = path
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -96,29 +103,43 @@ class Store:
             # files the same permissions as the database file.
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
-            # the block inside `_transaction` (the sqlite3 module's implicit BEGINs are off).
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            # the block inside `StoreWriter.transaction` (the sqlite3 module's implicit BEGINs are off).
+            # The write connection is used from worker threads (one at a time), the reader from ours.
+            writes = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"{path}: cannot open database: {exc}") from exc
+        opened = [writes]
         try:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            writes.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = writes.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise StoreError(f"{path}: could not switch the database to WAL mode (got {mode!r})")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute("PRAGMA foreign_keys = ON")
-            store = cls(db, path)
+            writes.execute("PRAGMA synchronous = FULL")
+            writes.execute("PRAGMA foreign_keys = ON")
+            reads = sqlite3.connect(path, isolation_level=None)
+            opened.append(reads)
+            reads.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            reads.execute("PRAGMA query_only = ON")
+            store = cls(reads, StoreWriter(writes), path)
             store._migrate()
         except sqlite3.DatabaseError as exc:
-            db.close()
+            for connection in opened:
+                connection.close()
             raise StoreError(f"{path}: not a usable village database: {exc}") from exc
         except BaseException:
-            db.close()
+            for connection in opened:
+                connection.close()
             raise
         return store
 
     def close(self) -> None:
         self._db.close()
+        self._writer.close()
+
+    async def write(self, write: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Call one of this store's write methods off the trio thread, after the writes asked for
+        before it, and return once it committed: ``await store.write(store.put_result, record)``."""
+        return await self._writer.run(write, *args, **kwargs)
 
     def __enter__(self) -> Store:
         return self
@@ -134,19 +155,6 @@ class Store:
         """SQLite's own consistency check; ``"ok"`` when the file is sound."""
         return "; ".join(str(row[0]) for row in self._db.execute("PRAGMA integrity_check"))
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front, so two writers fail fast (busy_timeout)
-        # instead of deadlocking when both try to upgrade a read lock.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
-
     def _migrate(self) -> None:
         current = self.schema_version
         if current > SCHEMA_VERSION:
@@ -155,7 +163,7 @@ class Store:
                 f"({SCHEMA_VERSION}); upgrade villaged"
             )
         for version in range(current, SCHEMA_VERSION):
-            with self._transaction() as db:
+            with self._writer.transaction() as db:
                 for step in MIGRATIONS[version]:
                     if isinstance(step, str):
                         db.execute(step)
@@ -168,7 +176,7 @@ class Store:
 
     def put_revocation_list(self, listed: bytes) -> None:
         """Keep the revocation list this node adopted (as the admin signed it), replacing the held one."""
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             db.execute("INSERT INTO revocation_list (id, list) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET list = excluded.list",
                        (listed,))
 
@@ -185,7 +193,7 @@ class Store:
     def put_members(self, members: list[tuple[bytes, bytes, int]]) -> None:
         """`put_member` for many (member id, certificate, expires_at) in one transaction (one fsync)."""
         _check_member_ids(m for m, _, _ in members)
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             db.executemany(
                 "INSERT INTO members (member_id, certificate, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(member_id) DO UPDATE SET certificate = excluded.certificate, "
@@ -202,7 +210,7 @@ class Store:
         """Remember where members listen (latest word wins); entries without addresses are skipped."""
         rows = [(m, json.dumps(list(addrs)), now) for m, addrs in entries if addrs]
         _check_member_ids(m for m, _, _ in rows)
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             db.executemany(
                 "INSERT INTO peer_addresses (member_id, addresses, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(member_id) DO UPDATE SET addresses = excluded.addresses, updated_at = excluded.updated_at",
@@ -220,7 +228,7 @@ class Store:
         """Store a new job; returns False (and changes nothing) if that id is already stored."""
         _check_state("job", job.state, JOB_STATES)
         spec = json.dumps(job.spec, sort_keys=True, allow_nan=False)
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO jobs (id, spec, creator, state, created_at, updated_at, roster, end_reason) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
@@ -245,7 +253,7 @@ class Store:
     def set_job_state(self, job_id: str, state: JobState, updated_at: float) -> None:
         """Raises StoreError if the job is unknown."""
         _check_state("job", state, JOB_STATES)
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (state, updated_at, job_id)
             )
@@ -255,14 +263,14 @@ class Store:
     def set_roster(self, job_id: str, members: Sequence[bytes]) -> None:
         """Keep the job's frozen roster. Raises StoreError if the job is unknown."""
         _check_member_ids(members)
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             if db.execute("UPDATE jobs SET roster = ? WHERE id = ?", (b"".join(members), job_id)).rowcount == 0:
                 raise StoreError(f"no job {job_id!r} in {self.path}")
 
     def end_job(self, job_id: str, state: JobState, reason: str, updated_at: float) -> None:
         """Set a job's final state and why it ended before its last round, in one commit."""
         _check_state("job", state, JOB_STATES)
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             cursor = db.execute("UPDATE jobs SET state = ?, end_reason = ?, updated_at = ? WHERE id = ?",
                                 (state, reason, updated_at, job_id))
             if cursor.rowcount == 0:
@@ -274,7 +282,7 @@ class Store:
         """Insert or update one (job, round, attempt): call at start and again when it ends."""
         _check_state("round", record.state, ROUND_STATES)
         values = round_to_row(record)
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             try:
                 db.execute(
                     "INSERT INTO rounds (job_id, round, attempt, coordinator, state, participants, dropped, "
@@ -320,7 +328,7 @@ class Store:
             result.signed_announcement,
             result.received_at,
         )
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             try:
                 cursor = db.execute(
                     "INSERT INTO results (job_id, round, attempt, coordinator, aggregate, participants, dropped, "
@@ -340,8 +348,8 @@ class Store:
                     (result.job_id, result.round, msgpack.packb(list(result.votes))),
                 )
                 return "stored"
-            existing = self.get_result(result.job_id, result.round)
-            assert existing is not None
+            row = db.execute(RESULT_SELECT + " WHERE job_id = ? AND round = ?", (result.job_id, result.round)).fetchone()
+            existing = result_from_row(row)
             if same_result(existing, result):
                 return "duplicate"
             if existing.attempt < result.attempt:
@@ -378,7 +386,7 @@ class Store:
             text = json.dumps(payload, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"local input {name!r} is not JSON-serializable: {exc}") from exc
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             db.execute(
                 "INSERT INTO local_inputs (name, payload, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) "
                 "DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at",
@@ -388,7 +396,7 @@ class Store:
     def set_input_policy(self, name: str, policy: InputPolicy) -> None:
         """Set what the local input ``name`` may be used for. It may precede the input itself, so
         that an input never exists under a policy its owner did not mean."""
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             db.execute(
                 "INSERT INTO input_policies (name, policy) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET policy = excluded.policy",
                 (name, json.dumps(policy.to_dict(), sort_keys=True)),
@@ -404,7 +412,7 @@ class Store:
     def record_spent(self, job_id: str, round_: int, attempt: int, now: float) -> None:
         """Commit that this node's masked input for the round leaves in `attempt`, before it leaves.
         Raises StoreError if another attempt of the round has it already: the caller must not send."""
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             held = db.execute("SELECT attempt FROM spent_rounds WHERE job_id = ? AND round = ?", (job_id, round_)).fetchone()
             if held is not None and held[0] != attempt:
                 raise StoreError(f"round {round_} of job {job_id} already has this node's input in attempt {held[0]}")
@@ -427,7 +435,7 @@ class Store:
     def record_input_use(self, name: str, version: float, survivors_digest: bytes) -> None:
         """Commit the survivor set a version of an input is signed over, before the signature leaves.
         Raises StoreError if that version was signed over another set."""
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             held = self._input_survivors(db, name, version)
             if held is not None and held != survivors_digest:
                 raise StoreError(f"input {name!r} (unchanged) was already summed with another survivor set")
@@ -456,7 +464,7 @@ class Store:
 
     def add_job_member(self, job_id: str, member_id: bytes, joined_at: float) -> None:
         """Record that a member joined a job (idempotent)."""
-        with self._transaction() as db:
+        with self._writer.transaction() as db:
             try:
                 db.execute(
                     "INSERT INTO job_members (job_id, member_id, joined_at) VALUES (?, ?, ?) "

@@ -24,6 +24,7 @@ from protocol.schedule import CATCH_UP, FetchRoundResult, JobOutput, JobSchedule
 from villaged.jobs import Job, JobBook, JobHooks, run_job
 from villaged.rounds import RoundDriver
 from villaged.store import Store
+from tests.villaged.test_rounds import no_event
 
 SPEC = JobSpec.from_dict({
     "kind": "vector", "data": "stats", "dimension": 4, "rounds": 1, "min_participants": 3, "neighbours": 2,
@@ -86,7 +87,7 @@ async def test_a_restarted_node_asks_again_for_a_round_it_missed(book: JobBook, 
                      on_round_end=unused, announce_roster=unused, connect_ahead=unused)  # type: ignore[arg-type]
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
-        driver = RoundDriver(None, nacl.signing.SigningKey.generate(), book, nursery, unused, lambda *_: None)  # type: ignore[arg-type]
+        driver = RoundDriver(None, nacl.signing.SigningKey.generate(), book, nursery, unused, no_event)  # type: ignore[arg-type]
         await run_job(book.jobs["job-1"], book, driver, store, hooks)
     assert [round(t - start, 6) for t in asked_at] == [0.0, CATCH_UP.delays[0], CATCH_UP.delays[0] + CATCH_UP.delays[1]]
     assert book.jobs["job-1"].state == "completed"  # a round caught up on is not ended again here
@@ -176,13 +177,13 @@ async def test_the_next_coordinator_is_dialed_after_the_round_unless_rounds_run_
                      on_round_end=ended, announce_roster=unused,  # type: ignore[arg-type]
                      connect_ahead=lambda job, round_number: events.append(("connect", round_number)))
     async with trio.open_nursery() as nursery:
-        driver = RoundDriver(None, nacl.signing.SigningKey.generate(), book, nursery, unused, lambda *_: None)  # type: ignore[arg-type]
+        driver = RoundDriver(None, nacl.signing.SigningKey.generate(), book, nursery, unused, no_event)  # type: ignore[arg-type]
         await run_job(job, book, driver, store, hooks)
     assert job.state == "completed"
     assert events == expected
 
 
-def test_once_the_budget_is_spent_no_invite_is_answered_and_no_noisy_vector_is_made(store: Store) -> None:
+async def test_once_the_budget_is_spent_no_invite_is_answered_and_no_noisy_vector_is_made(store: Store) -> None:
     """Issue 16: the budget gate ran only in the job loop; the invite handler and client_input made fresh
     noisy vectors without it. Releases are the rounds whose masked input left, recorded before it left."""
     me = b"\x01" * 32
@@ -198,7 +199,7 @@ def test_once_the_budget_is_spent_no_invite_is_answered_and_no_noisy_vector_is_m
     affordable = spec.noise_plan().affordable_releases()  # type: ignore[union-attr]
     for round_number in range(affordable):
         assert book.client_input("dp") is not None
-        book.record_spent(RoundContext("dp", round_number, 0))
+        await book.record_spent(RoundContext("dp", round_number, 0))
     assert book.client_input("dp") is None and not book.contributes(book.jobs["dp"])
     context = RoundContext("dp", affordable, 0)
     inviter = coordinator_for("dp", affordable, 0, list(roster))

@@ -88,7 +88,7 @@ class FakeVillage:
     def stored(self, job_id: str, round_number: int) -> tuple[bytes, bytes, tuple[bytes, ...]] | None:
         return self.found(job_id, round_number)
 
-    def keep(self, result: VerifiedResult, record: bytes) -> None:
+    async def keep(self, result: VerifiedResult, record: bytes) -> None:
         self.store(result, record)
 
 

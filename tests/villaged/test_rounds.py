@@ -85,10 +85,10 @@ async def test_a_round_through_real_drivers_records_the_spent_attempt_before_the
     async with trio.open_nursery() as nursery:
         for i, key in enumerate(KEYS):
             drivers[IDS[i]] = RoundDriver(Watching(IDS[i], drivers, sent), key, books[i], nursery, on_result,
-                                          lambda context, event, fields: None)
+                                          no_event)
         context = RoundContext(JOB, 0, 0)
         coordinator = coordinator_for(JOB, 0, 0, sorted(IDS))
-        drivers[coordinator].coordinate(context, sorted(IDS), SPEC.round_params(3))
+        await drivers[coordinator].coordinate(context, sorted(IDS), SPEC.round_params(3))
         with trio.fail_after(10):
             while not results:
                 await trio.sleep(0.01)
@@ -111,7 +111,7 @@ async def test_a_node_restarted_after_its_input_left_refuses_the_next_attempt(tm
     store, book = book_for(tmp_path, victim)  # the restart: a new store and book from the same file
     invite = encode(RoundContext(JOB, 0, 1), Invite(tuple(sorted(IDS)), SPEC.round_params(3)), KEYS[IDS.index(elected)])
     async with trio.open_nursery() as nursery:
-        driver = RoundDriver(Loopback(IDS[victim], {}, []), KEYS[victim], book, nursery, _no_result, lambda *args: None)
+        driver = RoundDriver(Loopback(IDS[victim], {}, []), KEYS[victim], book, nursery, _no_result, no_event)
         with pytest.raises(InviteRefused) as refused:
             await driver.handle_frame(elected, invite)
         nursery.cancel_scope.cancel()
@@ -124,7 +124,7 @@ async def test_an_unsigned_invite_leaves_no_state(tmp_path: Path) -> None:
     _, book = book_for(tmp_path, 1)
     elected = coordinator_for(JOB, 0, 0, sorted(IDS))
     async with trio.open_nursery() as nursery:
-        driver = RoundDriver(Loopback(IDS[1], {}, []), KEYS[1], book, nursery, _no_result, lambda *args: None)
+        driver = RoundDriver(Loopback(IDS[1], {}, []), KEYS[1], book, nursery, _no_result, no_event)
         for round_number in range(200):
             frame = bytearray(encode(RoundContext(JOB, round_number, 0), Invite(tuple(sorted(IDS)), SPEC.round_params(3)),
                                      KEYS[IDS.index(elected)]))
@@ -133,6 +133,10 @@ async def test_an_unsigned_invite_leaves_no_state(tmp_path: Path) -> None:
                 await driver.handle_frame(elected, bytes(frame))
         nursery.cancel_scope.cancel()
     assert driver.progress(JOB) is None  # no tracker was made for any of them
+
+
+async def no_event(context: RoundContext, event: str, fields: dict[str, object]) -> None:
+    pass
 
 
 async def _no_result(result: RoundResult) -> None:
