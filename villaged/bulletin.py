@@ -339,7 +339,7 @@ class Bulletin:
             if known is not None and known.creator == author:
                 self._job_records.setdefault(known.id, signed.record)
             if job is not None:
-                self._store.put_addresses([(author, body.creator_addresses)], time.time())
+                await self._store.write(self._store.put_addresses, [(author, body.creator_addresses)], time.time())
                 log.info("job_learned", job=job.id, creator=author.hex()[:16], kind=job.spec.kind)
                 await self.maybe_join(job)
                 self._jobs.start(job)
@@ -355,7 +355,7 @@ class Bulletin:
             job = self._book.jobs.get(body.job_id)
             if job is not None and job.creator == author and self._book.set_roster(job.id, body.members):
                 log.info("roster_fixed", job=job.id, members=len(body.members), in_roster=self.me in body.members)
-                self._learn_roster(body)
+                await self._learn_roster(body)
                 self._hand_on_roster(job, signed.record)
                 self._jobs.connect_ahead(job, 0)
             if job is not None and job.creator == author and job.roster == body.members:
@@ -368,7 +368,7 @@ class Bulletin:
         elif isinstance(body, ResultAnnouncement):
             self._results.on_announcement(body, author)
 
-    def _learn_roster(self, roster: RosterAnnouncement) -> None:
+    async def _learn_roster(self, roster: RosterAnnouncement) -> None:
         """Admit the roster members' certificates and remember their addresses (in the store too, for a
         restart): every participant of a round can then be checked and dialed, met before or not. Also
         those connected now: a connection another node opened leaves no dialable address behind, and in
@@ -378,7 +378,7 @@ class Bulletin:
         self._membership.admit_all([(e.member, e.certificate) for e in others])
         for entry in others:
             self._node.add_addresses(entry.member, entry.addresses)
-        self._store.put_addresses([(e.member, e.addresses) for e in others], time.time())
+        await self._store.write(self._store.put_addresses, [(e.member, e.addresses) for e in others], time.time())
 
     # --- job sync (villaged/job_sync.py) ------------------------------------------------------------
 

@@ -189,7 +189,7 @@ class Control:
             self._metrics.malformed_messages.labels(kind="local_input").inc()
             log.info("local_input_refused", input=name, field=exc.field, reason=exc.reason)
             raise InvalidRequest(exc.field, exc.reason) from None
-        self._store.put_local_input(name, payload, time.time())
+        await self._store.write(self._store.put_local_input, name, payload, time.time())
         return {"name": name, "updated_at": time.time(), "summary": summary,
                 "policy": self._store.get_input_policy(name).to_dict()}
 
@@ -199,7 +199,7 @@ class Control:
             policy = InputPolicy.from_dict(raw)
         except ParameterError as exc:
             raise InvalidRequest(exc.field, exc.reason) from None
-        self._store.set_input_policy(name, policy)
+        await self._store.write(self._store.set_input_policy, name, policy)
         log.info("input_policy_set", input=name, policy=policy.to_dict())
         return {"name": name, "policy": policy.to_dict()}
 
