@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from protocol.attempts import ROUND_WINDOWS
+from protocol.attempts import ROUND_WINDOWS, WakeAt
 from protocol.backoff import Backoff
 from protocol.election import capped_roster
 from protocol.errors import LocalProtocolError
@@ -140,13 +140,6 @@ class ForgetRound:
     """Drop what this node keeps for `round` (its machines answered stragglers until now)."""
 
     round: int
-
-
-@dataclass(frozen=True, slots=True)
-class WakeAt:
-    """Call `poll` again at `at` (or sooner, on any input)."""
-
-    at: float
 
 
 JobOutput = (FreezeRoster | JobRunning | FinishJob | BudgetSpent | ConnectAhead | CatchingUp | FetchRoundResult

@@ -20,7 +20,6 @@ import structlog
 import trio
 
 from protocol.attempts import AttemptBegun, AttemptFailed, FetchResult, RoundAttempts
-from protocol.attempts import WakeAt as AttemptWakeAt
 from protocol.dp import add_noise, clip_l2, sample_discrete_gaussian
 from protocol.election import capped_roster
 from protocol.errors import ParameterError, ProtocolError
@@ -416,7 +415,7 @@ async def _run_round(job: Job, round_number: int, book: JobBook, driver: RoundDr
             outputs.extend(machine.poll(trio.current_time()))
             continue
         out = outputs.popleft()
-        if isinstance(out, AttemptWakeAt):
+        if isinstance(out, WakeAt):
             await tracker.wait_until(out.at)
         elif isinstance(out, AttemptBegun):
             started = time.time()
