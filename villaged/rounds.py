@@ -65,7 +65,7 @@ _CLIENT_KINDS = frozenset({"invite", "keys", "delivery", "survivors", "unmask_re
 #: A failed send is retried on this schedule (capped at a tenth of the phase timeout), unless
 #: the peer refused it or is down: a client SIGKILLed mid-phase breaks the coordinator's stream, and
 #: the retry's refused dial tells the coordinator to stop waiting for it. Each try dials once (the
-#: transport's own dial retries are off for round frames: transport/host.py states the bound), so a
+#: transport's own dial retries are off for round frames: transport/asking.py states the bound), so a
 #: dial that fails for another reason gets its retries here.
 SEND_RETRY = Backoff((0.25, 0.5, 1.0, 2.0))
 #: An invite may arrive before the creator's roster announcement; wait this long for it.
