@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from villaged.config import load_config
-from villaged.logging import configure_logging
+from villaged.logs import configure_logging
 
 
 async def _serve(config_paths: list[Path]) -> None:

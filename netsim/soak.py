@@ -70,7 +70,7 @@ def pace(starts: list[float]) -> dict[str, object]:
 async def _soak(root: Path, n: int, rounds: int, dimension: int, phase_timeout: float, timeout: float) -> dict[str, object]:
     from villaged.config import DaemonConfig
     from villaged.daemon import Daemon  # imports libp2p
-    from villaged.logging import configure_logging
+    from villaged.logs import configure_logging
 
     configure_logging("warning")  # after libp2p's import; a round's info lines would flood the output
 

@@ -12,7 +12,7 @@ import typer
 
 from villaged.config import load_config
 from villaged.errors import VillagedError
-from villaged.logging import configure_logging
+from villaged.logs import configure_logging
 from villaged.transport import load_or_create_identity, member_id, peer_id_from_member_id
 
 app = typer.Typer(help="The village daemon: secure aggregation rounds with peers over libp2p.", no_args_is_help=True)

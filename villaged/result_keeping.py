@@ -21,7 +21,7 @@ from protocol.wire import RoundContext
 from villaged import election
 from villaged.bulletin import Bulletin
 from villaged.jobs import Job, JobBook
-from villaged.logging import log_round
+from villaged.logs import log_round
 from villaged.membership import Membership
 from villaged.metrics import Metrics
 from villaged.node_control import prior_validation

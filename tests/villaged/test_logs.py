@@ -1,4 +1,4 @@
-"""Tests for villaged/logging.py: JSON lines off a TTY, console otherwise, stdlib routed through."""
+"""Tests for villaged/logs.py: JSON lines off a TTY, console otherwise, stdlib routed through."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from villaged.logging import configure_logging, log_round
+from villaged.logs import configure_logging, log_round
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ through the same renderer, so one stream carries both, in one format.
 Round logs use `log_round` so every round line has the same keys (job, round, attempt,
 coordinator, participants, phase timings), which makes them greppable and easy to chart.
 
-(Named ``villaged.logging``; ``import logging`` below is absolute, so it is the stdlib module.)
+(Named ``logs``, not ``logging``: it must not shadow the stdlib module it configures.)
 """
 
 from __future__ import annotations
