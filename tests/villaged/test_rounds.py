@@ -7,6 +7,9 @@ the round, naming the reason (issue 15: unmask-once was only in memory).
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -141,3 +144,33 @@ async def no_event(context: RoundContext, event: str, fields: dict[str, object])
 
 async def _no_result(result: RoundResult) -> None:
     raise AssertionError("no result expected")
+
+
+@pytest.mark.slow
+async def test_a_process_killed_right_after_its_input_left_refuses_the_next_attempt_after_its_restart(tmp_path: Path) -> None:
+    """Issue 18: a real process records the spent attempt as the driver does before the masked input
+    leaves, and is SIGKILLed at once (no clean shutdown, no flush of anything but the commit). Restarted
+    on the same file, the node refuses attempt 1's invitation, naming attempt 0."""
+    elected = coordinator_for(JOB, 0, 1, sorted(IDS))
+    victim = next(i for i, member in enumerate(IDS) if member != elected)
+    store, _ = book_for(tmp_path, victim)
+    store.close()
+    script = (
+        "import os, signal, sys, time\n"
+        "from villaged.store import Store\n"
+        "store = Store.open(sys.argv[1])\n"
+        f"store.record_spent({JOB!r}, 0, 0, time.time())\n"
+        "print('sent', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    died = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"node{victim}.db")],
+                          capture_output=True, text=True, timeout=60)
+    assert died.returncode == -signal.SIGKILL and died.stdout == "sent\n", died.stderr
+    store, book = book_for(tmp_path, victim)  # the restart
+    invite = encode(RoundContext(JOB, 0, 1), Invite(tuple(sorted(IDS)), SPEC.round_params(3)), KEYS[IDS.index(elected)])
+    async with trio.open_nursery() as nursery:
+        driver = RoundDriver(Loopback(IDS[victim], {}, []), KEYS[victim], book, nursery, _no_result, no_event)
+        with pytest.raises(InviteRefused) as refused:
+            await driver.handle_frame(elected, invite)
+        nursery.cancel_scope.cancel()
+    assert refused.value.code == "round_spent" and "attempt 0" in refused.value.reason
