@@ -96,32 +96,13 @@ async def _create_job(api: ApiState, params: Params, body: Any) -> Response:
     return json_response(201, job, (("location", location),) if location else ())
 
 
-async def _get_job(api: ApiState, params: Params, body: Any) -> Response:
-    return json_response(200, await api.control.get_job(params["id"]))
+def _job_call(method: str) -> Call:
+    """A handler that answers 200 with one `NodeControl` method's view of the job in the path."""
 
+    async def handler(api: ApiState, params: Params, body: Any) -> Response:
+        return json_response(200, await getattr(api.control, method)(params["id"]))
 
-async def _join_job(api: ApiState, params: Params, body: Any) -> Response:
-    return json_response(200, await api.control.join_job(params["id"]))
-
-
-async def _job_progress(api: ApiState, params: Params, body: Any) -> Response:
-    return json_response(200, await api.control.job_progress(params["id"]))
-
-
-async def _cancel_job(api: ApiState, params: Params, body: Any) -> Response:
-    return json_response(200, await api.control.cancel_job(params["id"]))
-
-
-async def _rounds(api: ApiState, params: Params, body: Any) -> Response:
-    return json_response(200, await api.control.rounds(params["id"]))
-
-
-async def _results(api: ApiState, params: Params, body: Any) -> Response:
-    return json_response(200, await api.control.results(params["id"]))
-
-
-async def _priors(api: ApiState, params: Params, body: Any) -> Response:
-    return json_response(200, await api.control.priors(params["id"]))
+    return handler
 
 
 async def _put_data(api: ApiState, params: Params, body: Any) -> Response:
@@ -193,28 +174,28 @@ ROUTES: Final[tuple[Route, ...]] = (
         success_status=201,
         errors=(400, 413, 415, 422),
     ),
-    Route("GET", "/v1/jobs/{id}", "getJob", "One job", _get_job, _OBJECT, errors=(404,)),
+    Route("GET", "/v1/jobs/{id}", "getJob", "One job", _job_call("get_job"), _OBJECT, errors=(404,)),
     Route(
-        "POST", "/v1/jobs/{id}/cancel", "cancelJob", "Cancel a job", _cancel_job, _OBJECT, errors=(404, 409)
+        "POST", "/v1/jobs/{id}/cancel", "cancelJob", "Cancel a job", _job_call("cancel_job"), _OBJECT, errors=(404, 409)
     ),
     Route(
         "POST", "/v1/jobs/{id}/join", "joinJob",
         "Contribute this node's local input to a job (409 with the reason when the input's policy forbids it)",
-        _join_job, _OBJECT, errors=(404, 409, 422),
+        _job_call("join_job"), _OBJECT, errors=(404, 409, 422),
     ),
     Route(
         "GET", "/v1/jobs/{id}/progress", "getJobProgress",
-        "Current round, attempt, coordinator and this node's phase; rounds completed", _job_progress, _OBJECT,
+        "Current round, attempt, coordinator and this node's phase; rounds completed", _job_call("job_progress"), _OBJECT,
         errors=(404,),
     ),
     Route(
-        "GET", "/v1/jobs/{id}/rounds", "listRounds", "Round attempts with phase timings", _rounds, _OBJECT_LIST,
+        "GET", "/v1/jobs/{id}/rounds", "listRounds", "Round attempts with phase timings", _job_call("rounds"), _OBJECT_LIST,
         errors=(404,),
     ),
-    Route("GET", "/v1/jobs/{id}/results", "listResults", "Committed results", _results, _OBJECT_LIST, errors=(404,)),
+    Route("GET", "/v1/jobs/{id}/results", "listResults", "Committed results", _job_call("results"), _OBJECT_LIST, errors=(404,)),
     Route(
         "GET", "/v1/jobs/{id}/priors", "getPriors",
-        "Routing priors this node applies (latest round) with stability, diversity and round quality", _priors,
+        "Routing priors this node applies (latest round) with stability, diversity and round quality", _job_call("priors"),
         _OBJECT, errors=(404, 409),
     ),
     Route(
