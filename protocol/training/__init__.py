@@ -9,4 +9,6 @@
 scikit-learn is imported inside the functions that use it: importing it costs ~0.7 s, which
 villagectl and villaged should not pay for a module they only read a name from, and it pulls in
 joblib's asyncio and socket imports, which protocol/'s import check keeps out of every module.
+importlib.metadata (installed trainers) is imported where it is used for the same reason: it
+imports the email package, which imports socket.
 """

@@ -20,19 +20,21 @@ Next: protocol/training/optimizers.py turns the mean update into the next global
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from protocol.errors import ParameterError
 from protocol.training.data import LocalData
 from protocol.training.model import Architecture, ModelError, unflatten
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 ENTRY_POINT_GROUP = "village.trainers"
 #: Per-example log loss cap: one confidently wrong example (p ~ 0) would otherwise make the summed
@@ -209,14 +211,20 @@ def default_trainer(arch: Architecture) -> str:
     return arch.kind
 
 
-def trainer_named(name: str, installed: Iterable[importlib.metadata.EntryPoint] | None = None) -> Trainer:
+def trainer_named(name: str, installed: Iterable[EntryPoint] | None = None) -> Trainer:
     """The trainer a job names: a built-in, else one installed in the `village.trainers` entry-point
     group (the entry point loads a Trainer class, instantiated without arguments, or an instance).
 
     `installed` defaults to this environment's entry points; pass others to look elsewhere."""
     if name in BUILT_IN:
         return BUILT_IN[name]
-    points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if installed is None else installed)
+    if installed is None:
+        # Imported here: importlib.metadata loads the email package, and with it socket, which
+        # protocol/'s import check keeps out of every module.
+        from importlib.metadata import entry_points
+
+        installed = entry_points(group=ENTRY_POINT_GROUP)
+    points = list(installed)
     for point in points:
         if point.name == name:
             return _load(point)
@@ -225,7 +233,7 @@ def trainer_named(name: str, installed: Iterable[importlib.metadata.EntryPoint] 
                                     f"installed: {names})")
 
 
-def _load(point: importlib.metadata.EntryPoint) -> Trainer:
+def _load(point: EntryPoint) -> Trainer:
     try:
         loaded = point.load()
         trainer = loaded() if isinstance(loaded, type) else loaded
