@@ -276,9 +276,13 @@ def _batches(rows: int, config: TrainConfig) -> Iterator[np.ndarray]:
 
 
 def _score(proba: np.ndarray, labels: np.ndarray) -> Evaluation:
+    """Sums that are always finite (they enter the secure sum): an example whose probabilities
+    overflowed counts as wrong, with the capped loss."""
+    broken = ~np.all(np.isfinite(proba), axis=1)
+    proba = np.where(broken[:, None], 0.0, proba)
     picked = proba[np.arange(len(labels)), labels]
     losses = np.minimum(-np.log(np.maximum(picked, math.exp(-MAX_EXAMPLE_LOSS))), MAX_EXAMPLE_LOSS)
-    correct = int(np.count_nonzero(np.argmax(proba, axis=1) == labels))
+    correct = int(np.count_nonzero((np.argmax(proba, axis=1) == labels) & ~broken))
     return Evaluation(float(np.sum(losses)), correct, int(len(labels)))
 
 
@@ -290,9 +294,19 @@ def _outcome(weights: np.ndarray, data: LocalData, fit: Evaluation) -> TrainOutc
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence scikit-learn's ConvergenceWarning: a few local epochs never 'converge', by design."""
+    """scikit-learn without noise, and divergence as a field error.
+
+    ConvergenceWarning is silenced: a few local epochs never 'converge', by design. Overflow is
+    silenced too: weights that overflow evaluate as probability 0 (loss capped, see `_score`), and
+    training that overflows ends in scikit-learn's "non-finite parameter weights" ValueError,
+    which becomes a ParameterError naming the learning rate."""
     from sklearn.exceptions import ConvergenceWarning
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
+        try:
+            yield
+        except ValueError as exc:
+            if "non-finite" not in str(exc):
+                raise
+            raise ParameterError("training_config.learning_rate", f"training diverged ({exc}); lower it") from None

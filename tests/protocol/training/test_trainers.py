@@ -259,3 +259,19 @@ def test_a_trainer_installed_as_a_distribution_is_found(tmp_path: Path, monkeypa
             trainer_named("absent")
     finally:
         sys.modules.pop("village_toy_trainer", None)
+
+
+def test_overflowing_weights_evaluate_to_finite_sums() -> None:
+    arch = Architecture("mlp", 5, 3, (4,))
+    data = _small()
+    got = MLPTrainer().evaluate(arch, initial_weights(arch, 0) * 1e300, data)
+    assert got.count == 60 and 0 <= got.correct <= 60
+    assert np.isfinite(got.loss_sum) and got.loss_sum <= 60 * MAX_EXAMPLE_LOSS
+
+
+def test_divergence_is_refused_naming_the_learning_rate() -> None:
+    arch = Architecture("mlp", 5, 3, (4,))
+    data = LocalData(_small().features * 1e6, _small().labels)
+    with pytest.raises(ParameterError, match="diverged") as info:
+        MLPTrainer().train(arch, initial_weights(arch, 0), data, TrainConfig(2, 10.0, 4, 0))
+    assert info.value.field == "training_config.learning_rate"
