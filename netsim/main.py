@@ -37,9 +37,9 @@ def install_signal_handlers() -> None:
 @app.command()
 def run(
     n: int = typer.Option(4, "--n", min=2, help="peers in the village"),
-    workload: str = typer.Option("vector", "--workload", help="what the job computes: vector, routing-priors (netsim/workloads.py)"),
+    workload: str = typer.Option("vector", "--workload", help="what the job computes: vector, routing-priors, training (netsim/workloads.py)"),
     d: int = typer.Option(1000, "--d", min=1, help="vector length (workload vector)"),
-    rounds: int = typer.Option(2, "--rounds", min=1, help="rounds of the job"),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="rounds of the job (training: training rounds; the job has one more, which evaluates)"),
     dropout: float = typer.Option(0.0, "--dropout", min=0.0, max=0.9, help="fraction of peers SIGKILLed in each faulty round"),
     drop_phase: str = typer.Option("masked", "--drop-phase", help=f"phase the dropouts die in: {', '.join(DROPOUT_PHASES)}"),
     drop_rounds: str = typer.Option("", "--drop-rounds", help="comma-separated rounds with dropouts (default: all)"),
@@ -61,18 +61,37 @@ def run(
     rate: float = typer.Option(0.0, "--rate", help="link rate cap, Mbit/s (implies --netns)"),
     partition: str = typer.Option("", "--partition", help="ROUND:SECONDS: split the village in halves at that round, then heal"),
     report: Path = typer.Option(None, "--report", help="directory for report.json and report.html"),
+    dataset: str = typer.Option("digits", "--dataset", help="training: digits, wine or breast_cancer (scikit-learn's)"),
+    partition_scheme: str = typer.Option("iid", "--partition-scheme", help="training: iid or dirichlet (label skew)"),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.001, help="training: Dirichlet concentration (smaller: more skew)"),
+    architecture: str = typer.Option("logistic", "--architecture", help="training: logistic or mlp"),
+    hidden: str = typer.Option("32", "--hidden", help="training: mlp hidden widths, comma-separated"),
+    local_epochs: int = typer.Option(1, "--local-epochs", min=1, help="training: local epochs per round"),
+    lr: float = typer.Option(0.1, "--lr", help="training: local learning rate"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="training: local batch size"),
+    optimizer: str = typer.Option("fedavg", "--optimizer", help="training: server optimizer fedavg, fedavgm or fedadam"),
+    server_lr: float = typer.Option(None, "--server-lr", help="training: server learning rate (default: the optimizer's)"),
+    update_clip: float = typer.Option(1.0, "--update-clip", help="training: largest coordinate an update may move"),
+    epsilon: float = typer.Option(None, "--epsilon", help="training: differential privacy, the whole job's epsilon"),
+    delta: float = typer.Option(1e-5, "--delta", help="training: differential privacy delta"),
 ) -> None:
     """Spawn N villaged peers on this machine, run one job, check each result exactly.
 
     Example: netsim run --n 8 --d 10000 --rounds 3 --dropout 0.25 --drop-phase masked --report out/
+
+    Training: netsim run --workload training --n 8 --rounds 10 --dataset wine --partition-scheme dirichlet
     """
     from netsim.faults import FaultPlan, parse_kill
     from netsim.netns import LinkShape, NetnsUnavailable, check_available
     from netsim.run import RunConfig, run_scenario
-    from netsim.workloads import WORKLOADS
+    from netsim.workloads import WORKLOAD_NAMES
 
-    if workload not in WORKLOADS:
-        raise typer.BadParameter(f"--workload must be one of {', '.join(WORKLOADS)}")
+    if workload not in WORKLOAD_NAMES:
+        raise typer.BadParameter(f"--workload must be one of {', '.join(WORKLOAD_NAMES)}")
+    training = None
+    if workload == "training":
+        training = _training_options(dataset, partition_scheme, alpha, architecture, hidden, local_epochs, lr, batch_size,
+                                     optimizer, server_lr, update_clip, epsilon, delta)
     if drop_phase not in DROPOUT_PHASES:
         raise typer.BadParameter(f"--drop-phase must be one of {', '.join(DROPOUT_PHASES)}")
     try:
@@ -98,6 +117,7 @@ def run(
                        partition_seconds=partition_seconds),
         seed=seed, keep=keep, per_process=per_process, phase_timeout=phase_timeout, round_interval=round_interval,
         neighbours=neighbours, min_participants=min_participants, shape=shape if use_netns else None, report_dir=report,
+        training=training,
     )
     install_signal_handlers()
     try:
@@ -106,6 +126,8 @@ def run(
         typer.echo(f"netsim: interrupted ({exc or 'SIGINT'}); every process stopped", err=True)
         raise typer.Exit(130) from None
     typer.echo(json.dumps(_summary_line(result)))
+    for problem in (result.get("training") or {}).get("problems", []):
+        typer.echo(f"netsim: training check: {problem}", err=True)
     if not result["ok"]:
         bad = [r["round"] for r in result["rounds"] if r["check"]["verdict"] not in ("exact", "aborted")]
         bad += [o["round"] for o in result["final_check"]["offending"]]
@@ -114,13 +136,36 @@ def run(
 
 
 def _summary_line(result: dict[str, Any]) -> dict[str, Any]:
-    from netsim.report import round_summary
+    from netsim.report import round_summary, training_summary
 
     c = result["config"]
-    return {"netsim": "run", "ok": result["ok"], "workload": result["workload"], "n": c["n"], "d": result["dimension"],
+    line = {"netsim": "run", "ok": result["ok"], "workload": result["workload"], "n": c["n"], "d": result["dimension"],
             "rounds": c["rounds"],
             "processes": c["processes"], "seed": result["seed"], **round_summary(result),
             "final_check": {k: v for k, v in result["final_check"].items() if k != "offending"}}
+    if "training" in result:
+        line["training"] = training_summary(result)
+    return line
+
+
+def _training_options(dataset: str, partition: str, alpha: float, architecture: str, hidden: str, local_epochs: int,
+                      lr: float, batch_size: int, optimizer: str, server_lr: float | None, update_clip: float,
+                      epsilon: float | None, delta: float) -> Any:
+    from netsim.training_workload import ARCHITECTURES, OPTIMIZERS, TrainingOptions
+    from protocol.training.datasets import NAMES, SCHEMES
+
+    for flag, value, allowed in (("--dataset", dataset, NAMES), ("--partition-scheme", partition, SCHEMES),
+                                 ("--architecture", architecture, ARCHITECTURES), ("--optimizer", optimizer, OPTIMIZERS)):
+        if value not in allowed:
+            raise typer.BadParameter(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+    try:
+        widths = tuple(int(x) for x in hidden.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--hidden must be comma-separated layer widths, got {hidden!r}") from None
+    return TrainingOptions(dataset=dataset, partition=partition, alpha=alpha, architecture=architecture,
+                           hidden=widths or (32,), local_epochs=local_epochs, learning_rate=lr, batch_size=batch_size,
+                           optimizer=optimizer, server_learning_rate=server_lr, update_clip=update_clip,
+                           epsilon=epsilon, delta=delta)
 
 
 @app.command()

@@ -90,6 +90,10 @@ class Observer:
         """Every result each peer stores, decoded by the daemon (large: read once a round is over)."""
         return parallel(quiet(lambda p: p.api.get(f"/v1/jobs/{job_id}/results")), peers)
 
+    def training_statuses(self, peers: list[Peer], job_id: str) -> list[dict[str, Any] | None]:
+        """Each peer's training status: model version and digest, and the per-round curve."""
+        return parallel(quiet(lambda p: p.api.get(f"/v1/training/status/{job_id}")), peers)
+
     def round_records(self, peers: list[Peer], job_id: str) -> list[list[dict[str, Any]] | None]:
         return parallel(quiet(lambda p: p.api.get(f"/v1/jobs/{job_id}/rounds")), peers)
 

@@ -63,6 +63,43 @@ def round_summary(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def training_summary(run: dict[str, Any]) -> dict[str, Any]:
+    """A training run's figures: the accuracy curve per round (the federated evaluation the nodes
+    summed, and netsim's test accuracy of the same model), final federated against centralized
+    accuracy, and where a round's time goes (training before the round's attempt, the attempt)."""
+    end = run.get("training") or {}
+    curve = []
+    for r in run.get("rounds", []):
+        t = r.get("training") or {}
+        curve.append({"round": r["round"], "accuracy": t.get("accuracy"), "loss": t.get("loss"),
+                      "test_accuracy": t.get("test_accuracy"), "participants": t.get("participants")})
+    # A training round's period (first node holding round r-1's result -> first holding r's) is the
+    # nodes' local training from the new model, the round's start, and its attempts; the attempts are
+    # timed by the daemons (wall_seconds), the rest is put down to training and start.
+    periods, training = [], []
+    previous = None
+    for r in run.get("rounds", []):
+        first = r.get("first_result_at")
+        if previous is not None and first is not None:
+            period = first - previous
+            periods.append(period)
+            if r.get("wall_seconds") is not None:
+                training.append(max(0.0, period - r["wall_seconds"]))
+        previous = first
+
+    def med(xs: list[float]) -> float | None:
+        return round(statistics.median(xs), 3) if xs else None
+
+    return {
+        "federated_accuracy": end.get("federated_accuracy"), "centralized_accuracy": end.get("centralized_accuracy"),
+        "gap_points": end.get("gap_points"), "rounds_with_result": end.get("rounds_with_result"),
+        "training_rounds": end.get("training_rounds"), "ok": end.get("ok"), "problems": end.get("problems", []),
+        "round_period_s_median": med(periods), "training_and_start_s_median": med(training),
+        "aggregation_s_median": round_summary(run)["round_wall_s_median"],
+        "curve": curve,
+    }
+
+
 # --- words -----------------------------------------------------------------------------------------
 
 
@@ -278,6 +315,75 @@ def scatter(title: str, xlabel: str, ylabel: str, points: list[tuple[float, floa
     return _svg(width, height, parts)
 
 
+def accuracy_curve(run: dict[str, Any], width: int = 900, height: int = 300) -> str:
+    """A training run's accuracy per round: the federated evaluation the nodes summed on their own
+    held-out rows (of the model each round started from), netsim's accuracy of the same model on the
+    common test split, and the final federated and centralized accuracies as horizontal lines."""
+    summary = training_summary(run)
+    series = {"federated evaluation (nodes' held-out rows)": ("#4e79a7", [(p["round"], p["accuracy"]) for p in summary["curve"]
+                                                                            if p["accuracy"] is not None]),
+              "test split (netsim)": ("#f28e2b", [(p["round"], p["test_accuracy"]) for p in summary["curve"]
+                                                  if p["test_accuracy"] is not None])}
+    if not any(points for _, points in series.values()):
+        return '<p class="muted">No round reported an accuracy.</p>'
+    left, right, top, bottom = 60, 20, 14, 36
+    last = max(1, max(p["round"] for p in summary["curve"]))
+    xticks = nice_ticks(last, 10)
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + pw * x / xticks[-1]
+
+    def sy(y: float) -> float:
+        return top + ph * (1 - y)
+
+    parts = [f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">round (the model it started from)</text>']
+    for yv in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        parts.append(f'<line x1="{left}" y1="{sy(yv):.1f}" x2="{left + pw}" y2="{sy(yv):.1f}" stroke="#e4e4e4"/>')
+        parts.append(f'<text x="{left - 4}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv * 100:.0f} %</text>')
+    for xv in xticks:
+        parts.append(f'<text x="{sx(xv):.1f}" y="{top + ph + 14}" text-anchor="middle">{xv:g}</text>')
+    for name, value, colour in (("centralized", summary["centralized_accuracy"], "#59a14f"),
+                                ("federated final", summary["federated_accuracy"], "#e15759")):
+        if value is not None:
+            parts.append(f'<line x1="{left}" y1="{sy(value):.1f}" x2="{left + pw}" y2="{sy(value):.1f}" stroke="{colour}" '
+                         f'stroke-dasharray="6 4"><title>{name}: {value * 100:.1f} %</title></line>')
+            parts.append(f'<text x="{left + pw - 4}" y="{sy(value) - 4:.1f}" text-anchor="end" fill="{colour}">'
+                         f'{name} {value * 100:.1f} %</text>')
+    for name, (colour, points) in series.items():
+        if points:
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+            for x, y in points:
+                parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}">'
+                             f'<title>{_esc(name)}, round {x}: {y * 100:.1f} %</title></circle>')
+    legend = " ".join(f'<span class="dot" style="background:{c}"></span> {_esc(n)}' for n, (c, _) in series.items())
+    return _svg(width, height, parts) + f'<div class="legend">{legend}</div>'
+
+
+def _training_section(run: dict[str, Any]) -> str:
+    if "training" not in run:
+        return ""
+    end = run["training"]
+    s = training_summary(run)
+    privacy = end.get("privacy")
+    words = (f'{end.get("dataset")}, {end.get("partition")}, {end.get("architecture")} ({end.get("parameters")} parameters), '
+             f'{end.get("optimizer")}, {end.get("training_rounds")} training rounds '
+             f'({end.get("rounds_with_result")} with a result)'
+             + (f', differential privacy epsilon {privacy["epsilon"]:g} delta {privacy["delta"]:g}' if privacy else ""))
+    figures = []
+    if s["federated_accuracy"] is not None:
+        figures.append(f'final federated test accuracy {s["federated_accuracy"] * 100:.1f} %')
+    if s["centralized_accuracy"] is not None:
+        figures.append(f'centralized {s["centralized_accuracy"] * 100:.1f} %')
+    if s["gap_points"] is not None:
+        figures.append(f'gap {s["gap_points"]:.1f} points')
+    problems = "".join(f"<li>{_esc(p)}</li>" for p in end.get("problems", []))
+    return (f'<h3>Training</h3><p>{_esc(words)}: {_esc(", ".join(figures))}.</p>'
+            + (f'<ul class="rounds">{problems}</ul>' if problems else "")
+            + f'<h3>Accuracy per round</h3>{accuracy_curve(run)}')
+
+
 def _run_table(run: dict[str, Any]) -> str:
     head = ("<tr><th>round</th><th>result</th><th>time</th><th>attempts</th><th>coordinator</th><th>its CPU</th>"
             "<th>participants</th><th>dropped</th><th>result spread</th><th title=\"median over the nodes\">sent/node</th>"
@@ -334,6 +440,7 @@ def render_html(runs: list[dict[str, Any]]) -> str:
             f'<p class="muted">{c.get("n")} peers in {c.get("processes")} processes, vector length {c.get("d")}, '
             f'{c.get("rounds")} rounds, workload {_esc(run.get("workload", "vector"))}, seed {run.get("seed")}, '
             f'job {_esc(run.get("job_id"))}, start-up {run.get("startup_seconds")} s.</p>'
+            f'{_training_section(run)}'
             f'<h3>Where each round spends its time</h3>{phase_breakdown(run)}'
             f'<h3>Bytes each node sent per round</h3>{bytes_distribution(run)}'
             f'<h3>Rounds</h3>{_run_table(run)}</section>')

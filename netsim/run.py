@@ -33,6 +33,7 @@ from netsim.faults import FaultPlan, pick_victims
 from netsim.netns import LinkShape, Netns
 from netsim.observe import Observer, parallel
 from netsim.verify import PASSING, check_round, final_check, held_rounds, rounds_missing
+from netsim.training_workload import TrainingOptions
 from netsim.workloads import Workload, make_workload
 from protocol.election import coordinator_for
 
@@ -56,7 +57,7 @@ PUT_TIMEOUT = 60.0
 @dataclass
 class RunConfig:
     n: int = 4
-    workload: str = "vector"  # netsim/workloads.py: vector, routing-priors
+    workload: str = "vector"  # netsim/workloads.py: vector, routing-priors, training
     d: int = 1000
     rounds: int = 2
     dropout: float = 0.0
@@ -76,6 +77,7 @@ class RunConfig:
     root: Path | None = None
     report_dir: Path | None = None
     ready_timeout: float | None = None
+    training: TrainingOptions | None = None  # workload training (None: its defaults); rounds = training rounds
 
 
 class Log:
@@ -193,6 +195,7 @@ class Scenario:
             "neighbours": c.neighbours, "phase_timeout": float(c.phase_timeout),
             **self.workload.spec_fields(),
         }
+        self.workload.complete(spec)
         self.workload.bind(spec)
         return spec
 
@@ -314,10 +317,11 @@ class Scenario:
             2 * c.phase_timeout + 12 + 0.1 * c.n if faults else 0.0)
         start_delay = 6 + 0.15 * c.n + (8 + 0.2 * c.n if self._round_has_faults(0) else 0)
         spec = self.spec(start_delay, round_interval)
+        job_rounds = spec["rounds"]  # a training job has one more than its training rounds
         assert self.cluster is not None
         self.job = self.cluster.peers[0].api.post("/v1/jobs", spec)
         job_id = self.job["id"]
-        self.log(f"job {job_id}: {c.rounds} rounds of {c.workload}, d={self.workload.dimension}, start_delay {start_delay:.1f} s, round_interval {round_interval:.1f} s")
+        self.log(f"job {job_id}: {job_rounds} rounds of {c.workload}, d={self.workload.dimension}, start_delay {start_delay:.1f} s, round_interval {round_interval:.1f} s")
         # Arm round 0 now, while members join. The roster, if every join arrives, names round 0's
         # coordinator, whose process is not armed.
         self.members = sorted(p.member_id for p in self.cluster.peers)
@@ -327,19 +331,22 @@ class Scenario:
             self.event(0, "coordinator_armed", reason="joins went missing, and the roster elected a coordinator in an armed process")
         prev = self.observe.snapshot()
         verdicts = []
-        for r in range(c.rounds):
+        for r in range(job_rounds):
             opens_at = self.job["start_at"] + r * round_interval
             record = self._run_round(r, opens_at, prev)
             prev = record.pop("_snapshot")
             self.rounds.append(record)
             verdicts.append(record["check"]["verdict"])
-            self.transition(r, r + 1 if r + 1 < c.rounds else None)
+            self.transition(r, r + 1 if r + 1 < job_rounds else None)
             if self.armed:
                 prev = self.observe.snapshot()
         # A process restarted after the last round had its streams time out for 30-40 s in net-100
         # (its nodes fetched the round 36 s after they were up): give it that long, then call it missing.
         results = final_check(self.workload.check_result, self._wait_caught_up(job_id, timeout=45.0 + 0.2 * c.n))
         ok = all(v in PASSING for v in verdicts) and results["mismatches"] == results["missing"] == 0
+        end = self.workload.observe_end(self)
+        extra = {} if end is None else {self.workload.name: end}
+        ok = ok and (end is None or bool(end["ok"]))
         return {
             "netsim": "run", "ok": ok, "seed": self.seed,
             "config": {**{k: v for k, v in asdict(c).items() if k not in ("plan", "shape", "root", "report_dir")},
@@ -347,7 +354,7 @@ class Scenario:
                        "processes": len(self.cluster.processes)},
             "workload": c.workload, "dimension": self.workload.dimension,
             "spec": spec, "job_id": job_id, "startup_seconds": round(self.startup_seconds, 2), "mesh": mesh,
-            "rounds": self.rounds, "events": self.events, "final_check": results,
+            "rounds": self.rounds, "events": self.events, "final_check": results, **extra,
         }
 
     def _wait_caught_up(self, job_id: str, timeout: float) -> dict[int, list[dict[str, Any]] | None]:
@@ -438,6 +445,10 @@ class Scenario:
         missing = sorted(i for i in alive_at_open if self.cluster.process_of(i).alive() and i not in have
                          and self.cluster.process_of(i).started_at < opens_at)
         check = check_round(self.workload.check_result, have, missing)
+        observed = self.workload.observe_round(self, r, sorted(have)) if have else None
+        if observed is not None and observed["problems"]:
+            check["mismatches"][self.workload.name] = observed["problems"]
+            check["verdict"] = "mismatch"
         completed = [a for a in attempts if a["state"] == "completed"]
         coordinator = completed[0]["coordinator"] if completed else None
         coordinator_peer = self.cluster.by_member(coordinator) if coordinator else None
@@ -459,6 +470,7 @@ class Scenario:
             "opens_at": opens_at,
             "wall_seconds": wall,
             "result_spread_seconds": spread,
+            "first_result_at": min(arrivals) if arrivals else None,
             "result_holders": len(have),
             "phase_seconds": completed[0]["phase_timings"] if completed else {},
             "attempts": attempts,
@@ -472,6 +484,7 @@ class Scenario:
                 for i in after["bytes"] if i in before["bytes"]
             },
             "check": check,
+            **({} if observed is None else {self.workload.name: observed}),
             "_snapshot": after,
         }
 

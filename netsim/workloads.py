@@ -24,6 +24,9 @@ Workloads:
                     The decoded priors (percentiles, success rates, counts, per-pattern optimal
                     model, carbon means) must match `KINDS["routing-priors"].decode` of the float
                     plaintext within the bounds the error_bound implies for each ratio.
+    training        a federated training job on partitions of a data set scikit-learn ships; every
+                    aggregate and model replayed from the members' local training
+                    (netsim/training_workload.py).
 """
 
 from __future__ import annotations
@@ -69,6 +72,19 @@ class Workload(ABC):
         """Problems with the decoded part of a result, against the float plaintext sum `total`."""
 
     # --- shared ---------------------------------------------------------------------------------------
+
+    def complete(self, spec: dict[str, Any]) -> None:
+        """Add what depends on the whole spec (the participant bounds) to it; most workloads add nothing."""
+
+    def observe_round(self, scenario: Any, r: int, holders: list[int]) -> dict[str, Any] | None:
+        """Checks of round r beyond its results (asking the live `holders` over their API); a dict
+        with a "problems" list goes into the round's record under the workload's name. None: none."""
+        return None
+
+    def observe_end(self, scenario: Any) -> dict[str, Any] | None:
+        """Checks and figures at the end of the run, with an "ok"; they go into the report under the
+        workload's name. None: none."""
+        return None
 
     def bind(self, spec: dict[str, Any]) -> None:
         """Parse the job spec exactly as the daemon does; only nearest rounding gives exact digests."""
@@ -307,9 +323,16 @@ class RoutingPriorsWorkload(Workload):
 
 
 WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (VectorWorkload, RoutingPriorsWorkload)}
+#: Every workload `netsim run --workload` takes; `training` lives in netsim/training_workload.py
+#: (it subclasses Workload, so it is imported when chosen).
+WORKLOAD_NAMES = (*WORKLOADS, "training")
 
 
 def make_workload(name: str, config: Any) -> Workload:
+    if name == "training":
+        from netsim.training_workload import TrainingWorkload
+
+        return TrainingWorkload(config)
     if name not in WORKLOADS:
-        raise ValueError(f"unknown workload {name!r} (known: {', '.join(WORKLOADS)})")
+        raise ValueError(f"unknown workload {name!r} (known: {', '.join(WORKLOAD_NAMES)})")
     return WORKLOADS[name](config)
