@@ -122,8 +122,10 @@ class TrainerMissing(ParameterError):
 
 
 class LogisticTrainer:
-    """Multinomial logistic regression as scikit-learn's SGDClassifier with log loss (one-vs-rest,
-    as scikit-learn does it), constant learning rate, its default small L2 penalty."""
+    """Logistic regression as scikit-learn's SGDClassifier with log loss (one-vs-rest for more than
+    two classes, as SGDClassifier does it), constant learning rate, its default small L2 penalty.
+    Its allocating partial_fit leaves no state behind that matters: with a constant learning rate
+    and no averaging, SGDClassifier's next steps depend only on coef_ and intercept_."""
 
     name = "logistic"
 
