@@ -154,8 +154,9 @@ class ResultAnnouncement:
     by protocol/evidence.py) travel beside it on the push and fetch streams, bound here by digest."""
 
     KIND: ClassVar[str] = "result"
-    #: The form of the fields. Form 1 (before issue #15) carried no evidence and is refused.
-    FORM: ClassVar[int] = 2
+    #: The form of the fields. Form 1 (before issue #15) carried no evidence and is refused; form 2
+    #: (before training jobs) had no model digest and is read with an empty one.
+    FORM: ClassVar[int] = 3
     job_id: str
     round: int
     attempt: int
@@ -164,6 +165,7 @@ class ResultAnnouncement:
     aggregate_digest: bytes  # SHA-256 of the aggregate's little-endian uint32 words
     votes_digest: bytes  # protocol.evidence.votes_digest of the ConsistencySignature frames
     phase_seconds: dict[str, float]
+    model_digest: bytes = b""  # training jobs: SHA-256 of the model this round produced; else empty
 
     @property
     def participants(self) -> tuple[bytes, ...]:
@@ -172,14 +174,18 @@ class ResultAnnouncement:
 
     def fields(self) -> Any:
         return [self.FORM, self.job_id, self.round, self.attempt, list(self.survivors), list(self.dropped),
-                self.aggregate_digest, self.votes_digest, sorted(self.phase_seconds.items())]
+                self.aggregate_digest, self.votes_digest, sorted(self.phase_seconds.items()), self.model_digest]
 
     @classmethod
     def parse(cls, value: Any) -> ResultAnnouncement:
-        if type(value) is not list or not value or value[0] != cls.FORM or type(value[0]) is not int:
+        if type(value) is not list or not value or value[0] not in (2, cls.FORM) or type(value[0]) is not int:
             form = value[0] if type(value) is list and value and type(value[0]) is int else 1
             raise ValueError(f"result form {form} is not accepted: form {cls.FORM} (with the round's evidence) is required")
-        _, job_id, round_number, attempt, survivors, dropped, digest, votes_digest, phases = _list(value, 9)
+        if value[0] == 2:
+            value = [*value, b""]
+        _, job_id, round_number, attempt, survivors, dropped, digest, votes_digest, phases, model = _list(value, 10)
+        if type(model) is not bytes or len(model) not in (0, 32):
+            raise ValueError("model_digest must be empty or 32 bytes")
         for name, hashed in (("aggregate_digest", digest), ("votes_digest", votes_digest)):
             if type(hashed) is not bytes or len(hashed) != 32:
                 raise ValueError(f"{name} must be 32 bytes")
@@ -195,7 +201,7 @@ class ResultAnnouncement:
         if set(survivor_ids) & set(dropped_ids):
             raise ValueError("a member is both a survivor and dropped")
         return cls(_job_id(job_id), _count(round_number, "round"), _count(attempt, "attempt"),
-                   survivor_ids, dropped_ids, digest, votes_digest, timings)
+                   survivor_ids, dropped_ids, digest, votes_digest, timings, model)
 
 
 Announcement = JobAnnouncement | JoinAnnouncement | RosterAnnouncement | CancelAnnouncement | ResultAnnouncement

@@ -54,13 +54,15 @@ def votes_digest(votes: Sequence[bytes]) -> bytes:
     return sha256(b"village/result-votes/v1", *votes)
 
 
-def announcement_of(result: RoundResult) -> tuple[ResultAnnouncement, bytes]:
-    """What a coordinator signs for the attempt it finished, and the aggregate's words to send with it."""
+def announcement_of(result: RoundResult, model_digest: bytes = b"") -> tuple[ResultAnnouncement, bytes]:
+    """What a coordinator signs for the attempt it finished, and the aggregate's words to send with it
+    (`model_digest`: the model a training round produced)."""
     words = result.aggregate.astype("<u4").tobytes()
     context = result.context
     announcement = ResultAnnouncement(
         context.job_id, context.round, context.attempt, result.survivors, result.dropped, aggregate_digest(words),
         votes_digest(result.votes), {phase: float(seconds) for phase, seconds in result.phase_seconds.items()},
+        model_digest,
     )
     return announcement, words
 

@@ -16,8 +16,9 @@ from protocol.errors import ParameterError
 from protocol.kinds import KINDS
 from protocol.params import MAX_DIMENSION, MAX_PARTICIPANTS, RoundParams
 from protocol.quantize import Quantizer
+from protocol.training.spec import TrainingSpec
 
-JOB_KINDS = ("vector", "routing-priors")  # each has an entry in protocol.kinds.KINDS
+JOB_KINDS = ("vector", "routing-priors", "training")  # each has an entry in protocol.kinds.KINDS
 AGGREGATES = ("sum", "mean")
 
 
@@ -48,6 +49,7 @@ class JobSpec:
     quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
     priors: dict[str, Any] | None = None  # routing-priors key space (protocol/priors.py)
     privacy: PrivacySpec | None = None  # distributed DP (protocol/dp.py); None: no noise
+    training: TrainingSpec | None = None  # kind training: the model and how it is trained (protocol/training/)
 
     @classmethod
     def from_dict(cls, raw: Any) -> JobSpec:
@@ -64,6 +66,8 @@ class JobSpec:
         if "dimension" not in raw and not (kind is not None and kind.computes_dimension):
             raise ParameterError("dimension", "is required")
         values = dict(raw)
+        if values.get("training") is not None:
+            values["training"] = TrainingSpec.from_dict(values["training"])
         privacy = values.pop("privacy", None)
         if isinstance(privacy, dict) and "colluders" in privacy:  # specs before colluders moved up (one adversary)
             privacy = dict(privacy)
@@ -89,7 +93,10 @@ class JobSpec:
         return spec
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        if self.training is not None:
+            values["training"] = self.training.to_dict()
+        return values
 
     def validate(self) -> None:
         _choice("kind", self.kind, JOB_KINDS)

@@ -15,6 +15,8 @@ import numpy as np
 from protocol import priors
 from protocol.errors import ParameterError
 from protocol.quantize import K_SIGMA
+from protocol.training import update
+from protocol.training.data import LocalData, parse_local_data
 
 NO_SLOTS = np.zeros(0, dtype=np.int64)
 
@@ -26,6 +28,7 @@ class InputError(ParameterError):
 class JobKind(Protocol):
     name: str
     computes_dimension: bool  # True: `dimension` follows from the spec's kind section, not given
+    per_round: bool  # True: the vector is made anew each round (training, from the round's model)
 
     def check_spec(self, spec: Any) -> None:
         """Raise ParameterError naming the field if the spec's kind-specific parts do not fit the kind."""
@@ -33,8 +36,10 @@ class JobKind(Protocol):
     def dimension(self, spec: Any) -> int:
         """Length of the vector every member contributes (the same on every node)."""
 
-    def encode(self, spec: Any, payload: Any) -> np.ndarray:
-        """The float64 vector this node contributes; raises InputError naming the bad field."""
+    def encode(self, spec: Any, payload: Any) -> Any:
+        """What this node's stored input gives the job, or InputError naming the bad field: the float64
+        vector it contributes when the kind is not `per_round`; else the checked local data the round's
+        vector is made from (villaged/training.py)."""
 
     def exact_slots(self, spec: Any) -> np.ndarray:
         """Indices of slots holding whole numbers, which travel unscaled so that their sum is exact."""
@@ -48,10 +53,13 @@ class VectorKind:
 
     name = "vector"
     computes_dimension = False
+    per_round = False
 
     def check_spec(self, spec: Any) -> None:
         if spec.priors is not None:
             raise ParameterError("priors", "only applies to kind routing-priors")
+        if spec.training is not None:
+            raise ParameterError("training", "only applies to kind training")
 
     def dimension(self, spec: Any) -> int:
         return int(spec.dimension)
@@ -84,8 +92,11 @@ class RoutingPriorsKind:
 
     name = "routing-priors"
     computes_dimension = True
+    per_round = False
 
     def check_spec(self, spec: Any) -> None:
+        if spec.training is not None:
+            raise ParameterError("training", "only applies to kind training")
         layout = priors.parse_layout(spec.priors)
         if spec.dimension != layout.dimension:
             raise ParameterError("dimension", f"is {spec.dimension}, the priors key space gives {layout.dimension} "
@@ -131,7 +142,52 @@ class RoutingPriorsKind:
         return result
 
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (VectorKind(), RoutingPriorsKind())}
+class TrainingKind:
+    """Federated training (protocol/training/): each round every participant trains the round's model
+    on its local data set and contributes its weighted update and an evaluation (layout in
+    protocol/training/update.py); every node applies the job's server optimizer to the sum.
+
+    A job of R training rounds has R + 1 rounds: the last only evaluates the final model."""
+
+    name = "training"
+    computes_dimension = True
+    per_round = True
+
+    def check_spec(self, spec: Any) -> None:
+        if spec.training is None:
+            raise ParameterError("training", "is required for kind training")
+        if spec.priors is not None:
+            raise ParameterError("priors", "only applies to kind routing-priors")
+        if spec.dimension != self.dimension(spec):
+            raise ParameterError("dimension", f"is {spec.dimension}, the model gives {self.dimension(spec)} "
+                                              "(leave it out to have it computed)")
+        if spec.aggregate != "sum":
+            raise ParameterError("aggregate", "must be sum for training (the update is a weighted mean of the sum)")
+        if spec.rounds < 2:
+            raise ParameterError("rounds", "must be at least 2 for training (R training rounds and the final evaluation)")
+
+    def dimension(self, spec: Any) -> int:
+        return update.dimension(spec.training.architecture.parameters)
+
+    def exact_slots(self, spec: Any) -> np.ndarray:
+        return NO_SLOTS
+
+    def encode(self, spec: Any, payload: Any) -> LocalData:
+        try:
+            return parse_local_data(payload, spec.training.architecture, spec.data)
+        except ParameterError as exc:
+            raise InputError(exc.field, exc.reason) from None
+
+    def decode(self, spec: Any, total: np.ndarray, survivors: int) -> dict[str, Any]:
+        plan = spec.noise_plan()
+        read = update.decode(total, survivors, spec.quantization.clip, spec.training.max_examples,
+                             None if plan is None else plan.l2_clip)
+        return {"aggregate": "weighted-mean-update", "count": survivors, "examples": round(read.examples, 3),
+                "evaluated": round(read.evaluated, 3), "loss": read.loss, "accuracy": read.accuracy,
+                "update_norm": float(np.linalg.norm(read.mean_update))}
+
+
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (VectorKind(), RoutingPriorsKind(), TrainingKind())}
 
 
 def describe_input(name: str, payload: Any) -> str:

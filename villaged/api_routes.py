@@ -105,6 +105,27 @@ def _job_call(method: str) -> Call:
     return handler
 
 
+async def _create_training_job(api: ApiState, params: Params, body: Any) -> Response:
+    job = await api.control.create_training_job(body)
+    return json_response(201, job, (("location", f"/{API_VERSION}/training/status/{job['job_id']}"),))
+
+
+async def _join_training(api: ApiState, params: Params, body: Any) -> Response:
+    return json_response(200, await api.control.join_training(params["id"], body))
+
+
+async def _list_training(api: ApiState, params: Params, body: Any) -> Response:
+    return json_response(200, await api.control.list_training())
+
+
+async def _training_model(api: ApiState, params: Params, body: Any) -> Response:
+    version = params.get("version")
+    if version is not None and not version.isdigit():
+        return json_error(404, "not_found", f"no model version {version!r}: versions are whole numbers")
+    blob, digest, number = await api.control.training_model(params["id"], None if version is None else int(version))
+    return Response(200, blob, "application/octet-stream", (("x-model-digest", digest), ("x-model-version", str(number))))
+
+
 async def _put_data(api: ApiState, params: Params, body: Any) -> Response:
     return json_response(200, await api.control.put_data(params["name"], body))
 
@@ -199,6 +220,57 @@ ROUTES: Final[tuple[Route, ...]] = (
         _OBJECT, errors=(404, 409),
     ),
     Route(
+        "POST", "/v1/training/create_job", "createTrainingJob",
+        "Create a federated training job (the seed's body: job_name, model_config, training_config, privacy_config, "
+        "participant_requirements)", _create_training_job,
+        {"type": "object", "properties": {"job_id": {"type": "string"}, "status": {"type": "string"},
+                                          "estimated_start_time": {"type": "number"}}},
+        request_schema={
+            "type": "object", "required": ["job_name", "model_config", "training_config"],
+            "description": "An invalid field gives a 422 naming it (model_config.features, training_config.rounds, ...).",
+            "properties": {
+                "job_name": {"type": "string"},
+                "model_config": {"type": "object", "description": "architecture (logistic | mlp), features, classes, "
+                                 "hidden (mlp), trainer (an installed village.trainers entry point), seed, "
+                                 "initial_weights (base64 of a safetensors file; absent: the seeded default)"},
+                "training_config": {"type": "object", "description": "rounds, min_participants, max_participants, "
+                                    "local_epochs, learning_rate, batch_size, server_optimizer {name: fedavg | fedavgm "
+                                    "| fedadam, ...}, update_clip, max_examples, data (local input name), "
+                                    "round_interval, start_delay, phase_timeout"},
+                "privacy_config": {"type": "object", "description": "differential_privacy, epsilon (the whole job's), "
+                                   "delta, l2_clip, secure_aggregation"},
+                "participant_requirements": {"type": "object", "description": "min_compute_gflops, min_memory_gb, "
+                                             "min_battery_percent, allowed_node_types"},
+            },
+        },
+        success_status=201, errors=(400, 409, 413, 415, 422),
+    ),
+    Route(
+        "POST", "/v1/training/join/{id}", "joinTrainingJob",
+        "Join a training job with this node's capabilities (403 naming the requirement it does not meet)",
+        _join_training, _OBJECT,
+        request_schema={"type": "object", "description": "node_id, capabilities {compute_gflops, memory_gb, "
+                        "device_type, battery_percent, charging, network_type}, availability. Cores, memory and "
+                        "GFLOPS are measured; the rest is this node's word."},
+        errors=(403, 409, 413, 415, 422),
+    ),
+    Route("GET", "/v1/training/jobs", "listTrainingJobs", "Training jobs with their model version and accuracy",
+          _list_training, _OBJECT_LIST),
+    Route(
+        "GET", "/v1/training/status/{id}", "getTrainingStatus",
+        "Round, participants, model version and digest, and the accuracy and loss curve", _job_call("training_status"),
+        _OBJECT, errors=(404,),
+    ),
+    Route(
+        "GET", "/v1/training/model/{id}", "getTrainingModel", "The newest model this node derived, as safetensors",
+        _training_model, {"type": "string", "format": "binary"}, errors=(404, 409), content_type="application/octet-stream",
+    ),
+    Route(
+        "GET", "/v1/training/model/{id}/{version}", "getTrainingModelVersion",
+        "The model a round started from (version r; the last is the final model), as safetensors", _training_model,
+        {"type": "string", "format": "binary"}, errors=(404, 409), content_type="application/octet-stream",
+    ),
+    Route(
         "PUT",
         "/v1/data/{name}",
         "putData",
@@ -266,6 +338,7 @@ ROUTES: Final[tuple[Route, ...]] = (
 _ERROR_TEXT: Final = {
     400: "Malformed request or invalid JSON",
     401: "Missing or invalid bearer token",
+    403: "This node does not meet a training job's participant requirements",
     404: "Unknown route, job or data name",
     405: "Method not allowed on this path",
     408: "Request not received in time",

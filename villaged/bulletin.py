@@ -223,8 +223,9 @@ class Bulletin:
             await self.join(job)
 
     def join_refusal(self, job: Job) -> str | None:
-        """Why this node's input policy keeps it out of `job` (logged and counted), or None."""
-        refusal = self._book.policy_refusal(job)
+        """Why this node's input policy (or a training job's participant requirements) keeps it out of
+        `job` (logged and counted), or None."""
+        refusal = self._book.policy_refusal(job) or self._book.requirement_refusal(job)
         if refusal is not None:
             log.warning("job_not_joined", job=job.id, creator=job.creator.hex()[:16], input=job.spec.data, reason=refusal)
             self._metrics.input_refusals.labels(stage="join").inc()

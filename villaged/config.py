@@ -9,6 +9,7 @@ from typing import Any
 
 from protocol.params import MAX_PARTICIPANTS
 from protocol.policy import DEFAULT_PARTICIPANT_FLOOR
+from protocol.training.spec import NODE_TYPES
 from villaged.errors import ConfigError
 
 JOIN_POLICIES = ("auto", "manual")
@@ -31,6 +32,11 @@ class DaemonConfig:
     log_level: str = "info"
     discovery_interval: float = 15.0
     announce_interval: float = 2.0  # re-announce pending jobs and joins (gossip is best effort)
+    # What training jobs' participant requirements read but a node cannot measure (villaged/capabilities.py).
+    device_type: str = "server"
+    battery_percent: int | None = None  # None: mains powered
+    charging: bool = False
+    network_type: str = "ethernet"
 
     @property
     def certificate_path(self) -> Path:
@@ -55,6 +61,10 @@ class DaemonConfig:
                 raise ConfigError(source, "admin_public_key", "must be 64 hex digits (villagectl village init prints it)") from None
         if not self.listen:
             raise ConfigError(source, "listen", "needs at least one multiaddr")
+        if self.device_type not in NODE_TYPES:
+            raise ConfigError(source, "device_type", f"must be one of {', '.join(NODE_TYPES)}, got {self.device_type!r}")
+        if self.battery_percent is not None and not (type(self.battery_percent) is int and 0 <= self.battery_percent <= 100):
+            raise ConfigError(source, "battery_percent", f"must be an integer in [0, 100], got {self.battery_percent!r}")
         return self
 
 
@@ -62,6 +72,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "data_dir": (str,), "listen": (list,), "bootstrap": (list,), "api_host": (str,), "api_port": (int,),
     "certificate": (str,), "join_policy": (str,), "log_level": (str,), "discovery_interval": (int, float),
     "announce_interval": (int, float), "admin_public_key": (str,), "participant_floor": (int,),
+    "device_type": (str,), "battery_percent": (int,), "charging": (bool,), "network_type": (str,),
 }
 
 

@@ -85,6 +85,25 @@ class NodeControl(Protocol):
         """Raises NotFound."""
         ...
 
+    async def create_training_job(self, body: JSON) -> dict[str, JSON]:
+        """A training job from the seed's create_job body: ``{job_id, status, estimated_start_time}``."""
+        ...
+
+    async def join_training(self, job_id: str, body: JSON) -> dict[str, JSON]:
+        """Join with capabilities; raises Forbidden (403) naming the requirement this node does not meet."""
+        ...
+
+    async def list_training(self) -> list[dict[str, JSON]]:
+        ...
+
+    async def training_status(self, job_id: str) -> dict[str, JSON]:
+        """Round, participants, model version and digest, and the per-round accuracy and loss."""
+        ...
+
+    async def training_model(self, job_id: str, version: int | None) -> tuple[bytes, str, int]:
+        """(safetensors bytes, hex digest, version) of a model this node derived."""
+        ...
+
     async def join_job(self, job_id: str) -> dict[str, JSON]:
         """Contribute this node's local input to a job; returns the job. Raises NotFound, InvalidRequest
         (field ``data``: the local input is missing or does not fit the spec), or Conflict if it finished

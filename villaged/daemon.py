@@ -31,7 +31,9 @@ from villaged.bulletin import Bulletin
 from villaged.config import DaemonConfig
 from villaged.job_runner import JobRunner
 from villaged.job_sync import JobSync
+from villaged.capabilities import measure
 from villaged.jobs import JobBook
+from villaged.training import TrainingWorker
 from villaged.membership import Membership
 from villaged.metrics import Metrics
 from villaged.node_control import Control
@@ -76,6 +78,7 @@ class Daemon(Control):
         self.registry = self.membership.registry
         self.book = JobBook(self.store, self.membership.me, self.membership.is_member, config.participant_floor,
                             self.metrics)
+        self.book.training = TrainingWorker(self.store, self.membership.me, self.metrics, measure(config))
         self._failpoint_file = failpoint_file
         self._byte_totals: dict[tuple[str, str], int] = {}  # transport counters already exported
         self._results: ResultExchange | None = None  # while the node runs

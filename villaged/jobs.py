@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import structlog
@@ -35,6 +36,7 @@ from protocol.schedule import (
 from protocol.wire import RoundContext
 from villaged.metrics import Metrics
 from villaged.rounds import RoundDriver
+from villaged.training import TrainingWorker, check_trainer
 from villaged.job_table import RETENTION, JobTable
 from villaged.store import JobRecord, JobState, RoundRecord, Store
 
@@ -73,7 +75,8 @@ class JobBook:
         self._is_member = is_member
         self.participant_floor = participant_floor  # fewest participants a round with this node's input may have
         self.jobs = JobTable(store, self._load, retention)
-        self._encoded: dict[str, tuple[float, np.ndarray]] = {}  # active job id -> (input version, encoded input)
+        self._encoded: dict[str, tuple[float, Any]] = {}  # active job id -> (input version, encoded input)
+        self.training: TrainingWorker | None = None  # set by the node when it wires its workers
         now = time.time()
         for record in store.list_jobs():
             ended = record.state not in ("pending", "running")
@@ -139,9 +142,12 @@ class JobBook:
         if state not in ("pending", "running"):
             self.jobs.ended(job_id, now)
             self._encoded.pop(job_id, None)  # an ended job takes no input
+            if self.training is not None:
+                self.training.forget(job_id)
 
-    def check_input(self, job: Job) -> np.ndarray:
-        """This node's float input for `job` (read-only); raises InputError saying what is wrong with it.
+    def check_input(self, job: Job) -> Any:
+        """This node's input for `job` as its kind reads it (protocol/kinds.py: the float vector, read-only,
+        or a training job's local data set); raises InputError saying what is wrong with it.
 
         Encoded once per version of the local input: parsing and checking 100,000 JSON numbers
         takes about 0.1 s, and every invite and every coordinator's headcount asks for it."""
@@ -152,15 +158,28 @@ class JobBook:
         local = self._store.get_local_input(job.spec.data)
         if local is None:
             raise InputError(job.spec.data, "no local input by that name (put it with `villagectl data put`)")
-        vector = KINDS[job.spec.kind].encode(job.spec, local.payload)
-        vector.setflags(write=False)
-        self._encoded[job.id] = (local.updated_at, vector)
-        return vector
+        kind = KINDS[job.spec.kind]
+        encoded = kind.encode(job.spec, local.payload)
+        if kind.per_round:
+            try:
+                check_trainer(job)
+            except ParameterError as exc:
+                raise InputError(exc.field, exc.reason) from None
+        else:
+            encoded.setflags(write=False)
+        self._encoded[job.id] = (local.updated_at, encoded)
+        return encoded
 
     def policy_refusal(self, job: Job) -> str | None:
         """Why this node's input policy forbids `job` to use its input (None: it may)."""
         policy = self._store.get_input_policy(job.spec.data)
         return policy.refusal(job.id, job.spec, job.creator, self.participant_floor)
+
+    def requirement_refusal(self, job: Job) -> str | None:
+        """Why this node does not meet a training job's participant requirements (None: it does)."""
+        if job.spec.training is None or self.training is None:
+            return None
+        return job.spec.training.requirements.unmet(self.training.capabilities)
 
     def contribution_floor(self, job: Job) -> int:
         """The fewest participants a round of `job` may have for this node to put its input in:
@@ -211,8 +230,8 @@ class JobBook:
     def _unchanged_input(self, job: Job) -> tuple[str, float] | None:
         """(name, version) of the job's input when it may be summed only over one survivor set per version:
         always, unless the job adds DP noise (fresh per release) or the input's policy allows repeats."""
-        if job.spec.privacy is not None or self.input_policy(job).repeat == "allow":
-            return None
+        if job.spec.privacy is not None or KINDS[job.spec.kind].per_round or self.input_policy(job).repeat == "allow":
+            return None  # (a training job's vector is an update of each round's new model, never the same)
         version = self._store.local_input_version(job.spec.data)
         return None if version is None else (job.spec.data, version)
 
@@ -232,17 +251,31 @@ class JobBook:
     def _joined_and_active(self, job: Job) -> bool:
         return self.me in job.members and job.state not in ("cancelled", "failed", "completed")
 
-    def contributes(self, job: Job) -> bool:
-        """Whether this node would put an input into the job's rounds (without computing it)."""
+    def contributes(self, job: Job, round_number: int | None = None) -> bool:
+        """Whether this node would put an input into the job's rounds (into `round_number`'s, if given:
+        a training job's input must have been prepared for it), without computing it."""
         if not self._joined_and_active(job) or self.policy_refusal(job) is not None or not self.budget_allows_round(job):
             return False
         try:
             self.check_input(job)
         except InputError:
             return False
+        if KINDS[job.spec.kind].per_round and round_number is not None:
+            return self.training is not None and self.training.prepared(job, round_number)
         return True
 
-    def client_input(self, job_id: str) -> np.ndarray | None:
+    async def prepare_round(self, job: Job, round_number: int) -> None:
+        """A training job's contribution to the round, trained before its invite (no-op for other kinds)."""
+        if not KINDS[job.spec.kind].per_round or self.training is None or not self._joined_and_active(job):
+            return
+        try:
+            data = self.check_input(job)
+        except InputError as exc:
+            log.warning("input_unusable", job=job.id, reason=str(exc))
+            return
+        await self.training.prepare(job, round_number, data)
+
+    async def client_input(self, job_id: str, round_number: int) -> np.ndarray | None:
         job = self.jobs.get(job_id)
         if job is None or not self._joined_and_active(job):
             return None
@@ -260,6 +293,12 @@ class JobBook:
         except InputError as exc:
             log.warning("input_unusable", job=job_id, reason=str(exc))
             return None
+        if KINDS[job.spec.kind].per_round:
+            if self.training is None:
+                return None
+            values = await self.training.contribution(job, round_number, PREPARED_WAIT_SHARE * job.spec.phase_timeout)
+            if values is None:
+                return None
         plan = job.spec.noise_plan()
         if plan is not None:
             values = clip_l2(values, plan.l2_clip)
@@ -298,6 +337,9 @@ class JobBook:
         self._ended(job_id, state, now)
 
 
+
+#: Of an invite's phase timeout, how long an invited node waits for its training to finish.
+PREPARED_WAIT_SHARE = 0.6
 
 #: How often a node waiting for a round's result (catching up, observing) looks at its store: the
 #: result's announcement or push stores it without waking the job's task.
@@ -380,6 +422,7 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
             found = await hooks.fetch_result(job, out.round)
             outputs.extend(synced().fetched(out.round, found, now()))
         elif isinstance(out, RunRound):
+            await book.prepare_round(job, out.round)
             outcome = await _run_round(job, out.round, book, driver, store, hooks)
             outputs.extend(synced().round_done(out.round, outcome == "completed", outcome, now()))
         elif isinstance(out, RoundEnded):
@@ -440,7 +483,7 @@ async def _start_coordinating(
 ) -> str | None:
     members = book.round_members(job.id) or []
     live = await hooks.reachable([m for m in members if m != book.me])
-    participants = machine.participants(live, book.contributes(job))
+    participants = machine.participants(live, book.contributes(job, context.round))
     if isinstance(participants, str):
         return participants
     try:

@@ -93,6 +93,16 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.training_rounds_prepared = Counter(
+            "village_training_rounds_prepared",
+            "Training rounds this node trained its local update for.",
+            registry=r,
+        )
+        self.training_model_mismatches = Counter(
+            "village_training_model_mismatches",
+            "Training rounds after which this node derived another model than the one its coordinator signed.",
+            registry=r,
+        )
         self.prior_stability = Gauge(
             "federation_prior_stability",
             "1 - fraction (0..1) of routing decisions that changed from the previous routing-priors round.",

@@ -27,6 +27,7 @@ from villaged.membership import Membership
 from villaged.metrics import Metrics
 from villaged.rounds import RoundDriver
 from villaged.store import ResultRecord, Store
+from villaged.training_control import TrainingControl
 from villaged.transport import Node, peer_id_from_member_id
 
 log = structlog.get_logger("villaged")
@@ -34,7 +35,7 @@ log = structlog.get_logger("villaged")
 _JOB_STATES = ("pending", "running", "completed", "cancelled", "failed")
 
 
-class Control:
+class Control(TrainingControl):
     """`NodeControl` over the node's workers. The node (villaged/daemon.py `Daemon`) is one: it builds
     the store, the membership and the job book first, and the network's workers once its node runs."""
 

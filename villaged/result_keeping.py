@@ -65,7 +65,7 @@ class ResultKeeper:
         """This node coordinated a round to the end: store (before announcing), then publish."""
         assert self._exchange is not None and self._bulletin is not None
         context = result.context
-        announcement, words = announcement_of(result)
+        announcement, words = announcement_of(result, self._model_digest(result))
         record = sign_announcement(announcement, self._key, self._membership.certificate)
         try:  # the check every other node makes: a result that fails it would be refused everywhere
             verified = self.verify(open_announcement(record), words, result.votes)
@@ -89,6 +89,14 @@ class ResultKeeper:
             return
         self._exchange.push(verified, record)
         await self._bulletin.publish(record, "result")
+
+    def _model_digest(self, result: RoundResult) -> bytes:
+        """A training round's coordinator signs the digest of the model its sum produces."""
+        job = self._book.jobs.get(result.context.job_id)
+        training = self._book.training
+        if job is None or job.spec.training is None or training is None:
+            return b""
+        return training.digest_after(job, result.context.round, result.aggregate, len(result.survivors))
 
     # --- others' results --------------------------------------------------------------------------
 
@@ -174,6 +182,9 @@ class ResultKeeper:
         ))
         if stored == "stored":
             self._export_prior_metrics(announcement.job_id)
+            job = self._book.jobs.get(announcement.job_id)
+            if job is not None and job.spec.training is not None and self._book.training is not None:
+                self._book.training.check_announced(job, announcement.round, announcement.model_digest)
         if self._driver is not None:
             tracker = self._driver.tracker(announcement.job_id, announcement.round)
             tracker.result = True

@@ -95,8 +95,8 @@ class RoundDirectory(Protocol):
     async def wait_for_roster(self, job_id: str, timeout: float) -> bool:
         """Wait up to `timeout` for a known job's roster; False if the job is unknown or it did not come."""
 
-    def client_input(self, job_id: str) -> np.ndarray | None:
-        """This node's quantized input for the job, or None if it does not take part."""
+    async def client_input(self, job_id: str, round_number: int) -> np.ndarray | None:
+        """This node's quantized input for the job's round, or None if it does not take part."""
 
     def invite_terms(self, job_id: str, round_number: int, local_attempt: int) -> InviteTerms | None:
         """What an invitation to the round must match; None until the job's roster is known."""
@@ -356,7 +356,7 @@ class RoundDriver:
             raise RemoteProtocolError(sender, kind, f"unknown job {context.job_id!r} or no roster for it yet")
         tracker = self._trackers.get(key) or self._new_tracker(*key, terms)  # kept only once the invite is taken
         tracker.machine.check_invite(terms, context, sender, invite, time.time())
-        vector = self._directory.client_input(context.job_id)
+        vector = await self._directory.client_input(context.job_id, context.round)
         if vector is None:
             raise RemoteProtocolError(sender, kind, "this node does not take part in that job")
         if tracker.machine.take_invite(sender, context.attempt) is not None and current is not None:

@@ -30,6 +30,7 @@ Next: `villaged/api.py` shows this state to villagectl.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -459,6 +460,23 @@ class Store:
     def get_local_input(self, name: str) -> LocalInput | None:
         row = self._db.execute("SELECT name, payload, updated_at FROM local_inputs WHERE name = ?", (name,)).fetchone()
         return None if row is None else LocalInput(row[0], json.loads(row[1]), row[2])
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes, now: float) -> str:
+        """Keep bytes under their hex SHA-256 (idempotent); returns the digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        with self._writer.transaction() as db:
+            db.execute("INSERT INTO blobs (digest, data, stored_at) VALUES (?, ?, ?) ON CONFLICT(digest) DO NOTHING",
+                       (digest, data, now))
+        return digest
+
+    def get_blob(self, digest: str) -> bytes | None:
+        """The bytes named `digest`, if held and still matching it (a damaged row reads as absent)."""
+        row = self._db.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
+        if row is None or hashlib.sha256(row[0]).hexdigest() != digest:
+            return None
+        return bytes(row[0])
 
     # -- job members -------------------------------------------------------------------------
 

@@ -162,5 +162,14 @@ MIGRATIONS: Final[Sequence[Sequence[MigrationStep]]] = (
         # The results column holds the coordinator's whole signed result announcement, not a signature.
         "ALTER TABLE results RENAME COLUMN signature TO signed_announcement",
     ),
+    (
+        # Content-addressed blobs (a training job's initial model, as safetensors), named by the
+        # hex SHA-256 of their bytes, which every reader checks again.
+        """CREATE TABLE blobs (
+            digest TEXT PRIMARY KEY CHECK (length(digest) = 64),
+            data BLOB NOT NULL,
+            stored_at REAL NOT NULL
+        ) STRICT""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -3,6 +3,8 @@ RemoteProtocolError whatever bytes arrive."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import nacl.signing
 import pytest
@@ -139,11 +141,25 @@ def test_a_result_round_trips_with_its_votes_digest_and_participants() -> None:
     assert body.participants == (b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
 
 
+def test_a_training_result_carries_its_model_digest_and_a_form_2_result_reads_with_none() -> None:
+    """Form 3 adds the digest of the model a training round produced; results stored before it (form 2)
+    still open, with an empty digest, and a digest of the wrong size is refused."""
+    key, cert = member(5001)
+    trained = dataclasses.replace(result_announcement(), model_digest=b"\x0c" * 32)
+    assert open_announcement(sign_announcement(trained, key, cert)).body == trained
+    form_2 = [2, *result_announcement().fields()[1:9]]
+    body = open_announcement(resign(form_2, key, cert, kind="result")).body
+    assert isinstance(body, ResultAnnouncement) and body.model_digest == b"" and body.votes_digest == b"\x0b" * 32
+    wrong = [*trained.fields()[:9], b"\x0c" * 31]
+    with pytest.raises(RemoteProtocolError, match="model_digest must be empty or 32 bytes"):
+        open_announcement(resign(wrong, key, cert, kind="result"))
+
+
 def test_a_result_in_the_old_form_without_evidence_is_refused_by_name() -> None:
     """Form 1 (before issue #15) had no votes digest: a node refuses it, saying which form it needs."""
     key, cert = member(5001)
     old = ["job-1", 2, 1, [b"\x01" * 32], [], b"\x0a" * 32, [["masked", 0.25]]]
-    with pytest.raises(RemoteProtocolError, match="result form 1 is not accepted: form 2 .* is required"):
+    with pytest.raises(RemoteProtocolError, match="result form 1 is not accepted: form 3 .* is required"):
         open_announcement(resign(old, key, cert, kind="result"))
     overlapping = result_announcement().fields()
     overlapping[5] = [b"\x01" * 32]

@@ -288,6 +288,8 @@ async def test_openapi_document_lists_every_route(server: Server) -> None:
         ("PUT", "/v1/data/{name}/policy"),
         ("GET", "/v1/members"), ("GET", "/v1/health"), ("GET", "/metrics"), ("GET", "/v1/openapi.json"),
         ("POST", "/v1/revocations"), ("POST", "/v1/certificate/reload"),
+        ("POST", "/v1/training/create_job"), ("POST", "/v1/training/join/{id}"), ("GET", "/v1/training/jobs"),
+        ("GET", "/v1/training/status/{id}"), ("GET", "/v1/training/model/{id}"), ("GET", "/v1/training/model/{id}/{version}"),
     }  # fmt: skip
     assert documented == expected
     # Every $ref resolves, every path parameter is declared, public routes say so.

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import trio
 
 from protocol.jobs import JobSpec
 from protocol.policy import InputPolicy
@@ -55,7 +56,7 @@ async def test_a_member_cannot_pair_up_with_a_victim_to_read_its_input(tmp_path:
         await wait_for(refused_everywhere, timeout=20)
         for victim in (by_floor, by_creator):
             assert victim.me not in victim.book.jobs[job["id"]].members
-            assert victim.book.client_input(job["id"]) is None  # nothing to mask, even if invited
+            assert await victim.book.client_input(job["id"], 0) is None  # nothing to mask, even if invited
             assert not victim.book.contributes(victim.book.jobs[job["id"]])
         assert attacker.me in attacker.book.jobs[job["id"]].members  # the attacker joined its own job, alone
 
@@ -86,7 +87,7 @@ def test_the_default_floor_refuses_rounds_of_two_and_counts_it(store: Store) -> 
     assert book.participant_floor == 5 and book.contribution_floor(job) == 5
     assert book.policy_refusal(job) == "job allows rounds of 3 participants, this input needs at least 5"
     assert not book.contributes(job)
-    assert book.client_input("job-1") is None
+    assert trio.run(book.client_input, "job-1", 0) is None
     assert book.metrics.input_refusals.labels(stage="round")._value.get() == 1
 
 
@@ -94,7 +95,7 @@ def test_a_job_at_the_floor_is_allowed(store: Store) -> None:
     book = victim_book(store, {**PAIR_SPEC, "min_participants": 5, "neighbours": 4})
     assert book.policy_refusal(book.jobs["job-1"]) is None
     assert book.contributes(book.jobs["job-1"])
-    assert book.client_input("job-1") is not None
+    assert trio.run(book.client_input, "job-1", 0) is not None
 
 
 def test_an_input_can_raise_the_floor_never_lower_it(store: Store) -> None:
@@ -122,7 +123,7 @@ def test_require_dp_refuses_a_job_without_privacy(store: Store) -> None:
     store.set_input_policy("stats", InputPolicy(require_dp=True))
     assert book.policy_refusal(book.jobs["job-1"]) == (
         "this input requires differential privacy and the job has no privacy section")
-    assert book.client_input("job-1") is None
+    assert trio.run(book.client_input, "job-1", 0) is None
     private = {**spec, "privacy": {"epsilon": 1.0, "delta": 1e-6, "budget_epsilon": 4.0}}
     book.add_job("job-dp", JobSpec.from_dict(private), ATTACKER, 1000.0)
     assert book.policy_refusal(book.jobs["job-dp"]) is None

@@ -61,7 +61,7 @@ def test_a_broken_new_version_is_refused_rather_than_served_from_the_cache(book:
     store.put_local_input("stats", [1, 2, 3], 11.0)
     with pytest.raises(InputError, match="has 3 values"):
         book.check_input(job)
-    assert book.client_input("job-1") is None  # not joined: takes no part either way
+    assert trio.run(book.client_input, "job-1", 0) is None  # not joined: takes no part either way
 
 
 ME = b"\x01" * 32
@@ -198,9 +198,9 @@ async def test_once_the_budget_is_spent_no_invite_is_answered_and_no_noisy_vecto
     book.set_state("dp", "running")
     affordable = spec.noise_plan().affordable_releases()  # type: ignore[union-attr]
     for round_number in range(affordable):
-        assert book.client_input("dp") is not None
+        assert await book.client_input("dp", 0) is not None
         await book.record_spent(RoundContext("dp", round_number, 0))
-    assert book.client_input("dp") is None and not book.contributes(book.jobs["dp"])
+    assert await book.client_input("dp", 0) is None and not book.contributes(book.jobs["dp"])
     context = RoundContext("dp", affordable, 0)
     inviter = coordinator_for("dp", affordable, 0, list(roster))
     terms = book.invite_terms("dp", affordable, 0)

@@ -1,0 +1,129 @@
+"""Training jobs on real daemons (issue 19): a village trains a model over the secure sum, every node
+derives the same model, and a node that does not meet the requirements is refused with the reason."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protocol.training import rounds
+from protocol.training.datasets import load, partition
+from protocol.training.model import Architecture, initial_weights, to_safetensors
+from protocol.training.request import job_from_request
+from tests.villaged.village import running_village, village_configs, wait_for
+from villaged.training_control import Forbidden
+
+ARCH = {"architecture": "logistic", "features": 13, "classes": 3}
+
+
+def body(**training: object) -> dict[str, object]:
+    return {
+        "job_name": "wine", "model_config": dict(ARCH),
+        "training_config": {"rounds": 3, "min_participants": 3, "local_epochs": 2, "learning_rate": 0.05,
+                            "batch_size": 16, "start_delay": 5.0, "round_interval": 0.0, "phase_timeout": 5.0,
+                            **training},
+    }
+
+
+def wine_shards(n: int) -> list[dict[str, object]]:
+    x, y = load("wine")
+    return [{"features": x[rows].tolist(), "labels": y[rows].tolist()} for rows in partition(y, n, "iid", seed=3)]
+
+
+@pytest.mark.slow
+async def test_a_village_trains_and_every_node_derives_the_same_model(tmp_path: Path) -> None:
+    configs = village_configs(tmp_path, 4)
+    async with running_village(configs) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        for daemon, shard in zip(daemons, wine_shards(4), strict=True):
+            await daemon.put_data("training", shard)
+
+        async def meshed() -> bool:
+            return all([(await d.status())["members_known"] >= 4 for d in daemons])
+
+        await wait_for(meshed, timeout=30)
+        created = await daemons[0].create_training_job(body())
+        job_id = created["job_id"]
+
+        async def done() -> bool:
+            return all(d.book.jobs.get(job_id) is not None and d.book.jobs[job_id].state == "completed" for d in daemons)
+
+        await wait_for(done, timeout=90)
+        statuses = [await d.training_status(job_id) for d in daemons]
+        curves = [s["curve"] for s in statuses]
+        assert all(len(c) == 4 for c in curves), [len(c) for c in curves]
+        assert all(p["agrees"] for c in curves for p in c)
+        digests = {tuple(p["model_digest"] for p in c) for c in curves}
+        assert len(digests) == 1, "nodes derived different models"
+        accuracy = [p["accuracy"] for p in curves[0]]
+        assert accuracy[-1] > accuracy[0] + 0.2, accuracy  # the model learned (wine is easy)
+        assert curves[0][-1]["final_evaluation"] and curves[0][-1]["participants"] == 4
+        blob, digest, version = await daemons[2].training_model(job_id, None)
+        assert version == 3 and hashlib.sha256(blob).hexdigest() == digest == curves[0][-1]["model_digest"]
+
+
+@pytest.mark.slow
+async def test_a_node_below_the_requirements_is_refused_naming_the_requirement(tmp_path: Path) -> None:
+    configs = village_configs(tmp_path, 3)
+    configs[2] = replace(configs[2], device_type="mobile", battery_percent=15)
+    async with running_village(configs) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        for daemon, shard in zip(daemons, wine_shards(3), strict=True):
+            await daemon.put_data("training", shard)
+
+        async def meshed() -> bool:
+            return all([(await d.status())["members_known"] >= 3 for d in daemons])
+
+        await wait_for(meshed, timeout=30)
+        job = await daemons[0].create_training_job({
+            **body(), "participant_requirements": {"min_battery_percent": 30, "allowed_node_types": ["server", "mobile"]}})
+
+        async def known() -> bool:
+            return all(job["job_id"] in d.book.jobs for d in daemons)
+
+        await wait_for(known, timeout=20)
+        low = daemons[2]
+        assert low.me not in low.book.jobs[job["job_id"]].members  # auto-join checked it too
+        with pytest.raises(Forbidden, match="min_battery_percent: battery at 15 % and not charging"):
+            await low.join_training(job["job_id"], {"node_id": low.me.hex(), "capabilities": {}})
+        joined = await low.join_training(job["job_id"], {"node_id": low.me.hex(), "capabilities": {"charging": True}})
+        assert joined["joined"] and joined["capabilities"]["charging"]
+        with pytest.raises(Forbidden, match="allowed_node_types: this node is a laptop"):
+            await low.join_training(job["job_id"], {"capabilities": {"device_type": "laptop"}})
+
+
+def test_the_seed_body_becomes_a_training_spec_with_fields_named() -> None:
+    spec, blob = job_from_request(body())
+    assert spec.kind == "training" and spec.rounds == 4 and blob is None
+    assert spec.dimension == rounds.default_initial(spec).size + 4
+    arch = Architecture.from_dict(ARCH)
+    weights = initial_weights(arch, 5) + 0.5
+    encoded = base64.b64encode(to_safetensors(arch, weights)).decode()
+    spec, blob = job_from_request({**body(), "model_config": {**ARCH, "initial_weights": encoded}})
+    assert blob is not None and spec.training is not None
+    assert spec.training.initial_model == hashlib.sha256(blob).hexdigest()
+    for bad, field in (
+        ({**body(), "model_config": {**ARCH, "features": 0}}, "model_config.features"),
+        ({**body(), "model_config": {**ARCH, "initial_weights": "http://example.org/w"}}, "model_config.initial_weights"),
+        ({**body(), "training_config": {"rounds": 0}}, "training_config.rounds"),
+        ({**body(learning_rate=-1)}, "training_config.learning_rate"),
+        ({**body(), "privacy_config": {"differential_privacy": True}}, "privacy_config.epsilon"),
+        ({**body(), "participant_requirements": {"min_battery_percent": 101}}, "participant_requirements.min_battery_percent"),
+        ({**body(), "surprise": 1}, "surprise"),
+    ):
+        with pytest.raises(Exception) as caught:
+            job_from_request(bad)
+        assert getattr(caught.value, "field", None) == field, (field, caught.value)
+
+
+def test_a_dp_job_fits_its_whole_epsilon_over_every_round() -> None:
+    spec, _ = job_from_request({**body(), "privacy_config": {"differential_privacy": True, "epsilon": 1.0, "delta": 1e-5}})
+    plan = spec.noise_plan()
+    assert plan is not None and plan.budget_epsilon == 1.0
+    assert plan.spent(spec.rounds) <= 1.0 < plan.spent(spec.rounds + 3)
+    assert np.isclose(plan.spent(spec.rounds), 1.0, rtol=0.05)
