@@ -91,3 +91,48 @@ def bench_net(name: str, seed: int = 1, report_dir: object = None, **overrides: 
         "total_wall_s": round(time.perf_counter() - started, 1),
         "final_check": {k: v for k, v in report["final_check"].items() if k != "offending"},
     }
+
+
+def bench_train(n: int = 20, rounds: int = 30, seed: int = 1, report_dir: object = None, per_process: int = 1,
+                dropout: float = 0.0, phase_timeout: float = 10.0, **options: object) -> dict[str, object]:
+    """A federated training job on real villaged processes (netsim/training_workload.py): the
+    accuracy curve per round, final federated against centralized accuracy, round time split into
+    local training (and the round's start) and the aggregation's attempts, and bytes per node."""
+    from pathlib import Path
+
+    from netsim.report import round_summary, training_summary, write_report
+    from netsim.run import RunConfig, run_scenario
+    from netsim.training_workload import TrainingOptions
+
+    training = TrainingOptions(**options)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    report = run_scenario(RunConfig(n=n, rounds=rounds, seed=seed, workload="training", per_process=per_process,
+                                    dropout=dropout, drop_phase="masked", phase_timeout=phase_timeout, training=training))
+    report["bench"] = "train"
+    if report_dir is not None:
+        write_report(Path(str(report_dir)) / "train", [report])
+    summary = round_summary(report)
+    trained = training_summary(report)
+    end = report.get("training") or {}
+    return {
+        "bench": "train", "ok": report["ok"], "n": n, "per_process": per_process,
+        "processes": report["config"]["processes"], "dataset": training.dataset,
+        "partition": end.get("partition"), "architecture": training.architecture, "parameters": end.get("parameters"),
+        "optimizer": training.optimizer, "training_rounds": rounds, "dropout": dropout,
+        "privacy": end.get("privacy"), "seed": report["seed"],
+        "federated_accuracy": trained["federated_accuracy"], "centralized_accuracy": trained["centralized_accuracy"],
+        "gap_points": trained["gap_points"], "rounds_with_result": trained["rounds_with_result"],
+        "accuracy_curve": [p["test_accuracy"] for p in trained["curve"]],
+        "federated_evaluation_curve": [None if p["accuracy"] is None else round(p["accuracy"], 4) for p in trained["curve"]],
+        "participants": [len(r["participants"]) for r in report["rounds"]],
+        "round_period_s_median": trained["round_period_s_median"],
+        "training_and_start_s_median": trained["training_and_start_s_median"],
+        "aggregation_s_median": summary["round_wall_s_median"], "phase_s_median": summary["phase_s_median"],
+        "result_spread_s_median": summary["result_spread_s_median"],
+        "bytes_sent_per_node_median": summary["bytes_sent_per_node_median"],
+        "bytes_received_per_node_median": summary["bytes_received_per_node_median"],
+        "replay_train_s_per_member": end.get("replay_train_seconds_per_member"),
+        "verdicts": summary["verdicts"], "problems": trained["problems"],
+        "total_wall_s": round(time.perf_counter() - started, 1),
+        "final_check": {k: v for k, v in report["final_check"].items() if k != "offending"},
+    }

@@ -328,7 +328,7 @@ def accuracy_curve(run: dict[str, Any], width: int = 900, height: int = 300) -> 
         return '<p class="muted">No round reported an accuracy.</p>'
     left, right, top, bottom = 60, 20, 14, 36
     last = max(1, max(p["round"] for p in summary["curve"]))
-    xticks = nice_ticks(last, 10)
+    xticks = [t for t in nice_ticks(last, 10) if t == int(t)] if last >= 10 else [float(i) for i in range(last + 1)]
     pw, ph = width - left - right, height - top - bottom
 
     def sx(x: float) -> float:
@@ -343,12 +343,14 @@ def accuracy_curve(run: dict[str, Any], width: int = 900, height: int = 300) -> 
         parts.append(f'<text x="{left - 4}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv * 100:.0f} %</text>')
     for xv in xticks:
         parts.append(f'<text x="{sx(xv):.1f}" y="{top + ph + 14}" text-anchor="middle">{xv:g}</text>')
-    for name, value, colour in (("centralized", summary["centralized_accuracy"], "#59a14f"),
-                                ("federated final", summary["federated_accuracy"], "#e15759")):
+    # The two reference lines are labelled at opposite ends, so close values stay readable.
+    for name, value, colour, x, anchor in (
+            ("centralized", summary["centralized_accuracy"], "#59a14f", left + 4, "start"),
+            ("federated final", summary["federated_accuracy"], "#e15759", left + pw - 4, "end")):
         if value is not None:
             parts.append(f'<line x1="{left}" y1="{sy(value):.1f}" x2="{left + pw}" y2="{sy(value):.1f}" stroke="{colour}" '
                          f'stroke-dasharray="6 4"><title>{name}: {value * 100:.1f} %</title></line>')
-            parts.append(f'<text x="{left + pw - 4}" y="{sy(value) - 4:.1f}" text-anchor="end" fill="{colour}">'
+            parts.append(f'<text x="{x:.1f}" y="{sy(value) + 14:.1f}" text-anchor="{anchor}" fill="{colour}">'
                          f'{name} {value * 100:.1f} %</text>')
     for name, (colour, points) in series.items():
         if points:
@@ -410,7 +412,7 @@ def _run_table(run: dict[str, Any]) -> str:
 
 def _label(run: dict[str, Any]) -> str:
     c = run.get("config", {})
-    return run.get("bench") or f'N={c.get("n")} d={c.get("d")}'
+    return run.get("bench") or f'N={c.get("n")} d={run.get("dimension", c.get("d"))}'
 
 
 def _across_runs(runs: list[dict[str, Any]]) -> str:
@@ -437,7 +439,7 @@ def render_html(runs: list[dict[str, Any]]) -> str:
             f'<section><h2>{_esc(_label(run))} <span class="badge {status}">{status}</span></h2>'
             f'<p class="verdict {status}">{_esc(sentences[0])}</p>'
             f'<ul class="rounds">{"".join(f"<li>{_esc(s)}</li>" for s in sentences[1:])}</ul>'
-            f'<p class="muted">{c.get("n")} peers in {c.get("processes")} processes, vector length {c.get("d")}, '
+            f'<p class="muted">{c.get("n")} peers in {c.get("processes")} processes, vector length {run.get("dimension", c.get("d"))}, '
             f'{c.get("rounds")} rounds, workload {_esc(run.get("workload", "vector"))}, seed {run.get("seed")}, '
             f'job {_esc(run.get("job_id"))}, start-up {run.get("startup_seconds")} s.</p>'
             f'{_training_section(run)}'
