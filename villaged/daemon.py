@@ -31,6 +31,7 @@ from villaged.bulletin import Bulletin
 from villaged.config import DaemonConfig
 from villaged.job_runner import JobRunner
 from villaged.job_sync import JobSync
+from villaged.blobs import BlobExchange
 from villaged.capabilities import measure
 from villaged.jobs import JobBook
 from villaged.training import TrainingWorker
@@ -118,6 +119,8 @@ class Daemon(Control):
         jobs = JobRunner(node, nursery, book, store, metrics, membership, driver, exchange, bulletin)
         keeper.attach(driver, exchange, bulletin)
         job_sync = JobSync(node, membership, bulletin, random.Random())  # spreads syncs in time (not for secrets)
+        assert book.training is not None
+        book.training.attach(BlobExchange(node, store, metrics).fetch)
         self._running(node, bulletin, jobs, driver)
         self._results = exchange
         await membership.start(node, nursery)

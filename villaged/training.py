@@ -10,6 +10,7 @@ model says so (`model_mismatch`) and sits out rounds until it agrees again.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,22 @@ class TrainingWorker:
         self._store, self.me, self._metrics, self.capabilities = store, me, metrics, capabilities
         self._chains: dict[str, _Chain] = {}
         self._prepared: dict[tuple[str, int], _Prepared] = {}
+        self._fetch_blob: Callable[[str, list[bytes]], Awaitable[bool]] | None = None
+
+    def attach(self, fetch_blob: Callable[[str, list[bytes]], Awaitable[bool]]) -> None:
+        """How to get a blob this node lacks from other members (villaged/blobs.py), once the node runs."""
+        self._fetch_blob = fetch_blob
+
+    async def fetch_initial_model(self, job: Job) -> bool:
+        """Make sure the job's initial model is held: fetched from its creator, else from the roster."""
+        training = job.spec.training
+        assert training is not None
+        if training.initial_model is None or self._store.get_blob(training.initial_model) is not None:
+            return True
+        if self._fetch_blob is None:
+            return False
+        others = [m for m in (job.roster or ()) if m not in (job.creator, self.me)]
+        return await self._fetch_blob(training.initial_model, [job.creator, *others])
 
     # --- the model chain ------------------------------------------------------------------------
 
@@ -163,6 +180,7 @@ class TrainingWorker:
         for old in [k for k in self._prepared if k[0] == job.id and k[1] < round_number - 1]:
             del self._prepared[old]
         try:
+            await self.fetch_initial_model(job)
             prepared.refusal = self._refusal(job, round_number)
             if prepared.refusal is None:
                 model = self.model(job, round_number)

@@ -27,6 +27,7 @@ TRAINING_KEYS = ("rounds", "min_participants", "max_participants", "local_epochs
 PRIVACY_KEYS = ("differential_privacy", "epsilon", "delta", "secure_aggregation", "l2_clip")
 DEFAULT_DATA = "training"
 DEFAULT_L2_CLIP = 1.0
+MAX_INITIAL_MODEL = 64 * 1024 * 1024 - 1  # one transport frame (villaged/blobs.py)
 
 
 def job_from_request(body: Any) -> tuple[JobSpec, bytes | None]:
@@ -112,6 +113,8 @@ def _initial_weights(value: Any, architecture: Architecture) -> bytes:
         blob = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ParameterError(where, "is not valid base64") from None
+    if len(blob) > MAX_INITIAL_MODEL:
+        raise ParameterError(where, f"is {len(blob)} bytes, members fetch at most {MAX_INITIAL_MODEL} in one frame")
     from_safetensors(architecture, blob, where)  # names the tensor at fault
     return blob
 
@@ -123,6 +126,7 @@ def _renamed(make: Any) -> Any:
     except ParameterError as exc:
         field = exc.field
         for prefix, section in (("training.requirements", "participant_requirements"), ("training.architecture", "model_config"),
+                                ("training.secure_aggregation", "privacy_config.secure_aggregation"),
                                 ("training", "training_config"), ("quantization.clip", "training_config.update_clip"),
                                 ("privacy", "privacy_config")):
             if field == prefix or field.startswith(prefix + "."):

@@ -47,7 +47,10 @@ async def test_a_village_trains_and_every_node_derives_the_same_model(tmp_path: 
             return all([(await d.status())["members_known"] >= 4 for d in daemons])
 
         await wait_for(meshed, timeout=30)
-        created = await daemons[0].create_training_job(body())
+        # The creator's own initial weights: the others hold only their digest (in the spec) and fetch them.
+        start = to_safetensors(Architecture.from_dict(ARCH), np.full(3 * 13 + 3, 0.01))
+        created = await daemons[0].create_training_job(
+            {**body(), "model_config": {**ARCH, "initial_weights": base64.b64encode(start).decode()}})
         job_id = created["job_id"]
 
         async def done() -> bool:
@@ -60,6 +63,8 @@ async def test_a_village_trains_and_every_node_derives_the_same_model(tmp_path: 
         assert all(p["agrees"] for c in curves for p in c)
         digests = {tuple(p["model_digest"] for p in c) for c in curves}
         assert len(digests) == 1, "nodes derived different models"
+        assert curves[0][0]["model_digest"] == hashlib.sha256(start).hexdigest()
+        assert all(d.store.get_blob(hashlib.sha256(start).hexdigest()) == start for d in daemons)
         accuracy = [p["accuracy"] for p in curves[0]]
         assert accuracy[-1] > accuracy[0] + 0.2, accuracy  # the model learned (wine is easy)
         assert curves[0][-1]["final_evaluation"] and curves[0][-1]["participants"] == 4
@@ -115,6 +120,7 @@ def test_the_seed_body_becomes_a_training_spec_with_fields_named() -> None:
         ({**body(), "privacy_config": {"differential_privacy": True}}, "privacy_config.epsilon"),
         ({**body(), "participant_requirements": {"min_battery_percent": 101}}, "participant_requirements.min_battery_percent"),
         ({**body(), "surprise": 1}, "surprise"),
+        ({**body(), "privacy_config": {"secure_aggregation": False}}, "privacy_config.secure_aggregation"),
     ):
         with pytest.raises(Exception) as caught:
             job_from_request(bad)
