@@ -8,14 +8,23 @@ import hashlib
 from dataclasses import replace
 from pathlib import Path
 
+import nacl.signing
 import numpy as np
 import pytest
 
+from protocol.announcements import ResultAnnouncement, aggregate_digest, sign_announcement
+from protocol.kinds import quantize_input
 from protocol.training import rounds
+from protocol.training.data import parse_local_data
 from protocol.training.datasets import load, partition
 from protocol.training.model import Architecture, initial_weights, to_safetensors
 from protocol.training.request import job_from_request
 from tests.villaged.village import running_village, village_configs, wait_for
+from villaged.capabilities import measure
+from villaged.jobs import Job
+from villaged.metrics import Metrics
+from villaged.store import JobRecord, ResultRecord, Store
+from villaged.training import TrainingWorker
 from villaged.training_control import Forbidden
 
 ARCH = {"architecture": "logistic", "features": 13, "classes": 3}
@@ -133,3 +142,34 @@ def test_a_dp_job_fits_its_whole_epsilon_over_every_round() -> None:
     assert plan is not None and plan.budget_epsilon == 1.0
     assert plan.spent(spec.rounds) <= 1.0 < plan.spent(spec.rounds + 3)
     assert np.isclose(plan.spent(spec.rounds), 1.0, rtol=0.05)
+
+
+def test_a_node_that_derives_another_model_than_the_coordinator_signed_says_so_and_sits_out(tmp_path: Path) -> None:
+    """The coordinator signs the digest of the model its round produced; a node whose own derivation
+    differs (another result, a different optimizer) counts it, logs it, and trains no further round."""
+    spec, _ = job_from_request(body())
+    assert spec.training is not None
+    store = Store.open(tmp_path / "village.db")
+    metrics = Metrics()
+    worker = TrainingWorker(store, b"\x01" * 32, metrics, measure(village_configs(tmp_path, 1)[0]))
+    members = (b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
+    start = rounds.default_initial(spec)
+    total = sum(quantize_input(spec, rounds.contribution(spec, 0, m, start, parse_local_data(s, spec.training.architecture)),
+                               b"r" * 32).astype(np.uint64) for m, s in zip(members, wine_shards(3), strict=True))
+    aggregate = (total % (1 << 32)).astype("<u4").tobytes()
+    words = np.frombuffer(aggregate, "<u4")
+    honest = rounds.digest(spec, rounds.advance(spec, 0, start, {}, words, 3)[0])
+    key = nacl.signing.SigningKey(b"\x07" * 32)
+    for job_id, announced, agrees in (("honest", honest, True), ("lying", b"\x0e" * 32, False)):
+        job = Job(job_id, spec, members[1], 0.0, "running", roster=members)
+        store.put_job(JobRecord(job_id, spec.to_dict(), members[1], "running", 0.0, 0.0))
+        assert worker.digest_after(job, 0, words, 3) == honest
+        signed = sign_announcement(ResultAnnouncement(job_id, 0, 0, members, (), aggregate_digest(aggregate), b"\x0b" * 32,
+                                                      {}, announced), key, b"certificate")
+        store.put_result(ResultRecord(job_id, 0, 0, bytes(key.verify_key), aggregate, members, (), signed, 1.0))
+        assert worker.check_announced(job, 0, announced) is agrees
+        refusal = worker.agrees(job, 1)
+        assert (refusal is None) is agrees, refusal
+    assert refusal == "model 1 here differs from the one round 0's coordinator signed"
+    assert metrics.training_model_mismatches._value.get() == 1
+    store.close()
