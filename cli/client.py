@@ -71,14 +71,22 @@ class ApiClient:
 
     def get_text(self, path: str) -> str:
         """GET a plain-text resource (``/metrics``); raises `CliError` unless the status is 2xx."""
-        status, raw = self._exchange("GET", path, None, "text/plain")
+        status, _, raw = self._exchange("GET", path, None, "text/plain")
         if not 200 <= status < 300:
             raise _error_of(status, _json_or_none(raw), "GET", path)
         return raw.decode(errors="replace")
 
+    def get_bytes(self, path: str) -> tuple[bytes, dict[str, str]]:
+        """GET a binary resource (a model's safetensors): its bytes and its headers (names in lower case);
+        raises `CliError` unless the status is 2xx."""
+        status, headers, raw = self._exchange("GET", path, None, "application/octet-stream")
+        if not 200 <= status < 300:
+            raise _error_of(status, _json_or_none(raw), "GET", path)
+        return raw, headers
+
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """Send one request; returns the decoded JSON on 2xx, raises `CliError` otherwise."""
-        status, raw = self._exchange(method, path, body, "application/json")
+        status, _, raw = self._exchange(method, path, body, "application/json")
         decoded = _json_or_none(raw)
         if 200 <= status < 300:
             if decoded is None and raw:
@@ -90,8 +98,8 @@ class ApiClient:
     def _where(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def _exchange(self, method: str, path: str, body: Any, accept: str) -> tuple[int, bytes]:
-        """One HTTP exchange: the status and the raw body. Every transport failure is a `CliError`."""
+    def _exchange(self, method: str, path: str, body: Any, accept: str) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP exchange: the status, the headers and the raw body. Every transport failure is a `CliError`."""
         headers = {"Authorization": f"Bearer {self.token}", "Accept": accept}
         payload: bytes | None = None
         if body is not None:
@@ -101,7 +109,8 @@ class ApiClient:
         try:
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
-            return response.status, response.read()
+            raw = response.read()
+            return response.status, {name.lower(): value for name, value in response.getheaders()}, raw
         except ConnectionRefusedError:
             hint = _start_hint(self.data_dir) if self.data_dir else "check --api"
             raise DaemonNotRunning(f"villaged is not running (nothing listens on {self._where}); {hint}") from None

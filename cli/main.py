@@ -26,6 +26,7 @@ from cli.common import ApiUrl, AsJson, DataDir, Token, friendly_errors, iso, pri
 from cli.data import data_app
 from cli.jobs import jobs_app, rounds
 from cli.priors import priors
+from cli.train import train_app
 from protocol.membership import issue_certificate
 
 __all__ = ["app"]
@@ -41,6 +42,7 @@ village_app = typer.Typer(help="Village administration: the admin key, membershi
 app.add_typer(village_app, name="village")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
 app.command("rounds")(rounds)
 app.command("priors")(priors)
 

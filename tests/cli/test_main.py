@@ -142,6 +142,7 @@ def test_every_command_has_help_with_an_example() -> None:
         ("village", "revoke"), ("village", "publish-revocations"), ("village", "reload-certificate"),
         ("jobs", "create"), ("jobs", "list"), ("jobs", "show"), ("jobs", "result"), ("jobs", "cancel"),
         ("jobs", "join"), ("jobs", "watch"), ("data", "put"), ("data", "show"), ("data", "policy"),
+        ("train", "create"), ("train", "join"), ("train", "list"), ("train", "show"), ("train", "watch"), ("train", "model"),
     }  # fmt: skip
     assert set(commands) == expected
     for command in commands:

@@ -5,7 +5,9 @@ Shared by tests/villaged/test_api.py and tests/cli/ so both drive a real API ser
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +20,29 @@ from protocol.policy import InputPolicy
 from villaged.control import Conflict, InvalidRequest, NotFound
 
 
+class RequirementNotMet(Conflict):
+    """What the daemon's join answers a node that misses a participant requirement (403, naming it)."""
+
+    status = 403
+    code = "requirement_not_met"
+
+
+def fake_model(job_id: str, version: int) -> bytes:
+    """A tiny well-formed safetensors file (one float64 tensor), different for every job and version."""
+    header = json.dumps({"w": {"dtype": "F64", "shape": [2], "data_offsets": [0, 16]},
+                         "__metadata__": {"job": job_id, "version": str(version)}}).encode()
+    return struct.pack("<Q", len(header)) + header + struct.pack("<2d", float(version), -float(version))
+
+
 @dataclass
 class FakeControl:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     policies: dict[str, InputPolicy] = field(default_factory=dict)
     explode: bool = False  # make status() raise, to test the 500 path
+    # Training jobs (the /v1/training routes): canned answers in the daemon's shapes, not its logic.
+    training: dict[str, dict[str, Any]] = field(default_factory=dict)
+    wrong_model_digest: bool = False  # training_model() names a digest its bytes do not have
 
     async def status(self) -> dict[str, Any]:
         if self.explode:
@@ -103,6 +122,104 @@ class FakeControl:
         await self.get_job(job_id)
         return {"job": job_id, "round": 0, "priors": {"models": [], "request_patterns": {"h1": {"optimal_model": "m1", "share": 0.8}},
                 "carbon": {}}, "validation": {"stability_score": 1.0, "diversity_score": 0.0, "round_quality": 0.5}}
+
+    # --- training: a test double of the control API's answers, not of training itself -------------
+
+    async def create_training_job(self, body: Any) -> dict[str, Any]:
+        """Keeps the body as posted; refuses only what the CLI's tests need refused, naming the field."""
+        if not isinstance(body, dict) or "job_name" not in body:
+            raise InvalidRequest("job_name", "is required")
+        rounds = (body.get("training_config") or {}).get("rounds", 10)
+        if type(rounds) is not int or not 1 <= rounds <= 1000:
+            raise InvalidRequest("training_config.rounds", f"must be an integer in [1, 1000], got {rounds!r}")
+        types = (body.get("participant_requirements") or {}).get("allowed_node_types") or []
+        for i, kind in enumerate(types):
+            if kind not in ("server", "desktop", "laptop", "mobile", "edge"):
+                raise InvalidRequest(f"participant_requirements.allowed_node_types[{i}]",
+                                     f"must be one of server, desktop, laptop, mobile, edge, got {kind!r}")
+        job_id = f"train-{len(self.training) + 1}"
+        self.training[job_id] = {"body": body, "state": "pending", "rounds": rounds, "curve": [], "joined": None}
+        return {"job_id": job_id, "status": "pending", "estimated_start_time": 1_700_000_030.0, "rounds": rounds,
+                "model_parameters": 650}
+
+    async def join_training(self, job_id: str, body: Any) -> dict[str, Any]:
+        job = self._training_job(job_id)
+        declared = (body or {}).get("capabilities") or {}
+        capabilities = {"compute_gflops": 12.5, "memory_gb": 16.0, "cores": 2, "device_type": "server",
+                        "battery_percent": None, "charging": False, "network_type": "ethernet", **declared}
+        needs = job["body"].get("participant_requirements") or {}
+        battery = capabilities["battery_percent"]
+        if battery is not None and not capabilities["charging"] and battery < needs.get("min_battery_percent", 0):
+            raise RequirementNotMet(f"this node does not meet the job's participant_requirements: min_battery_percent: "
+                                    f"this node reports {battery} % and is not charging, the job needs "
+                                    f"{needs['min_battery_percent']}")
+        job["joined"] = body
+        return {"job_id": job_id, "joined": True, "capabilities": capabilities, "state": job["state"]}
+
+    async def list_training(self) -> list[dict[str, Any]]:
+        return [self._training_summary(job_id) for job_id in self.training]
+
+    async def training_status(self, job_id: str) -> dict[str, Any]:
+        """A job that trains as fast as it is watched: every call while running adds a point to the curve."""
+        job = self._training_job(job_id)
+        if job["state"] == "pending":
+            job["state"] = "running"
+        elif job["state"] == "running":
+            self.advance_training(job_id)
+        return {
+            **self._training_summary(job_id),
+            "architecture": {"architecture": "logistic", "features": 64, "classes": 10, "hidden": []}, "trainer": "",
+            "server_optimizer": {"name": "fedavg", "learning_rate": 1.0, "momentum": 0.9, "beta1": 0.9, "beta2": 0.99,
+                                 "tau": 0.001},
+            "local_epochs": 1, "learning_rate": 0.1, "batch_size": 32,
+            "secure_aggregation": (job["body"].get("privacy_config") or {}).get("secure_aggregation", True),
+            "privacy": None, "requirements": {"min_compute_gflops": 0.0, "min_memory_gb": 0.0, "min_battery_percent": 0,
+                                              "allowed_node_types": []},
+            "capabilities": {"compute_gflops": 12.5, "memory_gb": 16.0, "cores": 2, "device_type": "server"},
+            "curve": list(job["curve"]),
+        }
+
+    def advance_training(self, job_id: str) -> None:
+        """One more point on the curve (round r: accuracy 0.5 + 0.4 (1 - 2^-r)); after R + 1, completed."""
+        job = self._training_job(job_id)
+        r = len(job["curve"])
+        job["curve"].append({
+            "round": r, "model_version": r, "accuracy": round(0.5 + 0.4 * (1 - 0.5 ** r), 4),
+            "loss": round(1.2 * 0.7 ** r, 4), "evaluated": 120.0, "examples": 600.0, "participants": 4, "dropped": r % 2,
+            "update_norm": 0.25 / (r + 1), "model_digest": hashlib.sha256(fake_model(job_id, r)).hexdigest(),
+            "next_model_digest": hashlib.sha256(fake_model(job_id, r + 1)).hexdigest() if r < job["rounds"] else None,
+            "agrees": True, "final_evaluation": r == job["rounds"],
+        })
+        if len(job["curve"]) == job["rounds"] + 1:
+            job["state"] = "completed"
+
+    async def training_model(self, job_id: str, version: int | None) -> tuple[bytes, str, int]:
+        job = self._training_job(job_id)
+        newest = min(len(job["curve"]), job["rounds"])
+        version = newest if version is None else version
+        if version > newest:
+            raise NotFound(f"model version {version} of job {job_id!r} (versions 0 to {newest} are known here)")
+        blob = fake_model(job_id, version)
+        digest = hashlib.sha256(blob + b"!" if self.wrong_model_digest else blob).hexdigest()
+        return blob, digest, version
+
+    def _training_job(self, job_id: str) -> dict[str, Any]:
+        if job_id not in self.training:
+            raise NotFound(f"training job {job_id!r}")
+        return self.training[job_id]
+
+    def _training_summary(self, job_id: str) -> dict[str, Any]:
+        job = self.training[job_id]
+        last = job["curve"][-1] if job["curve"] else None
+        version = min(len(job["curve"]), job["rounds"])
+        return {
+            "job_id": job_id, "name": job["body"]["job_name"], "state": job["state"], "rounds": job["rounds"],
+            "rounds_done": len(job["curve"]), "model_version": version,
+            "model_digest": hashlib.sha256(fake_model(job_id, version)).hexdigest(),
+            "participants": None if last is None else last["participants"],
+            "accuracy": None if last is None else last["accuracy"], "loss": None if last is None else last["loss"],
+            "joined": job["joined"] is not None, "end_reason": None,
+        }
 
     async def put_data(self, name: str, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, (dict, list)):
