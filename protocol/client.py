@@ -226,6 +226,16 @@ class ClientRound:
                 raise RemoteProtocolError(sender, "share", f"bad Shamir share: {exc}") from None
         self._need(len(self._held) + 1, "share", "neighbours that shared their keys")
         y = self._vector.copy()
+        if params.masked:
+            self._add_masks(y, params)
+        if params.bits < 32:
+            np.bitwise_and(y, np.uint32(params.modulus_mask), out=y)
+        # The secrets are in the shares now; this node no longer needs them.
+        self._mask_secret = self._seed = self._channel_secret = b""
+        frame = encode(self.context, MaskedInput(y.astype("<u4").tobytes()), self._signing_key)
+        return [SendingMaskedInput(self.context), *self._advance(ClientPhase.MASKED, frame)]
+
+    def _add_masks(self, y: np.ndarray, params: RoundParams) -> None:
         masking.add_mask(y, masking.self_seed(self._seed, self._ctx, params.dimension, params.bits), positive=True)
         for peer in sorted(self._held):
             shared = crypto.x25519(self._mask_secret, self._peer_keys[peer].mask_key, peer, "masked")
@@ -234,12 +244,6 @@ class ClientRound:
                 params.dimension, params.bits,
             )
             masking.add_mask(y, seed, positive=masking.adds_pairwise_mask(self.me, peer))
-        if params.bits < 32:
-            np.bitwise_and(y, np.uint32(params.modulus_mask), out=y)
-        # The secrets are in the shares now; this node no longer needs them.
-        self._mask_secret = self._seed = self._channel_secret = b""
-        frame = encode(self.context, MaskedInput(y.astype("<u4").tobytes()), self._signing_key)
-        return [SendingMaskedInput(self.context), *self._advance(ClientPhase.MASKED, frame)]
 
     def _on_survivors(self, survivors: SurvivorList) -> list[Output]:
         params, graph = self._require()

@@ -280,8 +280,15 @@ class CoordinatorRound:
         return [RoundFinished(result)]
 
     def _unmask(self) -> np.ndarray:
-        params, t = self.params, self.params.threshold
         z = self._total.copy()
+        if self.params.masked:  # a plain sum has no masks to take off
+            self._remove_masks(z)
+        if self.params.bits < 32:
+            np.bitwise_and(z, np.uint32(self.params.modulus_mask), out=z)
+        return z
+
+    def _remove_masks(self, z: np.ndarray) -> None:
+        params, t = self.params, self.params.threshold
         for w in self._survivors:
             seed = self._rebuild(self._seed_points[w][:t], w, "self-mask seed")
             if masking.seed_commitment(self._ctx, seed) != self._adverts[w][1].seed_commitment:
@@ -298,9 +305,6 @@ class CoordinatorRound:
                 shared = crypto.x25519(secret, v_public, v, "unmask")
                 seed = masking.pairwise_seed(shared, self._ctx, w, w_public, v, v_public, params.dimension, params.bits)
                 masking.add_mask(z, seed, positive=not masking.adds_pairwise_mask(v, w))
-        if params.bits < 32:
-            np.bitwise_and(z, np.uint32(params.modulus_mask), out=z)
-        return z
 
     # --- checks and transitions -------------------------------------------------------------------
 

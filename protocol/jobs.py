@@ -140,6 +140,7 @@ class JobSpec:
                 threshold=self.threshold_for(participants),
                 min_survivors=self.min_participants,
                 phase_timeout=self.phase_timeout,
+                masked=self.masked,
             )
         except ParameterError as exc:
             renamed = {"min_survivors": "min_participants", "bits": "quantization.bits"}
@@ -170,6 +171,11 @@ class JobSpec:
         except ParameterError as exc:
             field_name = exc.field if exc.field == "max_participants" else f"quantization.{exc.field}"
             raise ParameterError(field_name, exc.reason) from None
+
+    @property
+    def masked(self) -> bool:
+        """False only for a training job with secure_aggregation false: its rounds are plain sums."""
+        return self.training is None or self.training.secure_aggregation
 
     @property
     def attempt_window(self) -> float:

@@ -32,6 +32,10 @@ class RoundParams:
     threshold: int  # t: shares needed to rebuild a secret
     min_survivors: int  # fewer inputs than this and the sum is not released
     phase_timeout: float  # seconds a machine waits in one phase
+    # False: a plain sum, the inputs go to the coordinator unmasked (a training job with
+    # secure_aggregation false). The rest of the protocol runs unchanged, so survivors, consistency
+    # votes and evidence work alike; only the masks are left out, and every result says so.
+    masked: bool = True
 
     def __post_init__(self) -> None:
         _int_in("dimension", self.dimension, 1, MAX_DIMENSION)
@@ -73,16 +77,19 @@ class RoundParams:
             )
 
     def to_wire(self) -> list[Any]:
-        return [self.dimension, self.bits, self.neighbours, self.threshold, self.min_survivors, float(self.phase_timeout)]
+        values = [self.dimension, self.bits, self.neighbours, self.threshold, self.min_survivors, float(self.phase_timeout)]
+        return values if self.masked else [*values, False]  # masked rounds keep the six-value form
 
     @classmethod
     def from_wire(cls, value: Any) -> RoundParams:
-        if not (isinstance(value, list) and len(value) == 6):
-            raise ParameterError("params", "expected a list of 6 values")
-        d, bits, k, t, min_survivors, timeout = value
+        if not (isinstance(value, list) and len(value) in (6, 7)):
+            raise ParameterError("params", "expected a list of 6 values (7 for a plain sum)")
+        d, bits, k, t, min_survivors, timeout, *plain = value
         if not all(type(v) is int for v in (d, bits, k, t, min_survivors)) or type(timeout) is not float:
             raise ParameterError("params", "wrong value types")
-        return cls(d, bits, k, t, min_survivors, timeout)
+        if plain and plain[0] is not False:
+            raise ParameterError("params", "the seventh value may only be false (a plain sum)")
+        return cls(d, bits, k, t, min_survivors, timeout, masked=not plain)
 
 
 def _int_in(field: str, value: object, low: int, high: int) -> None:

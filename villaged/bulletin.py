@@ -214,6 +214,9 @@ class Bulletin:
         """Join a job this node learned of, if its join policy is auto and its input policy allows."""
         if self._config.join_policy != "auto" or job.state not in ("pending", "running"):
             return
+        if not job.spec.masked:  # a plain sum shows the coordinator this node's input: only an explicit join
+            log.info("not_joining", job=job.id, reason="a plain sum (secure_aggregation false) needs an explicit join")
+            return
         try:
             self._book.check_input(job)
         except InputError as exc:

@@ -254,6 +254,7 @@ def result_view(job: Job, record: ResultRecord) -> dict[str, object]:
         "error_bound": quantizer.error_bound(survivors) / per_input,
         "noise_std": 0.0 if (plan := job.spec.noise_plan()) is None else plan.noise_std(survivors) / per_input,
         "digest": aggregate_digest(record.aggregate).hex(), "received_at": record.received_at,
+        "secure_aggregation": job.spec.masked,  # false: a plain sum, the coordinator saw every input
         # > 0: those coordinates wrapped (a noise tail) or a participant sent words outside the range
         "coordinates_out_of_range": out_of_range(job.spec, words, survivors),
     })

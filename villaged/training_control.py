@@ -146,6 +146,7 @@ class TrainingControl:
                 "next_model_digest": announced.hex() or None,
                 "agrees": after is None or not announced or after.digest == announced,
                 "final_evaluation": record.round == job.spec.rounds - 1,
+                "secure_aggregation": job.spec.masked,  # false: a plain sum, the coordinator saw every update
             })
         return points
 

@@ -65,6 +65,15 @@ def test_parameters_other_than_the_jobs_are_refused() -> None:
     refused("parameters_differ", context, elected, Invite(invite.participants, weaker))
 
 
+def test_a_coordinator_cannot_turn_a_masked_job_into_a_plain_sum() -> None:
+    """Only a training job with secure_aggregation false runs unmasked: a coordinator that invites to a
+    plain sum for any other job would receive every input in the clear, so clients refuse it."""
+    context, elected, invite = honest()
+    plain = dataclasses.replace(invite.params, masked=False)
+    assert RoundParams.from_wire(plain.to_wire()) == plain and len(invite.params.to_wire()) == 6
+    refused("parameters_differ", context, elected, Invite(invite.participants, plain))
+
+
 @pytest.mark.parametrize("round_number", [3, 999_999])
 def test_rounds_the_job_does_not_have_are_refused(round_number: int) -> None:
     refused("no_such_round", *honest(round_number=round_number))

@@ -7,6 +7,7 @@ live holders. A finished round must equal numpy's sum of the U3 inputs mod 2^m, 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -15,9 +16,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from netsim.harness import DROPOUT_PHASES, member_keys, simulate_round
+from netsim.harness import DROPOUT_PHASES, RoundHarness, member_keys, simulate_round
 from protocol import crypto
 from protocol.graph import NeighbourGraph
+from protocol.messages import MaskedInput
 from protocol.params import RoundParams
 from protocol.wire import RoundContext
 
@@ -132,6 +134,23 @@ def test_two_dropouts_with_k6_t4_always_finish(n: int, seed: bytes, data: st.Dat
 
 
 PARAMS = RoundParams(dimension=16, bits=32, neighbours=4, threshold=3, min_survivors=3, phase_timeout=1.0)
+
+
+@pytest.mark.parametrize("phase", DROPOUT_PHASES)
+def test_a_plain_sum_is_exact_with_a_dropout_and_sends_the_inputs_unmasked(phase: str) -> None:
+    """secure_aggregation false: the same protocol without masks. Dropouts are handled alike, the sum
+    is exact, and (what the setting means) the coordinator adds the inputs as they were sent."""
+    plain = dataclasses.replace(PARAMS, masked=False)
+    prediction = check(plain, 10, {3: phase})
+    assert prediction.finishes
+    harness = RoundHarness(plain, 10, stop_at={3: phase})
+    harness.run()
+    sent = [e for e in harness.sent if isinstance(e.message, MaskedInput)]
+    assert sent and all(np.array_equal(np.frombuffer(e.message.vector, "<u4"), harness.inputs[e.sender]) for e in sent)
+    masked = RoundHarness(PARAMS, 10)
+    masked.run()
+    assert not any(np.array_equal(np.frombuffer(e.message.vector, "<u4"), masked.inputs[e.sender])
+                   for e in masked.sent if isinstance(e.message, MaskedInput))
 
 
 def test_no_dropouts_finishes_with_everyone() -> None:

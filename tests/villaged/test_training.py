@@ -129,7 +129,7 @@ def test_the_seed_body_becomes_a_training_spec_with_fields_named() -> None:
         ({**body(), "privacy_config": {"differential_privacy": True}}, "privacy_config.epsilon"),
         ({**body(), "participant_requirements": {"min_battery_percent": 101}}, "participant_requirements.min_battery_percent"),
         ({**body(), "surprise": 1}, "surprise"),
-        ({**body(), "privacy_config": {"secure_aggregation": False}}, "privacy_config.secure_aggregation"),
+        ({**body(), "privacy_config": {"secure_aggregation": "no"}}, "privacy_config.secure_aggregation"),
     ):
         with pytest.raises(Exception) as caught:
             job_from_request(bad)
@@ -173,3 +173,39 @@ def test_a_node_that_derives_another_model_than_the_coordinator_signed_says_so_a
     assert refusal == "model 1 here differs from the one round 0's coordinator signed"
     assert metrics.training_model_mismatches._value.get() == 1
     store.close()
+
+
+@pytest.mark.slow
+async def test_a_plain_sum_job_is_joined_only_explicitly_and_marked_in_every_result(tmp_path: Path) -> None:
+    """secure_aggregation false shows the coordinator every update: no node joins it on its own, and
+    every result and curve point says the round was a plain sum."""
+    configs = village_configs(tmp_path, 3)
+    async with running_village(configs) as nodes:
+        daemons = [d for d, _, _ in nodes]
+        for daemon, shard in zip(daemons, wine_shards(3), strict=True):
+            await daemon.put_data("training", shard)
+
+        async def meshed() -> bool:
+            return all([(await d.status())["members_known"] >= 3 for d in daemons])
+
+        await wait_for(meshed, timeout=30)
+        job = await daemons[0].create_training_job({
+            **body(rounds=1, start_delay=6.0), "privacy_config": {"secure_aggregation": False}})
+        job_id = job["job_id"]
+
+        async def known() -> bool:
+            return all(job_id in d.book.jobs for d in daemons)
+
+        await wait_for(known, timeout=20)
+        assert not any(d.me in d.book.jobs[job_id].members for d in daemons)  # nobody auto-joined
+        for daemon in daemons:
+            await daemon.join_training(job_id, {"capabilities": {}})
+
+        async def done() -> bool:
+            return all(d.book.jobs[job_id].state == "completed" for d in daemons)
+
+        await wait_for(done, timeout=60)
+        status = await daemons[1].training_status(job_id)
+        assert not status["secure_aggregation"] and len(status["curve"]) == 2
+        assert all(point["secure_aggregation"] is False and point["agrees"] for point in status["curve"])
+        assert all(r["secure_aggregation"] is False for r in await daemons[2].results(job_id))
