@@ -16,6 +16,7 @@ Next: `villaged/control.py` for that interface, `cli/client.py` for the other en
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import os
@@ -32,7 +33,7 @@ import trio
 from villaged.api_routes import API_VERSION, NAME_PATTERN, ROUTES, Route, openapi_document
 from villaged.control import ControlError, NodeControl
 from villaged.errors import ConfigError
-from villaged.http_server import Request, Response, json_error, serve_http
+from villaged.http_server import MAX_BODY_BYTES, Request, Response, json_error, serve_http
 from villaged.metrics import Metrics
 
 __all__ = [
@@ -93,6 +94,15 @@ class ControlApi:
             ms=round((time.monotonic() - began) * 1000, 2),
         )
         return response
+
+    def body_limit(self, head: Request) -> int:
+        """A route's larger body allowance (a training job's initial weights) holds only for a caller
+        with the token: nobody else makes the daemon buffer more than MAX_BODY_BYTES."""
+        segments = head.path.strip("/").split("/")
+        for route in ROUTES:
+            if route.method == head.method and route.match(segments) is not None and route.max_body > MAX_BODY_BYTES:
+                return route.max_body if self._auth_problem(head) is None else MAX_BODY_BYTES
+        return MAX_BODY_BYTES
 
     async def _dispatch(self, request: Request) -> Response:
         path = request.path
@@ -242,7 +252,7 @@ async def serve_api(
     api_file = _write_api_file(data_dir, endpoint)
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_http, api.handle, listeners)
+            await nursery.start(functools.partial(serve_http, body_limit=api.body_limit), api.handle, listeners)
             log.info("api_listening", url=endpoint.url)
             task_status.started(endpoint)
     finally:

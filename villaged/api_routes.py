@@ -18,6 +18,8 @@ from villaged.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from villaged.metrics import Metrics
 
 API_VERSION: Final = "v1"
+# A create_job body may carry initial weights: base64 of up to one transport frame (64 MiB), and the rest.
+MAX_TRAINING_BODY_BYTES: Final = 96 * 1024 * 1024
 # Job ids and data names appear in URLs and file-ish contexts: keep them plain.
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
@@ -50,6 +52,7 @@ class Route:
     success_status: int = 200
     errors: tuple[int, ...] = ()
     content_type: str = "application/json"
+    max_body: int = MAX_BODY_BYTES  # more only for an authenticated caller (villaged/api.py `body_limit`)
 
     @property
     def segments(self) -> list[str]:
@@ -243,7 +246,7 @@ ROUTES: Final[tuple[Route, ...]] = (
                                              "min_battery_percent, allowed_node_types"},
             },
         },
-        success_status=201, errors=(400, 409, 413, 415, 422),
+        success_status=201, errors=(400, 409, 413, 415, 422), max_body=MAX_TRAINING_BODY_BYTES,
     ),
     Route(
         "POST", "/v1/training/join/{id}", "joinTrainingJob",
@@ -389,7 +392,8 @@ def openapi_document() -> dict[str, Any]:
             "version": API_VERSION,
             "description": (
                 "Local control API of a village daemon. Bearer token: the contents of DATA_DIR/api.token. "
-                f"Request bodies are limited to {MAX_BODY_BYTES} bytes."
+                f"Request bodies are limited to {MAX_BODY_BYTES} bytes ({MAX_TRAINING_BODY_BYTES} for createTrainingJob "
+                "with a valid token)."
             ),
         },
         "paths": paths,

@@ -93,6 +93,13 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# The largest body a request may have, decided from its line and headers (a Request without body)
+# before a byte of the body is read.
+BodyLimit = Callable[[Request], int]
+
+
+def _default_limit(head: Request) -> int:
+    return MAX_BODY_BYTES
 
 
 def json_response(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
@@ -109,10 +116,11 @@ async def serve_http(
     handler: Handler,
     listeners: list[trio.SocketListener],
     *,
+    body_limit: BodyLimit = _default_limit,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handler`` on already-bound ``listeners`` until cancelled."""
-    server = _Server(handler)
+    server = _Server(handler, body_limit)
     await trio.serve_listeners(server.serve_connection, listeners, task_status=task_status)
 
 
@@ -124,8 +132,9 @@ class _Connection:
 
 
 class _Server:
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, body_limit: BodyLimit) -> None:
         self._handler = handler
+        self._body_limit = body_limit
         self._open: list[_Connection] = []  # oldest first
 
     async def serve_connection(self, stream: trio.SocketStream) -> None:
@@ -167,7 +176,7 @@ class _Server:
 
     async def _serve(self, conn: h11.Connection, stream: trio.SocketStream, connection: _Connection) -> None:
         while True:
-            outcome = await _read_request(conn, stream, connection)
+            outcome = await _read_request(conn, stream, connection, self._body_limit)
             if outcome is None:
                 return
             if isinstance(outcome, Response):
@@ -199,7 +208,7 @@ async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
 
 
 async def _read_request(
-    conn: h11.Connection, stream: trio.SocketStream, connection: _Connection
+    conn: h11.Connection, stream: trio.SocketStream, connection: _Connection, body_limit: BodyLimit
 ) -> Request | Response | None:
     """The next request, an error Response to send before closing, or None to just close."""
     try:
@@ -219,7 +228,7 @@ async def _read_request(
         if size > MAX_HEADER_BYTES:  # h11 checks only headers that arrive in several reads
             return json_error(431, "headers_too_large",
                               f"request line and headers are {size} bytes; the limit is {MAX_HEADER_BYTES}")
-        return await _read_body(conn, stream, event)
+        return await _read_body(conn, stream, event, body_limit)
     except h11.RemoteProtocolError as exc:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return None
@@ -240,7 +249,9 @@ def _client_address(stream: trio.SocketStream) -> str:
         return "unknown"
 
 
-async def _read_body(conn: h11.Connection, stream: trio.SocketStream, start: h11.Request) -> Request | Response | None:
+async def _read_body(
+    conn: h11.Connection, stream: trio.SocketStream, start: h11.Request, body_limit: BodyLimit
+) -> Request | Response | None:
     headers: dict[str, str] = {}
     for name, value in start.headers:
         key = name.decode("latin-1").lower()
@@ -248,9 +259,10 @@ async def _read_body(conn: h11.Connection, stream: trio.SocketStream, start: h11
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     method = start.method.decode("ascii", "replace")
     target = start.target.decode("ascii", "replace")
+    limit = body_limit(Request(method, target, headers))
     declared = headers.get("content-length")
-    if declared is not None and int(declared) > MAX_BODY_BYTES:  # h11 already checked it is an integer
-        return json_error(413, "body_too_large", f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
+    if declared is not None and int(declared) > limit:  # h11 already checked it is an integer
+        return json_error(413, "body_too_large", f"request body is {declared} bytes; the limit is {limit}")
     body = bytearray()
     with trio.move_on_after(REQUEST_TIMEOUT_SECONDS):
         while True:
@@ -261,8 +273,8 @@ async def _read_body(conn: h11.Connection, stream: trio.SocketStream, start: h11
                 return None
             assert isinstance(event, h11.Data), event
             body += event.data
-            if len(body) > MAX_BODY_BYTES:
-                return json_error(413, "body_too_large", f"request body exceeds the limit of {MAX_BODY_BYTES} bytes")
+            if len(body) > limit:
+                return json_error(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
     return json_error(408, "request_timeout", f"request body not received within {REQUEST_TIMEOUT_SECONDS:.0f} s")
 
 

@@ -93,13 +93,15 @@ async def test_the_posted_body_is_one_the_daemons_parser_takes_field_for_field(d
     assert (training.requirements.allowed_node_types, training.requirements.min_battery_percent) == (("laptop",), 30)
 
 
-async def test_weights_too_large_for_the_api_say_what_to_do(data_dir: Path, tmp_path: Path) -> None:
+async def test_weights_beyond_the_usual_body_limit_are_sent(data_dir: Path, tmp_path: Path) -> None:
+    """A model of 100,000 float64 parameters is 1.07 MB in base64, beyond the API's usual 1 MiB: the
+    create_job route takes it from a caller with the token."""
     header = json.dumps({"w": {"dtype": "F64", "shape": [100_000], "data_offsets": [0, 800_000]}}).encode()
     weights = tmp_path / "big.safetensors"
     weights.write_bytes(struct.pack("<Q", len(header)) + header + bytes(800_000))
     result = await villagectl("train", "create", "--name", "x", "--weights", str(weights), "--data-dir", str(data_dir))
-    assert_one_line_error(result, 1, "error: the create_job body is too large for the control API (request body is ")
-    assert "leave out --weights to start from the architecture's seeded initial weights" in result.stderr
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip().startswith("train-")
 
 
 async def test_create_refusals_name_the_field_and_its_flag(data_dir: Path, tmp_path: Path) -> None:

@@ -213,6 +213,20 @@ async def test_oversize_body_declared(server: Server) -> None:
     assert reply.status == 413 and "limit is 1048576" in error_of(reply)["message"]
 
 
+async def test_only_a_caller_with_the_token_may_send_initial_weights_beyond_the_usual_limit(server: Server) -> None:
+    """createTrainingJob takes up to MAX_TRAINING_BODY_BYTES (a model's base64) from a caller with the
+    token; without it, or on any other route, the usual limit holds before a body byte is read."""
+    weights = "A" * (2 * MAX_BODY_BYTES)
+    body = json.dumps({"job_name": "big", "model_config": {"initial_weights": weights}, "training_config": {}}).encode()
+    port = server.endpoint.port
+    accepted = await http(port, "POST", "/v1/training/create_job", token=server.token, body=body)
+    assert accepted.status == 201, accepted.body
+    assert server.control.training["train-1"]["body"]["model_config"]["initial_weights"] == weights
+    for path, token in (("/v1/training/create_job", None), ("/v1/training/create_job", "wrong"), ("/v1/jobs", server.token)):
+        refused = await http(port, "POST", path, token=token, body=body)
+        assert refused.status == 413 and "limit is 1048576" in error_of(refused)["message"], (path, token)
+
+
 async def test_oversize_body_chunked(server: Server) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", server.endpoint.port)
     async with stream:
