@@ -422,6 +422,8 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
             found = await hooks.fetch_result(job, out.round)
             outputs.extend(synced().fetched(out.round, found, now()))
         elif isinstance(out, RunRound):
+            if KINDS[job.spec.kind].per_round and out.round > 0 and not hooks.has_result(job.id, out.round - 1):
+                await hooks.fetch_result(job, out.round - 1)  # the round's model follows from the last result
             await book.prepare_round(job, out.round)
             outcome = await _run_round(job, out.round, book, driver, store, hooks)
             outputs.extend(synced().round_done(out.round, outcome == "completed", outcome, now()))

@@ -54,6 +54,7 @@ class _Prepared:
     done: trio.Event = field(default_factory=trio.Event)
     vector: np.ndarray | None = None
     refusal: str | None = None
+    model: bytes = b""  # digest of the model it was trained from
 
 
 class TrainingWorker:
@@ -128,8 +129,12 @@ class TrainingWorker:
         return rounds.digest(job.spec, weights)
 
     def check_announced(self, job: Job, round_number: int, announced: bytes) -> bool:
-        """Compare the model this node derives after a stored round with the one its coordinator signed;
-        a difference is logged loudly and counted, and this node sits the rounds out until they agree."""
+        """A round's result was stored: compare the model this node derives after it with the one its
+        coordinator signed; a difference is logged loudly and counted, and this node sits the rounds out
+        until they agree. (Models derived before the result arrived, without it, are dropped first.)"""
+        chain = self._chains.get(job.id)
+        if chain is not None and chain.latest.version > round_number:  # derived before this result was held
+            del self._chains[job.id]
         model = self.model(job, round_number + 1)
         if model is None or not announced or model.digest == announced:
             return True
@@ -185,6 +190,7 @@ class TrainingWorker:
             if prepared.refusal is None:
                 model = self.model(job, round_number)
                 assert model is not None
+                prepared.model = model.digest
                 prepared.vector = await trio.to_thread.run_sync(rounds.contribution, job.spec, round_number, self.me,
                                                                 model.weights, data)
                 self._metrics.training_rounds_prepared.inc()
@@ -208,6 +214,11 @@ class TrainingWorker:
             return None
         with trio.move_on_after(timeout):
             await prepared.done.wait()
+        model = self.model(job, round_number)
+        if prepared.vector is not None and (model is None or model.digest != prepared.model):
+            log.warning("training_sits_out", job=job.id, round=round_number,
+                        reason="the previous round's result came after this node trained: its update is of another model")
+            return None
         return prepared.vector
 
     def prepared(self, job: Job, round_number: int) -> bool:
