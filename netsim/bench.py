@@ -94,7 +94,8 @@ def bench_net(name: str, seed: int = 1, report_dir: object = None, **overrides: 
 
 
 def bench_train(n: int = 20, rounds: int = 30, seed: int = 1, report_dir: object = None, per_process: int = 1,
-                dropout: float = 0.0, phase_timeout: float = 10.0, **options: object) -> dict[str, object]:
+                dropout: float = 0.0, phase_timeout: float = 10.0, round_interval: float | None = None,
+                min_participants: int | None = None, keep: bool = False, **options: object) -> dict[str, object]:
     """A federated training job on real villaged processes (netsim/training_workload.py): the
     accuracy curve per round, final federated against centralized accuracy, round time split into
     local training (and the round's start) and the aggregation's attempts, and bytes per node."""
@@ -107,7 +108,9 @@ def bench_train(n: int = 20, rounds: int = 30, seed: int = 1, report_dir: object
     training = TrainingOptions(**options)  # type: ignore[arg-type]
     started = time.perf_counter()
     report = run_scenario(RunConfig(n=n, rounds=rounds, seed=seed, workload="training", per_process=per_process,
-                                    dropout=dropout, drop_phase="masked", phase_timeout=phase_timeout, training=training))
+                                    dropout=dropout, drop_phase="masked", phase_timeout=phase_timeout,
+                                    round_interval=round_interval, min_participants=min_participants, keep=keep,
+                                    training=training))
     report["bench"] = "train"
     if report_dir is not None:
         write_report(Path(str(report_dir)) / "train", [report])
@@ -119,6 +122,7 @@ def bench_train(n: int = 20, rounds: int = 30, seed: int = 1, report_dir: object
         "processes": report["config"]["processes"], "dataset": training.dataset,
         "partition": end.get("partition"), "architecture": training.architecture, "parameters": end.get("parameters"),
         "optimizer": training.optimizer, "training_rounds": rounds, "dropout": dropout,
+        "round_interval_s": report["spec"]["round_interval"], "min_participants": report["spec"]["min_participants"],
         "privacy": end.get("privacy"), "seed": report["seed"],
         "federated_accuracy": trained["federated_accuracy"], "centralized_accuracy": trained["centralized_accuracy"],
         "gap_points": trained["gap_points"], "rounds_with_result": trained["rounds_with_result"],

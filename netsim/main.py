@@ -248,6 +248,9 @@ def train(
     delta: float = typer.Option(1e-5, "--delta", help="differential privacy delta"),
     dropout: float = typer.Option(0.0, "--dropout", min=0.0, max=0.9, help="fraction of peers SIGKILLed (masked phase) each round, restarted after it"),
     phase_timeout: float = typer.Option(10.0, "--phase-timeout", help="the job's phase timeout (s)"),
+    round_interval: float = typer.Option(None, "--round-interval", help="seconds between round starts (default: 0, or room to arm faults)"),
+    min_participants: int = typer.Option(None, "--min-participants", help="the job's min_participants (default 3; DP needs more)"),
+    keep: bool = typer.Option(False, "--keep", help="keep the data dirs and logs"),
     seed: int = _SEED, report: Path = _REPORT,
     per_process: int = typer.Option(1, "--per-process", min=1, help="peers per OS process"),
 ) -> None:
@@ -263,7 +266,7 @@ def train(
     install_signal_handlers()
     try:
         line = bench_train(n=n, rounds=rounds, seed=seed, report_dir=report, per_process=per_process, dropout=dropout,
-                           phase_timeout=phase_timeout, **{k: getattr(options, k) for k in options.__dataclass_fields__})
+                           phase_timeout=phase_timeout, round_interval=round_interval, min_participants=min_participants, keep=keep, **{k: getattr(options, k) for k in options.__dataclass_fields__})
     except KeyboardInterrupt:
         typer.echo("netsim: interrupted; every process stopped", err=True)
         raise typer.Exit(130) from None

@@ -337,6 +337,8 @@ class Scenario:
             prev = record.pop("_snapshot")
             self.rounds.append(record)
             verdicts.append(record["check"]["verdict"])
+            self.log(f"round {r}: {record['check']['verdict']}, {len(record['participants'])} participants, "
+                     f"{len(record['attempts'])} attempt(s)" + _progress(record.get(self.workload.name)))
             self.transition(r, r + 1 if r + 1 < job_rounds else None)
             if self.armed:
                 prev = self.observe.snapshot()
@@ -487,6 +489,14 @@ class Scenario:
             **({} if observed is None else {self.workload.name: observed}),
             "_snapshot": after,
         }
+
+
+def _progress(observed: dict[str, Any] | None) -> str:
+    """A workload's round figures for the progress line (training: the accuracy of the round's model)."""
+    if not observed:
+        return ""
+    figures = [f"{k} {observed[k]:.3f}" for k in ("accuracy", "test_accuracy") if isinstance(observed.get(k), float)]
+    return (", " + ", ".join(figures)) if figures else ""
 
 
 def run_scenario(config: RunConfig) -> dict[str, Any]:
