@@ -21,6 +21,7 @@ from protocol.training.model import Architecture, initial_weights, to_safetensor
 from protocol.training.request import job_from_request
 from tests.villaged.village import running_village, village_configs, wait_for
 from villaged.capabilities import measure
+from villaged.daemon import Daemon
 from villaged.jobs import Job
 from villaged.metrics import Metrics
 from villaged.store import JobRecord, ResultRecord, Store
@@ -44,18 +45,23 @@ def wine_shards(n: int) -> list[dict[str, object]]:
     return [{"features": x[rows].tolist(), "labels": y[rows].tolist()} for rows in partition(y, n, "iid", seed=3)]
 
 
+async def hold_shards_and_mesh(daemons: list[Daemon]) -> None:
+    """Each daemon holds a shard of wine as its input "training", and knows every other member."""
+    for daemon, shard in zip(daemons, wine_shards(len(daemons)), strict=True):
+        await daemon.put_data("training", shard)
+
+    async def meshed() -> bool:
+        return all([(await d.status())["members_known"] >= len(daemons) for d in daemons])
+
+    await wait_for(meshed, timeout=30)
+
+
 @pytest.mark.slow
 async def test_a_village_trains_and_every_node_derives_the_same_model(tmp_path: Path) -> None:
     configs = village_configs(tmp_path, 4)
     async with running_village(configs) as nodes:
         daemons = [d for d, _, _ in nodes]
-        for daemon, shard in zip(daemons, wine_shards(4), strict=True):
-            await daemon.put_data("training", shard)
-
-        async def meshed() -> bool:
-            return all([(await d.status())["members_known"] >= 4 for d in daemons])
-
-        await wait_for(meshed, timeout=30)
+        await hold_shards_and_mesh(daemons)
         # The creator's own initial weights: the others hold only their digest (in the spec) and fetch them.
         start = to_safetensors(Architecture.from_dict(ARCH), np.full(3 * 13 + 3, 0.01))
         created = await daemons[0].create_training_job(
@@ -87,13 +93,7 @@ async def test_a_node_below_the_requirements_is_refused_naming_the_requirement(t
     configs[2] = replace(configs[2], device_type="mobile", battery_percent=15)
     async with running_village(configs) as nodes:
         daemons = [d for d, _, _ in nodes]
-        for daemon, shard in zip(daemons, wine_shards(3), strict=True):
-            await daemon.put_data("training", shard)
-
-        async def meshed() -> bool:
-            return all([(await d.status())["members_known"] >= 3 for d in daemons])
-
-        await wait_for(meshed, timeout=30)
+        await hold_shards_and_mesh(daemons)
         job = await daemons[0].create_training_job({
             **body(), "participant_requirements": {"min_battery_percent": 30, "allowed_node_types": ["server", "mobile"]}})
 
@@ -182,13 +182,7 @@ async def test_a_plain_sum_job_is_joined_only_explicitly_and_marked_in_every_res
     configs = village_configs(tmp_path, 3)
     async with running_village(configs) as nodes:
         daemons = [d for d, _, _ in nodes]
-        for daemon, shard in zip(daemons, wine_shards(3), strict=True):
-            await daemon.put_data("training", shard)
-
-        async def meshed() -> bool:
-            return all([(await d.status())["members_known"] >= 3 for d in daemons])
-
-        await wait_for(meshed, timeout=30)
+        await hold_shards_and_mesh(daemons)
         job = await daemons[0].create_training_job({
             **body(rounds=1, start_delay=6.0), "privacy_config": {"secure_aggregation": False}})
         job_id = job["job_id"]
