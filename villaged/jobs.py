@@ -108,7 +108,11 @@ class JobBook:
     def forget_ended(self, now: float) -> list[str]:
         """Let go of the jobs that ended more than the retention window ago (they stay in the store);
         returns their ids, for the caches keyed by job elsewhere."""
-        return self.jobs.forget_ended(now)
+        forgotten = self.jobs.forget_ended(now)
+        if self.training is not None:
+            for job_id in forgotten:
+                self.training.timings.pop(job_id, None)
+        return forgotten
 
     def add_member(self, job_id: str, member: bytes) -> bool:
         job = self.jobs.get(job_id)

@@ -10,6 +10,7 @@ model says so (`model_mismatch`) and sits out rounds until it agrees again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -50,6 +51,20 @@ class _Chain:
 
 
 @dataclass
+class Timings:
+    """Where a training job's time goes on this node (the benchmark reads them from the status)."""
+
+    train: dict[int, float] = field(default_factory=dict)  # round -> seconds of local training and evaluation
+    derive: dict[int, float] = field(default_factory=dict)  # version -> seconds to apply its round's sum
+    initial_fetch: float | None = None  # seconds to fetch the creator's initial model, if it was fetched
+
+    def to_dict(self) -> dict[str, object]:
+        return {"train_seconds": {str(r): round(s, 4) for r, s in sorted(self.train.items())},
+                "derive_seconds": {str(v): round(s, 4) for v, s in sorted(self.derive.items())},
+                "initial_model_fetch_seconds": None if self.initial_fetch is None else round(self.initial_fetch, 4)}
+
+
+@dataclass
 class _Prepared:
     done: trio.Event = field(default_factory=trio.Event)
     vector: np.ndarray | None = None
@@ -65,6 +80,7 @@ class TrainingWorker:
         self._chains: dict[str, _Chain] = {}
         self._prepared: dict[tuple[str, int], _Prepared] = {}
         self._fetch_blob: Callable[[str, list[bytes]], Awaitable[bool]] | None = None
+        self.timings: dict[str, Timings] = {}
 
     def attach(self, fetch_blob: Callable[[str, list[bytes]], Awaitable[bool]]) -> None:
         """How to get a blob this node lacks from other members (villaged/blobs.py), once the node runs."""
@@ -79,7 +95,10 @@ class TrainingWorker:
         if self._fetch_blob is None:
             return False
         others = [m for m in (job.roster or ()) if m not in (job.creator, self.me)]
-        return await self._fetch_blob(training.initial_model, [job.creator, *others])
+        began = time.perf_counter()
+        fetched = await self._fetch_blob(training.initial_model, [job.creator, *others])
+        self.timings.setdefault(job.id, Timings()).initial_fetch = time.perf_counter() - began
+        return fetched
 
     # --- the model chain ------------------------------------------------------------------------
 
@@ -107,10 +126,12 @@ class TrainingWorker:
         while model.version < version:
             weights, state = model.weights, model.state
             record = self._store.get_result(job.id, model.version)
+            began = time.perf_counter()
             if record is not None:  # a round without a result changes nothing
                 words = np.frombuffer(record.aggregate, dtype="<u4").astype(np.uint32)
                 weights, state = rounds.advance(job.spec, model.version, weights, state, words, len(record.participants))
             model = Model(model.version + 1, weights, state, rounds.digest(job.spec, weights))
+            self.timings.setdefault(job.id, Timings()).derive[model.version] = time.perf_counter() - began
             del chain.digests[model.version:]
             chain.digests.append(model.digest)
         chain.latest = model
@@ -169,6 +190,7 @@ class TrainingWorker:
         return None if model is None else to_safetensors(training.architecture, model.weights)
 
     def forget(self, job_id: str) -> None:
+        """The job ended: its models and prepared updates go (its timings stay while the job is held)."""
         self._chains.pop(job_id, None)
         for key in [k for k in self._prepared if k[0] == job_id]:
             del self._prepared[key]
@@ -191,8 +213,10 @@ class TrainingWorker:
                 model = self.model(job, round_number)
                 assert model is not None
                 prepared.model = model.digest
+                began = time.perf_counter()
                 prepared.vector = await trio.to_thread.run_sync(rounds.contribution, job.spec, round_number, self.me,
                                                                 model.weights, data)
+                self.timings.setdefault(job.id, Timings()).train[round_number] = time.perf_counter() - began
                 self._metrics.training_rounds_prepared.inc()
         except (InputError, TrainerMissing) as exc:
             prepared.refusal = str(exc)

@@ -20,7 +20,7 @@ from protocol.training.spec import NODE_TYPES, Capabilities
 from villaged.control import Conflict, InvalidRequest, NotFound
 from villaged.jobs import Job, JobBook
 from villaged.store import Store
-from villaged.training import TrainingWorker, announced_model
+from villaged.training import Timings, TrainingWorker, announced_model
 
 DECLARED = {"device_type": str, "battery_percent": int, "charging": bool, "network_type": str}
 
@@ -86,6 +86,7 @@ class TrainingControl:
             "batch_size": training.batch_size, "secure_aggregation": training.secure_aggregation,
             "privacy": self._book.privacy_view(job), "requirements": dataclasses.asdict(training.requirements),
             "curve": self._curve(job), "capabilities": self._training.capabilities.to_dict(),
+            "timings": self._training.timings.get(job.id, Timings()).to_dict(),
         })
         return view
 

@@ -80,6 +80,8 @@ async def test_a_village_trains_and_every_node_derives_the_same_model(tmp_path: 
         assert len(digests) == 1, "nodes derived different models"
         assert curves[0][0]["model_digest"] == hashlib.sha256(start).hexdigest()
         assert all(d.store.get_blob(hashlib.sha256(start).hexdigest()) == start for d in daemons)
+        timings = statuses[1]["timings"]
+        assert set(timings["train_seconds"]) == {"0", "1", "2", "3"} and timings["initial_model_fetch_seconds"] > 0
         accuracy = [p["accuracy"] for p in curves[0]]
         assert accuracy[-1] > accuracy[0] + 0.2, accuracy  # the model learned (wine is easy)
         assert curves[0][-1]["final_evaluation"] and curves[0][-1]["participants"] == 4
