@@ -94,7 +94,7 @@ def training_summary(run: dict[str, Any]) -> dict[str, Any]:
         "federated_accuracy": end.get("federated_accuracy"), "centralized_accuracy": end.get("centralized_accuracy"),
         "gap_points": end.get("gap_points"), "rounds_with_result": end.get("rounds_with_result"),
         "training_rounds": end.get("training_rounds"), "ok": end.get("ok"), "problems": end.get("problems", []),
-        "round_period_s_median": med(periods), "training_and_start_s_median": med(training),
+        "round_period_s_median": med(periods), "outside_attempts_s_median": med(training),
         "aggregation_s_median": round_summary(run)["round_wall_s_median"],
         "curve": curve,
     }

@@ -184,7 +184,7 @@ def test_report_draws_the_accuracy_curve() -> None:
                         "gap_points": 4.0}}
     summary = training_summary(run)
     assert [p["test_accuracy"] for p in summary["curve"]] == pytest.approx([0.25, 0.45, 0.65, 0.85])
-    assert summary["round_period_s_median"] == 2.0 and summary["training_and_start_s_median"] == 1.5
+    assert summary["round_period_s_median"] == 2.0 and summary["outside_attempts_s_median"] == 1.5
     svg = accuracy_curve(run)
     assert svg.count("<polyline") == 2 and "centralized 90.0 %" in svg and "federated final 86.0 %" in svg
     page = render_html([run])
