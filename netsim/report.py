@@ -343,15 +343,13 @@ def accuracy_curve(run: dict[str, Any], width: int = 900, height: int = 300) -> 
         parts.append(f'<text x="{left - 4}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv * 100:.0f} %</text>')
     for xv in xticks:
         parts.append(f'<text x="{sx(xv):.1f}" y="{top + ph + 14}" text-anchor="middle">{xv:g}</text>')
-    # The two reference lines are labelled at opposite ends, so close values stay readable.
-    for name, value, colour, x, anchor in (
-            ("centralized", summary["centralized_accuracy"], "#59a14f", left + 4, "start"),
-            ("federated final", summary["federated_accuracy"], "#e15759", left + pw - 4, "end")):
-        if value is not None:
-            parts.append(f'<line x1="{left}" y1="{sy(value):.1f}" x2="{left + pw}" y2="{sy(value):.1f}" stroke="{colour}" '
-                         f'stroke-dasharray="6 4"><title>{name}: {value * 100:.1f} %</title></line>')
-            parts.append(f'<text x="{x:.1f}" y="{sy(value) + 14:.1f}" text-anchor="{anchor}" fill="{colour}">'
-                         f'{name} {value * 100:.1f} %</text>')
+    # The reference lines are named in the legend: over the curves, their labels would hide the points.
+    references = [(name, value, colour) for name, value, colour in (
+        ("centralized", summary["centralized_accuracy"], "#59a14f"),
+        ("federated final", summary["federated_accuracy"], "#e15759")) if value is not None]
+    for name, value, colour in references:
+        parts.append(f'<line x1="{left}" y1="{sy(value):.1f}" x2="{left + pw}" y2="{sy(value):.1f}" stroke="{colour}" '
+                     f'stroke-dasharray="6 4"><title>{name}: {value * 100:.1f} %</title></line>')
     for name, (colour, points) in series.items():
         if points:
             path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
@@ -360,6 +358,7 @@ def accuracy_curve(run: dict[str, Any], width: int = 900, height: int = 300) -> 
                 parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}">'
                              f'<title>{_esc(name)}, round {x}: {y * 100:.1f} %</title></circle>')
     legend = " ".join(f'<span class="dot" style="background:{c}"></span> {_esc(n)}' for n, (c, _) in series.items())
+    legend += "".join(f' <span style="color:{c}">- - {_esc(n)} {v * 100:.1f} %</span>' for n, v, c in references)
     return _svg(width, height, parts) + f'<div class="legend">{legend}</div>'
 
 
