@@ -84,6 +84,7 @@ def run(
     from netsim.faults import FaultPlan, parse_kill
     from netsim.netns import LinkShape, NetnsUnavailable, check_available
     from netsim.run import RunConfig, run_scenario
+    from netsim.verify import PASSING
     from netsim.workloads import WORKLOAD_NAMES
 
     if workload not in WORKLOAD_NAMES:
@@ -129,7 +130,7 @@ def run(
     for problem in (result.get("training") or {}).get("problems", []):
         typer.echo(f"netsim: training check: {problem}", err=True)
     if not result["ok"]:
-        bad = [r["round"] for r in result["rounds"] if r["check"]["verdict"] not in ("exact", "aborted")]
+        bad = [r["round"] for r in result["rounds"] if r["check"]["verdict"] not in PASSING]
         bad += [o["round"] for o in result["final_check"]["offending"]]
         typer.echo(f"netsim: result check FAILED in round(s) {sorted(set(bad))}", err=True)
         raise typer.Exit(1)

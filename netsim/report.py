@@ -25,7 +25,8 @@ PHASE_COLOURS = {"advertise": "#4e79a7", "share": "#f28e2b", "masked": "#59a14f"
                  "unmask": "#e15759"}
 COORDINATOR_COLOUR, NODE_COLOUR = "#e15759", "#4e79a7"
 VERDICT_WORDS = {"exact": "exact sum", "aborted": "aborted (no result anywhere)", "missing": "some live nodes lack the result",
-                 "split": "nodes hold different results", "mismatch": "WRONG result"}
+                 "split": "nodes hold different results", "mismatch": "WRONG result",
+                 "noised": "same result everywhere (DP noise: the sum is not replayable)"}
 
 
 def write_report(directory: Path, runs: list[dict[str, Any]]) -> tuple[Path, Path]:
@@ -150,13 +151,18 @@ def verdict(run: dict[str, Any]) -> list[str]:
     final = run.get("final_check") or {}
     exact = sum(1 for r in rounds if r["check"]["verdict"] == "exact")
     lines = []
-    if run.get("ok"):
+    noised = sum(1 for r in rounds if r["check"]["verdict"] == "noised")
+    if run.get("ok") and noised:
+        lines.append(f"Passed. {noised} of {_plural(len(rounds), 'round')} carry differential-privacy noise, so their sums "
+                     "cannot be replayed: every node holding one holds the same result; at the end, all "
+                     f"{final.get('results_checked', 0)} results held by live nodes were checked and none was missing.")
+    elif run.get("ok"):
         lines.append(f"Passed. {exact} of {_plural(len(rounds), 'round')} produced the exact sum of their survivors' "
                      f"inputs (checked against the plaintext); at the end, all {final.get('results_checked', 0)} results "
                      "held by live nodes were checked and none was wrong or missing.")
     else:
         wrong = [f"round {r['round']}: {VERDICT_WORDS.get(r['check']['verdict'], r['check']['verdict'])}"
-                 for r in rounds if r["check"]["verdict"] not in ("exact", "aborted")]
+                 for r in rounds if r["check"]["verdict"] not in ("exact", "aborted", "noised")]
         lines.append("FAILED. " + ("; ".join(wrong) + ". " if wrong else "")
                      + f"Final check: {final.get('mismatches', 0)} wrong and {final.get('missing', 0)} missing of "
                        f"{final.get('results_checked', 0)} results held by live nodes.")

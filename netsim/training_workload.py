@@ -119,6 +119,10 @@ class TrainingWorkload(Workload):
     def private(self) -> bool:
         return self.options.epsilon is not None
 
+    @property  # type: ignore[override]
+    def replayable(self) -> bool:
+        return not self.private
+
     @property
     def training_rounds(self) -> int:
         return int(self.config.rounds)
@@ -358,6 +362,17 @@ def round_check(scenario: Scenario, r: int, holders: list[int]) -> dict[str, Any
             out[key] = point[key]
     if not workload.private:
         out["test_accuracy"] = round(workload.test_accuracy(workload.model(r)[0]), 4)
+    elif peers and point.get("model_digest"):
+        # Not replayable under DP: the model the round started from, as a holder serves it.
+        try:
+            blob, _ = download(peers[0].api, f"/v1/training/model/{scenario.job['id']}/{r}")
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            problems.append(f"round {r}: model download from peer {peers[0].index} failed: {exc}")
+        else:
+            if hashlib.sha256(blob).hexdigest() != point["model_digest"]:
+                problems.append(f"round {r}: peer {peers[0].index} serves model {hashlib.sha256(blob).hexdigest()[:16]} "
+                                f"for version {r}, its status reports {point['model_digest'][:16]}")
+            out["test_accuracy"] = round(workload.test_accuracy(workload.weights_of(blob)), 4)
     return out
 
 

@@ -73,6 +73,9 @@ class Workload(ABC):
 
     # --- shared ---------------------------------------------------------------------------------------
 
+    #: False when the daemons' sums carry noise netsim cannot know (its check is then of the rest).
+    replayable = True
+
     def complete(self, spec: dict[str, Any]) -> None:
         """Add what depends on the whole spec (the participant bounds) to it; most workloads add nothing."""
 
