@@ -268,6 +268,16 @@ class JobBook:
             return self.training is not None and self.training.prepared(job, round_number)
         return True
 
+    async def try_out_training(self, job: Job) -> None:
+        """A training job this node takes part in: try its trainer on the local data before round 0."""
+        if not KINDS[job.spec.kind].per_round or self.training is None or not self._joined_and_active(job):
+            return
+        try:
+            data = self.check_input(job)
+        except InputError:
+            return
+        await self.training.try_out(job, data)
+
     async def prepare_round(self, job: Job, round_number: int) -> None:
         """A training job's contribution to the round, trained before its invite (no-op for other kinds)."""
         if not KINDS[job.spec.kind].per_round or self.training is None or not self._joined_and_active(job):
@@ -388,6 +398,7 @@ async def run_job(job: Job, book: JobBook, driver: RoundDriver, store: Store, ho
         machine.budget_left = book.budget_allows_round(job)
         return machine
 
+    await book.try_out_training(job)
     outputs: deque[JobOutput] = deque()
     finished = False  # this node ended the job: it lingers for stragglers, whatever its state
     while outputs or not machine.done:
