@@ -136,6 +136,7 @@ def bench_train(n: int = 20, rounds: int = 30, seed: int = 1, report_dir: object
         "bytes_sent_per_node_median": summary["bytes_sent_per_node_median"],
         "bytes_received_per_node_median": summary["bytes_received_per_node_median"],
         "replay_train_s_per_member": end.get("replay_train_seconds_per_member"),
+        "daemon_timings": end.get("daemon_timings"),  # the nodes' own: local training, deriving models
         "verdicts": summary["verdicts"], "problems": trained["problems"],
         "total_wall_s": round(time.perf_counter() - started, 1),
         "final_check": {k: v for k, v in report["final_check"].items() if k != "offending"},

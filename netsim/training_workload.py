@@ -432,6 +432,7 @@ def final_check(scenario: Scenario) -> dict[str, Any]:
     baseline_seconds = time.perf_counter() - started
     completed = sorted(workload.held)
     trained = [r for r in completed if r < final_version]
+    timings = daemon_timings([s for s in statuses.values() if s])
     o = workload.options
     return {
         "ok": not problems, "problems": problems,
@@ -445,7 +446,32 @@ def final_check(scenario: Scenario) -> dict[str, Any]:
         "final_model_digest": replayed or next(iter(served.values()), None), "nodes_serving_final_model": len(served),
         "replay_train_seconds_per_member": round(float(np.median(workload.train_seconds)), 4) if workload.train_seconds else None,
         "centralized_train_seconds": round(baseline_seconds, 3),
+        "daemon_timings": timings,
     }
+
+
+def daemon_timings(statuses: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Where the nodes' time went, from their training status `timings` (None: the daemons do not
+    say): local training and evaluation per node and round, deriving each model, fetching the
+    initial model; medians and maxima over every node and round."""
+    train: list[float] = []
+    derive: list[float] = []
+    fetch: list[float] = []
+    for status in statuses:
+        t = status.get("timings")
+        if not isinstance(t, dict):
+            continue
+        train += [float(x) for x in (t.get("train_seconds") or {}).values()]
+        derive += [float(x) for x in (t.get("derive_seconds") or {}).values()]
+        if t.get("initial_model_fetch_seconds") is not None:
+            fetch.append(float(t["initial_model_fetch_seconds"]))
+    if not (train or derive or fetch):
+        return None
+
+    def stats(xs: list[float]) -> dict[str, float] | None:
+        return {"median": round(float(np.median(xs)), 4), "max": round(max(xs), 4), "count": len(xs)} if xs else None
+
+    return {"train_s": stats(train), "derive_model_s": stats(derive), "initial_model_fetch_s": stats(fetch)}
 
 
 def options_from(raw: dict[str, Any]) -> TrainingOptions:

@@ -201,3 +201,17 @@ def test_replayed_sum_reads_back() -> None:
     held_out = sum(round(len(p["labels"]) * 0.2) for p in workload.payloads.values())
     assert read.accuracy is not None and abs(read.evaluated - held_out) < 0.01
     assert abs(read.examples - (sum(len(p["labels"]) for p in workload.payloads.values()) - held_out)) < 0.01
+
+
+def test_daemon_timings_summarised() -> None:
+    from netsim.training_workload import daemon_timings
+
+    statuses = [{"timings": {"train_seconds": {"0": 0.02, "1": 0.04}, "derive_seconds": {"1": 0.001},
+                             "initial_model_fetch_seconds": None}},
+                {"timings": {"train_seconds": {"0": 0.03}, "derive_seconds": {}, "initial_model_fetch_seconds": 0.5}},
+                {"curve": []}]  # a daemon that does not say
+    timings = daemon_timings(statuses)
+    assert timings == {"train_s": {"median": 0.03, "max": 0.04, "count": 3},
+                       "derive_model_s": {"median": 0.001, "max": 0.001, "count": 1},
+                       "initial_model_fetch_s": {"median": 0.5, "max": 0.5, "count": 1}}
+    assert daemon_timings([{"curve": []}]) is None
