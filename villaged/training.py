@@ -70,6 +70,7 @@ class _Prepared:
     vector: np.ndarray | None = None
     refusal: str | None = None
     model: bytes = b""  # digest of the model it was trained from
+    started: bool = False  # the job runner began preparing it (an invite may come first and wait)
 
 
 class TrainingWorker:
@@ -200,10 +201,10 @@ class TrainingWorker:
     async def prepare(self, job: Job, round_number: int, data: LocalData) -> None:
         """Train from the round's model on this node's data (in a thread) and keep the vector for the
         round's invite; the reason is kept instead when this node sits the round out."""
-        key = (job.id, round_number)
-        if key in self._prepared:
+        prepared = self._prepared.setdefault((job.id, round_number), _Prepared())
+        if prepared.started:
             return
-        prepared = self._prepared[key] = _Prepared()
+        prepared.started = True
         for old in [k for k in self._prepared if k[0] == job.id and k[1] < round_number - 1]:
             del self._prepared[old]
         try:
@@ -248,10 +249,11 @@ class TrainingWorker:
         return battery or self.agrees(job, round_number)
 
     async def contribution(self, job: Job, round_number: int, timeout: float) -> np.ndarray | None:
-        """The vector prepared for the round, waiting up to `timeout` for the training to finish."""
-        prepared = self._prepared.get((job.id, round_number))
-        if prepared is None:
-            return None
+        """The vector prepared for the round, waiting up to `timeout` for the training to finish. The
+        invite of a round that follows the last at once may come before this node's job runner has
+        stored the last result and begun training: it waits for that too (the invite was checked:
+        the round exists and has opened)."""
+        prepared = self._prepared.setdefault((job.id, round_number), _Prepared())
         with trio.move_on_after(timeout):
             await prepared.done.wait()
         model = self.model(job, round_number)
