@@ -359,6 +359,14 @@ class RoundDriver:
         vector = await self._directory.client_input(context.job_id, context.round)
         if vector is None:
             raise RemoteProtocolError(sender, kind, "this node does not take part in that job")
+        # While the input was made (a training round's, which may wait for the local training), the job
+        # loop may have begun the round with a tracker of its own: the invite goes to that one, checked
+        # again, or the loop would wait on a machine that never hears of the invite nor of the result.
+        kept = self._trackers.get(key)
+        if kept is not None and kept is not tracker:
+            tracker = kept
+            tracker.machine.check_invite(terms, context, sender, invite, time.time())
+        current = self._clients.get(key)
         if tracker.machine.take_invite(sender, context.attempt) is not None and current is not None:
             current[1].close()  # the later attempt replaces the earlier one, and its keys go with it
         self._trackers[key] = tracker

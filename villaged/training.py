@@ -217,7 +217,9 @@ class TrainingWorker:
                 began = time.perf_counter()
                 prepared.vector = await trio.to_thread.run_sync(rounds.contribution, job.spec, round_number, self.me,
                                                                 model.weights, data)
-                self.timings.setdefault(job.id, Timings()).train[round_number] = time.perf_counter() - began
+                seconds = time.perf_counter() - began
+                self.timings.setdefault(job.id, Timings()).train[round_number] = seconds
+                log.info("training_prepared", job=job.id, round=round_number, seconds=round(seconds, 3))
                 self._metrics.training_rounds_prepared.inc()
         except (InputError, TrainerMissing) as exc:
             prepared.refusal = str(exc)
@@ -256,6 +258,10 @@ class TrainingWorker:
         prepared = self._prepared.setdefault((job.id, round_number), _Prepared())
         with trio.move_on_after(timeout):
             await prepared.done.wait()
+        if not prepared.done.is_set():
+            log.warning("training_not_ready", job=job.id, round=round_number, waited=timeout,
+                        state="training" if prepared.started else "the job runner has not begun the round")
+            return None
         model = self.model(job, round_number)
         if prepared.vector is not None and (model is None or model.digest != prepared.model):
             log.warning("training_sits_out", job=job.id, round=round_number,

@@ -174,3 +174,34 @@ async def test_a_process_killed_right_after_its_input_left_refuses_the_next_atte
             await driver.handle_frame(elected, invite)
         nursery.cancel_scope.cancel()
     assert refused.value.code == "round_spent" and "attempt 0" in refused.value.reason
+
+
+async def test_an_invite_whose_input_waits_goes_to_the_tracker_the_job_loop_took_meanwhile(tmp_path: Path) -> None:
+    """A training round's input may wait for the local training; meanwhile the job loop begins the
+    round and takes its tracker. The invite must reach that tracker: it replaced it once, and the
+    loop then waited a whole attempt window on a machine that never heard of the invite or the result
+    (back-to-back training rounds lost 4 to 6 members a round in netsim)."""
+    _, book = book_for(tmp_path, 1)
+    elected = coordinator_for(JOB, 0, 0, sorted(IDS))
+    released = trio.Event()
+
+    class SlowInput:  # the book, with an input that is ready only once the job loop began the round
+        def __getattr__(self, name: str) -> object:
+            return getattr(book, name)
+
+        async def client_input(self, job_id: str, round_number: int) -> np.ndarray | None:
+            await released.wait()
+            return await book.client_input(job_id, round_number)
+
+    invite = encode(RoundContext(JOB, 0, 0), Invite(tuple(sorted(IDS)), SPEC.round_params(3)), KEYS[IDS.index(elected)])
+    async with trio.open_nursery() as nursery:
+        driver = RoundDriver(Loopback(IDS[1], {}, []), KEYS[1], SlowInput(), nursery, _no_result, no_event)  # type: ignore[arg-type]
+        nursery.start_soon(driver.handle_frame, elected, invite)
+        await trio.sleep(0.05)
+        loops = driver.tracker(JOB, 0)  # the job loop begins the round while the invite waits
+        released.set()
+        with trio.fail_after(5):
+            while 0 not in loops.invited:
+                await trio.sleep(0.01)
+        assert driver.tracker(JOB, 0) is loops
+        nursery.cancel_scope.cancel()
