@@ -153,7 +153,7 @@ def _training_options(dataset: str, partition: str, alpha: float, architecture: 
                       lr: float, batch_size: int, optimizer: str, server_lr: float | None, update_clip: float,
                       epsilon: float | None, delta: float) -> Any:
     from netsim.training_workload import ARCHITECTURES, OPTIMIZERS, TrainingOptions
-    from protocol.training.datasets import NAMES, SCHEMES
+    from netsim.datasets import NAMES, SCHEMES
 
     for flag, value, allowed in (("--dataset", dataset, NAMES), ("--partition-scheme", partition, SCHEMES),
                                  ("--architecture", architecture, ARCHITECTURES), ("--optimizer", optimizer, OPTIMIZERS)):

@@ -38,7 +38,8 @@ import numpy as np
 
 from protocol.jobs import JobSpec
 from protocol.kinds import quantize_input
-from protocol.training import datasets, rounds
+from netsim import datasets
+from protocol.training import rounds
 from protocol.training.data import LocalData, parse_local_data
 from protocol.training.model import Architecture, from_safetensors
 from protocol.training.optimizers import ServerState

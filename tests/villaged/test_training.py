@@ -17,7 +17,7 @@ from protocol.announcements import ResultAnnouncement, aggregate_digest, sign_an
 from protocol.kinds import quantize_input
 from protocol.training import rounds
 from protocol.training.data import parse_local_data
-from protocol.training.datasets import load, partition
+from netsim.datasets import load, partition
 from protocol.training.model import Architecture, initial_weights, to_safetensors
 from protocol.training.request import job_from_request
 from tests.villaged.village import running_village, village_configs, wait_for

@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 CORE = ["protocol.training.model", "protocol.training.data", "protocol.training.trainers",
-        "protocol.training.optimizers", "protocol.training.datasets"]
+        "protocol.training.optimizers"]
 FORBIDDEN = ["trio", "libp2p", "socket", "sqlite3", "asyncio", "sklearn", "joblib"]
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from protocol.errors import ParameterError
-from protocol.training import datasets
+from netsim import datasets
 from protocol.training.data import LocalData
 from protocol.training.model import Architecture, ModelError, initial_weights, unflatten
 from protocol.training.trainers import (

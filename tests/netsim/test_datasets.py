@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import ParameterError
-from protocol.training import datasets
+from netsim import datasets
 from protocol.training.model import Architecture
 from protocol.training.trainers import TrainConfig
 

@@ -1,8 +1,8 @@
 """The data sets scikit-learn ships (no download), split and partitioned among simulated peers, for
 netsim's training workload and the benchmarks; and the centralized baseline they are judged by.
 
-Only scikit-learn reads its bundled files here; nothing else touches the disk. Every function is
-deterministic for its seed, so a netsim run can be replayed and checked.
+It lives in netsim, not protocol/: scikit-learn reads its bundled files from disk here. Every
+function is deterministic for its seed, so a netsim run can be replayed and checked.
 """
 
 from __future__ import annotations
