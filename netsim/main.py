@@ -34,6 +34,22 @@ def install_signal_handlers() -> None:
         signal.signal(sig, _interrupt)
 
 
+# The training workload's options, shared by `netsim run` and `netsim bench train`.
+_DATASET = typer.Option("digits", "--dataset", help="training: digits, wine or breast_cancer (scikit-learn's)")
+_ALPHA = typer.Option(0.5, "--alpha", min=0.001, help="training: Dirichlet concentration (smaller: more skew)")
+_ARCHITECTURE = typer.Option("logistic", "--architecture", help="training: logistic or mlp")
+_HIDDEN = typer.Option("32", "--hidden", help="training: mlp hidden widths, comma-separated")
+_LOCAL_EPOCHS = typer.Option(1, "--local-epochs", min=1, help="training: local epochs per round")
+_LR = typer.Option(0.1, "--lr", help="training: local learning rate")
+_BATCH_SIZE = typer.Option(32, "--batch-size", min=1, help="training: local batch size")
+_OPTIMIZER = typer.Option("fedavg", "--optimizer", help="training: server optimizer fedavg, fedavgm or fedadam")
+_SERVER_LR = typer.Option(None, "--server-lr", help="training: server learning rate (default: the optimizer's)")
+_UPDATE_CLIP = typer.Option(1.0, "--update-clip", help="training: largest coordinate an update may move")
+_EPSILON = typer.Option(None, "--epsilon", help="training: differential privacy, the whole job's epsilon")
+_DELTA = typer.Option(1e-5, "--delta", help="training: differential privacy delta")
+
+
+
 @app.command()
 def run(
     n: int = typer.Option(4, "--n", min=2, help="peers in the village"),
@@ -61,19 +77,11 @@ def run(
     rate: float = typer.Option(0.0, "--rate", help="link rate cap, Mbit/s (implies --netns)"),
     partition: str = typer.Option("", "--partition", help="ROUND:SECONDS: split the village in halves at that round, then heal"),
     report: Path = typer.Option(None, "--report", help="directory for report.json and report.html"),
-    dataset: str = typer.Option("digits", "--dataset", help="training: digits, wine or breast_cancer (scikit-learn's)"),
+    dataset: str = _DATASET,
     partition_scheme: str = typer.Option("iid", "--partition-scheme", help="training: iid or dirichlet (label skew)"),
-    alpha: float = typer.Option(0.5, "--alpha", min=0.001, help="training: Dirichlet concentration (smaller: more skew)"),
-    architecture: str = typer.Option("logistic", "--architecture", help="training: logistic or mlp"),
-    hidden: str = typer.Option("32", "--hidden", help="training: mlp hidden widths, comma-separated"),
-    local_epochs: int = typer.Option(1, "--local-epochs", min=1, help="training: local epochs per round"),
-    lr: float = typer.Option(0.1, "--lr", help="training: local learning rate"),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="training: local batch size"),
-    optimizer: str = typer.Option("fedavg", "--optimizer", help="training: server optimizer fedavg, fedavgm or fedadam"),
-    server_lr: float = typer.Option(None, "--server-lr", help="training: server learning rate (default: the optimizer's)"),
-    update_clip: float = typer.Option(1.0, "--update-clip", help="training: largest coordinate an update may move"),
-    epsilon: float = typer.Option(None, "--epsilon", help="training: differential privacy, the whole job's epsilon"),
-    delta: float = typer.Option(1e-5, "--delta", help="training: differential privacy delta"),
+    alpha: float = _ALPHA, architecture: str = _ARCHITECTURE, hidden: str = _HIDDEN, local_epochs: int = _LOCAL_EPOCHS,
+    lr: float = _LR, batch_size: int = _BATCH_SIZE, optimizer: str = _OPTIMIZER, server_lr: float = _SERVER_LR,
+    update_clip: float = _UPDATE_CLIP, epsilon: float = _EPSILON, delta: float = _DELTA,
 ) -> None:
     """Spawn N villaged peers on this machine, run one job, check each result exactly.
 
@@ -234,19 +242,11 @@ def net_300(seed: int = _SEED, report: Path = _REPORT, per_process: int = _PER_P
 def train(
     n: int = typer.Option(20, "--n", min=3, help="peers, each holding one partition"),
     rounds: int = typer.Option(30, "--rounds", min=1, help="training rounds (the job has one more, which evaluates)"),
-    dataset: str = typer.Option("digits", "--dataset", help="digits, wine or breast_cancer"),
-    partition_scheme: str = typer.Option("dirichlet", "--partition-scheme", help="iid or dirichlet"),
-    alpha: float = typer.Option(0.5, "--alpha", min=0.001, help="Dirichlet concentration"),
-    architecture: str = typer.Option("logistic", "--architecture", help="logistic or mlp"),
-    hidden: str = typer.Option("32", "--hidden", help="mlp hidden widths, comma-separated"),
-    local_epochs: int = typer.Option(1, "--local-epochs", min=1, help="local epochs per round"),
-    lr: float = typer.Option(0.1, "--lr", help="local learning rate"),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="local batch size"),
-    optimizer: str = typer.Option("fedavg", "--optimizer", help="fedavg, fedavgm or fedadam"),
-    server_lr: float = typer.Option(None, "--server-lr", help="server learning rate (default: the optimizer's)"),
-    update_clip: float = typer.Option(1.0, "--update-clip", help="largest coordinate an update may move"),
-    epsilon: float = typer.Option(None, "--epsilon", help="differential privacy: the whole job's epsilon"),
-    delta: float = typer.Option(1e-5, "--delta", help="differential privacy delta"),
+    dataset: str = _DATASET,
+    partition_scheme: str = typer.Option("dirichlet", "--partition-scheme", help="iid or dirichlet (label skew)"),
+    alpha: float = _ALPHA, architecture: str = _ARCHITECTURE, hidden: str = _HIDDEN, local_epochs: int = _LOCAL_EPOCHS,
+    lr: float = _LR, batch_size: int = _BATCH_SIZE, optimizer: str = _OPTIMIZER, server_lr: float = _SERVER_LR,
+    update_clip: float = _UPDATE_CLIP, epsilon: float = _EPSILON, delta: float = _DELTA,
     dropout: float = typer.Option(0.0, "--dropout", min=0.0, max=0.9, help="fraction of peers SIGKILLed (masked phase) each round, restarted after it"),
     phase_timeout: float = typer.Option(10.0, "--phase-timeout", help="the job's phase timeout (s)"),
     round_interval: float = typer.Option(None, "--round-interval", help="seconds between round starts (default: 0, or room to arm faults)"),
