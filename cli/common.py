@@ -96,6 +96,16 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def invalid_fields(exc: ApiError, what: str, flag_of: Callable[[str], str | None] = lambda field: None) -> CliError:
+    """A 422 that names a field, said as "invalid WHAT: field 'F' (--flag): reason"."""
+    message = exc.message.removeprefix("request body: ")
+    if exc.code == "invalid_field":
+        field, _, reason = message.partition(": ")
+        flag = flag_of(field)
+        message = f"field '{field}'{f' ({flag})' if flag else ''}: {reason}"
+    return CliError(f"invalid {what}: {message}")
+
+
 def _fail(message: str, code: int) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code)

@@ -18,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cli.client import ApiClient
 from cli.common import (
-    ApiUrl, AsJson, DataDir, JobId, Token, cell, console, friendly_errors, job_request, print_json, print_record, print_rows,
+    ApiUrl, AsJson, DataDir, JobId, Token, cell, console, friendly_errors, invalid_fields, job_request, print_json, print_record,
+    print_rows,
 )
 from cli.data import load_json_file
 from cli.errors import ApiError, CliError, JobNotCompleted
@@ -110,11 +111,7 @@ def jobs_create(
     except ApiError as exc:
         if exc.status != 422:
             raise
-        message = exc.message.removeprefix("request body: ")
-        if exc.code == "invalid_field":
-            field, _, reason = message.partition(": ")
-            message = f"field '{field}': {reason}"
-        raise CliError(f"invalid job spec: {message}") from None
+        raise invalid_fields(exc, "job spec") from None
     if as_json:
         print_json(job)
     else:

@@ -30,7 +30,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.client import ApiClient
-from cli.common import ApiUrl, AsJson, DataDir, Token, cell, console, friendly_errors, print_json, print_record, print_rows
+from cli.common import (
+    ApiUrl, AsJson, DataDir, Token, cell, console, friendly_errors, invalid_fields, print_json, print_record, print_rows,
+)
 from cli.data import load_json_file
 from cli.errors import ApiError, CliError, JobNotCompleted
 
@@ -164,12 +166,8 @@ def _refused_body(exc: ApiError, weights: int) -> CliError:
         return CliError(f"the create_job body is too large for the control API ({exc.message}){hint}")
     if exc.status != 422:
         return exc
-    message = exc.message.removeprefix("request body: ")
-    if exc.code == "invalid_field":
-        field, _, reason = message.partition(": ")
-        flag = _FLAGS.get(re.sub(r"\[\d+\]$", "", field))  # allowed_node_types[1] is --node-type's
-        message = f"field '{field}'{f' ({flag})' if flag else ''}: {reason}"
-    return CliError(f"invalid training job: {message}")
+    # allowed_node_types[1] is --node-type's
+    return invalid_fields(exc, "training job", lambda field: _FLAGS.get(re.sub(r"\[\d+\]$", "", field)))
 
 
 @train_app.command("create")
