@@ -81,7 +81,7 @@ def plaintext(nodes: list[dict[str, Any]]) -> dict[str, Any]:
     return {"cells": cells, "scores": scores, "carbon": carbon}
 
 
-def check_against_plaintext(result: dict[str, Any], nodes: list[dict[str, Any]], tol: float) -> None:
+def check_against_plaintext(result: dict[str, Any], nodes: list[dict[str, Any]], tol: float, job: JobSpec) -> None:
     expected = plaintext(nodes)
     got = {(c["model_id"], c["region"], c["quality_tier"]): c for c in result["models"]}
     for key, c in expected["cells"].items():
@@ -90,9 +90,12 @@ def check_against_plaintext(result: dict[str, Any], nodes: list[dict[str, Any]],
                 assert got[key]["latency_percentile"][p] == pytest.approx(c[p] / c["w"], rel=tol, abs=tol * 100)
         if c["t"] > 0:
             assert got[key]["success_rate"] == pytest.approx(c["s"] / c["t"], abs=tol * 10)
+    # The decoder's floor for a score: two quantization error bounds of the sum, in score units. (A fixed
+    # 5 was below it at n = 6, where it is 5.59: hypothesis found a best score of 5.17 left out, as it must be.)
+    score_floor = 2 * job.quantizer().error_bound(len(nodes)) * priors.parse_layout(job.priors).max_score
     for h, row in expected["scores"].items():
         best = max(row.values())
-        if best > 5:  # above the decoder floor (~n steps), with a clear winner (ties are not decidable)
+        if best > score_floor + 1.0:  # above the decoder floor, with a clear winner (ties are not decidable)
             ranked = sorted(row.values())
             if len(ranked) < 2 or ranked[-1] - ranked[-2] > 1.0:
                 assert result["request_patterns"][h]["optimal_model"] == max(row, key=row.__getitem__)
@@ -118,7 +121,7 @@ def test_sum_of_encodings_decodes_to_the_spec_formulas(seed: int, n: int) -> Non
     job = spec()
     kind = KINDS["routing-priors"]
     total = np.sum([kind.encode(job, node) for node in nodes], axis=0)
-    check_against_plaintext(kind.decode(job, total, n), nodes, tol=1e-9)
+    check_against_plaintext(kind.decode(job, total, n), nodes, tol=1e-9, job=job)
 
 
 def secure_sum(job: JobSpec, nodes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -132,7 +135,8 @@ def secure_sum(job: JobSpec, nodes: list[dict[str, Any]]) -> dict[str, Any]:
 def test_quantized_secure_sum_decodes_within_the_error_bound() -> None:
     rng = random.Random(7)
     nodes = [node_payload(rng) for _ in range(5)]
-    check_against_plaintext(secure_sum(spec(max_participants=50), nodes), nodes, tol=1e-3)
+    job = spec(max_participants=50)
+    check_against_plaintext(secure_sum(job, nodes), nodes, tol=1e-3, job=job)
 
 
 @pytest.mark.parametrize("n", [4, 9])
