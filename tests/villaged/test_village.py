@@ -270,14 +270,22 @@ async def test_a_node_that_was_down_fetches_the_results_it_missed_from_the_peers
         nodes[3][2].cancel()  # node 3 goes down after round 0
         others = daemons[:3]
 
-        await wait_for_results(others, job["id"], 3, timeout=90)
+        # The others run rounds 1 and 2 without node 3. A peer's view of a connection to a daemon stopped in
+        # this process can outlive it by seconds, so a coordinator may still invite node 3, abort that round at
+        # the consistency check (its t counted node 3 as a holder) and, inputs being spent, lose the round: wait
+        # for the job to end on the others, and for at least one round node 3 missed.
+        async def ended() -> bool:
+            return all([(await d.get_job(job["id"]))["state"] not in ("pending", "running") for d in others])
+
+        await wait_for(ended, timeout=120)
         expected = await others[0].results(job["id"])
+        assert len(expected) >= 2, [r["round"] for r in expected]
         restarted = Daemon(configs[3])  # no bootstrap peer: only the addresses its store kept from the roster
         async with trio.open_nursery() as nursery:
             await nursery.start(restarted.run)
 
             async def caught_up() -> bool:
-                return await result_count(restarted, job["id"]) == 3
+                return await result_count(restarted, job["id"]) == len(expected)
 
             await wait_for(caught_up, timeout=60)
             got = await restarted.results(job["id"])
