@@ -55,7 +55,7 @@ async def test_four_nodes_two_rounds_of_routing_priors(tmp_path: Path) -> None:
         for daemon in daemons:
             view = await daemon.priors(job["id"])
             assert view["round"] == 1 and view["participants"] == 4
-            check_against_plaintext(view["priors"], payloads, tol=1e-3)
+            check_against_plaintext(view["priors"], payloads, tol=1e-3, job=daemon.book.jobs[job["id"]].spec)
             cells = {(c["model_id"], c["region"], c["quality_tier"]): c for c in view["priors"]["models"]}
             counted = {key: c for key, c in plaintext(payloads)["cells"].items() if c["t"] > 0}
             for key, c in counted.items():  # counts are summed as integers: the spec's formula, exactly
