@@ -21,7 +21,7 @@ import trio
 
 from protocol.announcements import ResultAnnouncement, open_announcement
 from protocol.kinds import KINDS, InputError
-from protocol.training import rounds, update
+from protocol.training import rounds
 from protocol.training.data import LocalData
 from protocol.training.model import from_safetensors, to_safetensors
 from protocol.training.optimizers import ServerState
@@ -138,9 +138,6 @@ class TrainingWorker:
         chain.latest = model
         self._chains[job.id] = chain
         return model
-
-    def read_sum(self, job: Job, words: np.ndarray, survivors: int) -> update.RoundSum:
-        return rounds.read_sum(job.spec, words, survivors)
 
     def digest_after(self, job: Job, round_number: int, words: np.ndarray, survivors: int) -> bytes:
         """The digest of the model a round's sum produces (what its coordinator signs)."""

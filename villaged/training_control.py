@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from protocol.errors import ParameterError
+from protocol.training import rounds
 from protocol.training.request import job_from_request
 from protocol.training.spec import NODE_TYPES, Capabilities
 from villaged.control import Conflict, InvalidRequest, NotFound
@@ -134,7 +135,7 @@ class TrainingControl:
         points = []
         for record in self._store.get_results(job.id):
             words = np.frombuffer(record.aggregate, dtype="<u4").astype(np.uint32)
-            read = self._training.read_sum(job, words, len(record.participants))
+            read = rounds.read_sum(job.spec, words, len(record.participants))
             model = self._training.model(job, record.round)
             announced = announced_model(record.signed_announcement)
             after = self._training.model(job, min(record.round + 1, job.spec.rounds - 1))
